@@ -1,0 +1,122 @@
+"""``zoolens``: the command line. Every user-facing failure is one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+USAGE_ERROR = 2
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="pipeline YAML (e.g. configs/demo.yaml)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite in the run dir)")
+    p.add_argument("--output-dir", help="run directory (overrides output_dir in the config)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zoolens", description="Read, explain and edit neural networks through their behavior.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="the main job: zoo, signatures, interpreter, evaluation")
+    _add_common(run)
+    run.set_defaults(handler=cmd_run)
+
+    zoo = sub.add_parser("zoo", help="build or describe a zoo of subject models").add_subparsers(dest="zoo_cmd", required=True)
+    build = zoo.add_parser("build", help="train the zoo described by CONFIG (reruns skip finished cohorts)")
+    _add_common(build)
+    build.add_argument("--zoo", help="zoo directory (default: RUN_DIR/zoo)")
+    build.set_defaults(handler=lambda a: _stage(a, "zoo"))
+    show = zoo.add_parser("show", help="describe a zoo: counts by family and behavior, accuracy, size")
+    show.add_argument("zoo", help="zoo directory")
+    show.set_defaults(handler=cmd_zoo_show)
+
+    sig = sub.add_parser("signatures", help="activation signatures").add_subparsers(dest="sig_cmd", required=True)
+    extract = sig.add_parser("extract", help="stream the zoo through the probe set with Ray Data")
+    _add_common(extract)
+    extract.add_argument("--zoo", help="zoo directory (default: RUN_DIR/zoo)")
+    extract.set_defaults(handler=lambda a: _stage(a, "signatures"))
+
+    interp = sub.add_parser("interpreter", help="train or evaluate the interpreter").add_subparsers(dest="int_cmd", required=True)
+    for name, stage, text in (("train", "train", "train on a split by model"),
+                              ("evaluate", "evaluate", "score held-out models beside baselines and register")):
+        p = interp.add_parser(name, help=text)
+        _add_common(p)
+        p.add_argument("--zoo", help="zoo directory (default: RUN_DIR/zoo)")
+        p.set_defaults(handler=lambda a, s=stage: _stage(a, s))
+    return parser
+
+
+def _pipeline(args: argparse.Namespace):
+    from cluster.config import load_config
+    from cluster.pipeline import Pipeline
+
+    cfg = load_config(args.config)
+    if args.output_dir:
+        cfg = cfg.model_copy(update={"output_dir": args.output_dir})
+    return Pipeline(cfg, tracking_uri=args.tracking_uri, zoo_dir=getattr(args, "zoo", None), progress=not args.no_progress)
+
+
+def _stage(args: argparse.Namespace, stage: str) -> int:
+    pipe = _pipeline(args)
+    with pipe.session(run_name=f"{pipe.cfg.name}-{stage}"):
+        getattr(pipe, stage)()
+    print(f"report: {pipe.paths.report}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from cluster.report import print_summary
+
+    pipe = _pipeline(args)
+    with pipe.session(run_name=pipe.cfg.name):
+        report = pipe.run_all()
+    print_summary(report, pipe.tracking_uri)
+    return 0
+
+
+def cmd_zoo_show(args: argparse.Namespace) -> int:
+    from cluster.report import show_zoo
+
+    show_zoo(Path(args.zoo))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("TQDM_MININTERVAL", "1")
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("zoolens: interrupted; finished work is kept, rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - translated into one line below, or re-raised
+        message = user_error_message(e)
+        if message is None:
+            raise
+        print(f"zoolens: error: {message}", file=sys.stderr)
+        return USAGE_ERROR
+
+
+def user_error_message(e: BaseException) -> str | None:
+    """One-line message for errors a user can fix, looking through Ray's task-error wrapper."""
+    from zoo.errors import ZoolensError
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, ZoolensError):
+            return str(e).splitlines()[0] if str(e) else type(e).__name__
+        cause = getattr(e, "cause", None)  # ray.exceptions.RayTaskError keeps the original here
+        e = cause if isinstance(cause, BaseException) else e.__cause__
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

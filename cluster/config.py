@@ -1,0 +1,100 @@
+"""The pipeline recipe: one small YAML file drives every stage (torchtune-style)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from interpreter.config import InterpreterConfig
+from zoo.config import ZooConfig
+from zoo.errors import ConfigError
+
+
+class ProbeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n_pos: int = Field(6, ge=1)
+    n_near: int = Field(4, ge=0)
+    n_random: int = Field(40, ge=0)
+
+
+class SignatureConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    probes: ProbeConfig = Field(default_factory=ProbeConfig)
+    num_actors: int = Field(2, ge=1)
+
+
+class EvalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    seed: int = 0
+
+
+class TrackingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    experiment: str = "zoolens"
+    tracking_uri: str | None = None
+    registered_model: str = "zoolens-interpreter"
+
+
+class RayConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    address: str | None = None
+    num_cpus: int | None = Field(None, ge=1)
+
+
+class PipelineConfig(BaseModel):
+    """Everything one ``zoolens run`` needs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "demo"
+    output_dir: str = "runs/demo"
+    zoo: ZooConfig = Field(default_factory=ZooConfig)
+    signatures: SignatureConfig = Field(default_factory=SignatureConfig)
+    interpreter: InterpreterConfig = Field(default_factory=InterpreterConfig)
+    evaluation: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir).expanduser().resolve()
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Read and validate a pipeline YAML, turning every problem into a one-line ConfigError."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config is a directory, not a YAML file: {path}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"malformed YAML in {path}{where}: {getattr(e, 'problem', e)}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path} must be a YAML mapping, got {type(raw).__name__}")
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"invalid config {path}: {format_validation_error(e)}") from None
+
+
+def format_validation_error(e: ValidationError) -> str:
+    """The first validation problem as ``field.path: message`` (plus a count of the rest)."""
+    errs = e.errors()
+    first = errs[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(root)"
+    more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
+    return f"{loc}: {first['msg']}{more}"

@@ -1,0 +1,143 @@
+"""Stages 3 and 4: train the interpreter on a split by model, then score it on held-out
+models beside baselines computed in the same run."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import ray
+import torch
+
+from interpreter.baselines import majority_baseline, neuron_stats_baseline, probe_logit_baseline, shuffled_label_baseline
+from interpreter.batch import collate
+from interpreter.config import InterpreterConfig
+from interpreter.metrics import classification_report
+from interpreter.model import load_interpreter, save_interpreter
+from interpreter.train import train_interpreter
+from zoo.errors import ZoolensError
+from zoo.store import ZooStore, atomic_write_json
+
+from cluster.signature_stage import read_signatures
+
+
+class InterpreterStageError(ZoolensError):
+    """The interpreter cannot be trained or evaluated with what is on disk."""
+
+
+def labels_for(manifest: pd.DataFrame, behaviors: list[str]) -> np.ndarray:
+    """Multi-hot behavior labels [n_models, K] in the zoo's behavior order."""
+    col = {b: k for k, b in enumerate(behaviors)}
+    y = np.zeros((len(manifest), len(behaviors)), dtype=np.float32)
+    for i, assigned in enumerate(manifest["behaviors"]):
+        for b in assigned:
+            y[i, col[b]] = 1.0
+    return y
+
+
+def split_models(model_ids: list[str], test_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Held-out models the interpreter never sees while training (seeded, by model id)."""
+    ids = sorted(model_ids)
+    perm = np.random.default_rng(seed).permutation(len(ids))
+    n_test = max(1, int(round(test_fraction * len(ids))))
+    if n_test >= len(ids):
+        raise InterpreterStageError(f"zoo has {len(ids)} models: too few to hold out {test_fraction:.0%} for testing")
+    test = sorted(ids[i] for i in perm[:n_test])
+    train = sorted(ids[i] for i in perm[n_test:])
+    return train, test
+
+
+def _load_split(zoo_dir: str, sig_dir: str, ids: list[str]) -> tuple[list[dict], np.ndarray, list[str], pd.DataFrame]:
+    store = ZooStore(zoo_dir)
+    behaviors = store.read_meta()["config"]["behaviors"]
+    manifest = store.read_manifest(columns=["model_id", "behaviors", "family", "arch", "test_acc"]).set_index("model_id")
+    records = read_signatures(Path(sig_dir), ids)
+    order = [r["model_id"] for r in records]
+    sub = manifest.loc[order]
+    return records, labels_for(sub.reset_index(), behaviors), behaviors, sub
+
+
+@ray.remote(max_retries=1)
+def _train_remote(zoo_dir: str, sig_dir: str, train_ids: list[str], cfg: InterpreterConfig, out_dir: str,
+                  tracking_uri: str | None, run_id: str | None) -> dict[str, Any]:
+    """Ray task: fit the interpreter, logging every epoch to the stage's MLflow run."""
+    records, labels, behaviors, _ = _load_split(zoo_dir, sig_dir, train_ids)
+    on_epoch = None
+    if run_id:
+        import mlflow
+
+        from cluster.tracking import log_epoch_metrics
+
+        mlflow.set_tracking_uri(tracking_uri)
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            log_epoch_metrics(run_id, metrics, step=epoch)
+            if epoch % 10 == 0:
+                print(f"interpreter epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
+
+    t0 = time.perf_counter()
+    result = train_interpreter(records, labels, cfg, behaviors, on_epoch=on_epoch)
+    save_interpreter(result.model, result.scaler, behaviors, out_dir)
+    return {"seconds": time.perf_counter() - t0, "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+            "n_train_models": len(records)}
+
+
+def train_stage(zoo_dir: Path, sig_dir: Path, out_dir: Path, cfg: InterpreterConfig, test_fraction: float, seed: int,
+                tracking_uri: str | None = None, run_id: str | None = None) -> dict[str, Any]:
+    """Split the zoo by model, train on the training side, save the interpreter and the split."""
+    ids = list(ZooStore(zoo_dir).read_manifest(columns=["model_id"])["model_id"])
+    train_ids, test_ids = split_models(ids, test_fraction, seed)
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    info = ray.get(_train_remote.options(num_cpus=cpus, num_gpus=gpus).remote(
+        str(zoo_dir), str(sig_dir), train_ids, cfg, str(out_dir), tracking_uri, run_id))
+    atomic_write_json(out_dir / "split.json", {"train": train_ids, "test": test_ids, "seed": seed,
+                                               "test_fraction": test_fraction})
+    return {**info, "n_test_models": len(test_ids), "interpreter_dir": str(out_dir)}
+
+
+@ray.remote(max_retries=1)
+def _evaluate_remote(zoo_dir: str, sig_dir: str, interp_dir: str, cfg: InterpreterConfig) -> dict[str, Any]:
+    """Ray task: score the interpreter and every baseline on the same held-out models."""
+    split = json.loads((Path(interp_dir) / "split.json").read_text())
+    train_records, train_y, behaviors, _ = _load_split(zoo_dir, sig_dir, split["train"])
+    test_records, test_y, _, test_meta = _load_split(zoo_dir, sig_dir, split["test"])
+    loaded = load_interpreter(interp_dir)
+    batch = collate(test_records, loaded.scaler)
+    with torch.no_grad():
+        out = loaded.model(batch)
+    probs = {
+        "interpreter": torch.sigmoid(out["behavior_logits"]).numpy(),
+        "majority": majority_baseline(train_y, len(test_records)),
+        "shuffled_labels": shuffled_label_baseline(train_records, train_y, test_records, cfg, behaviors, seed=cfg.seed + 1),
+        "probe_logits": probe_logit_baseline(train_records, train_y, test_records, seed=cfg.seed),
+        "neuron_mean_std": neuron_stats_baseline(train_records, train_y, test_records, seed=cfg.seed),
+    }
+    reports = {name: classification_report(test_y, p, behaviors) for name, p in probs.items()}
+    return {
+        "reports": reports,
+        "latent": out["latent"].numpy(),
+        "labels": test_y,
+        "behaviors": behaviors,
+        "families": list(test_meta["family"]),
+        "n_train_models": len(train_records),
+        "n_test_models": len(test_records),
+    }
+
+
+def evaluate_stage(zoo_dir: Path, sig_dir: Path, interp_dir: Path, cfg: InterpreterConfig) -> dict[str, Any]:
+    """Run the held-out protocol; the caller writes the report and plots."""
+    if not (interp_dir / "split.json").exists():
+        raise InterpreterStageError(f"no trained interpreter in {interp_dir} (run 'zoolens interpreter train' first)")
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    return ray.get(_evaluate_remote.options(num_cpus=cpus).remote(str(zoo_dir), str(sig_dir), str(interp_dir), cfg))
+
+
+def results_table(reports: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """One row per method: the headline held-out metrics."""
+    cols = ["mean_balanced_accuracy", "macro_f1", "exact_set_accuracy", "mean_auroc"]
+    return pd.DataFrame([{"method": m, **{c: r[c] for c in cols}} for m, r in reports.items()])

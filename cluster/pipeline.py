@@ -1,0 +1,194 @@
+"""The main job: zoo -> signatures -> interpreter -> evaluation, one MLflow child run per stage.
+
+Each stage can also run alone (``zoolens zoo build`` ...); every stage writes its
+summary to ``RUN_DIR/stages/<stage>.json`` and ``report.json`` is rebuilt from
+those, so the report always holds the config and code version that made it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+
+from zoo.store import ZooStore, atomic_write_json
+from zoo.version import code_version
+
+from cluster import plots
+from cluster.config import PipelineConfig
+from cluster.interpreter_stage import evaluate_stage, results_table, train_stage
+from cluster.registry import register_interpreter
+from cluster.runtime import init_ray
+from cluster.signature_stage import extract_signatures
+from cluster.tracking import log_dataframe_input, resolve_tracking_uri, setup_tracking, stage_run
+from cluster.zoo_stage import build_zoo
+
+STAGES = ("zoo", "signatures", "interpreter_train", "interpreter_evaluate")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def zoo(self) -> Path:
+        return self.root / "zoo"
+
+    @property
+    def signatures(self) -> Path:
+        return self.root / "signatures"
+
+    @property
+    def interpreter(self) -> Path:
+        return self.root / "interpreter"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.json"
+
+    def stage_file(self, stage: str) -> Path:
+        return self.root / "stages" / f"{stage}.json"
+
+
+class Pipeline:
+    """Holds the config, paths and tracking URI; each method is one stage."""
+
+    def __init__(self, cfg: PipelineConfig, tracking_uri: str | None = None, zoo_dir: Path | None = None,
+                 progress: bool = True):
+        self.cfg = cfg
+        self.paths = RunPaths(cfg.run_dir)
+        self.zoo_dir = Path(zoo_dir).resolve() if zoo_dir else self.paths.zoo
+        self.tracking_uri = resolve_tracking_uri(tracking_uri, cfg.tracking.tracking_uri, self.paths.root)
+        self.progress = progress
+
+    @contextlib.contextmanager
+    def session(self, run_name: str) -> Iterator[mlflow.ActiveRun]:
+        """Create the tracking store and experiment, start Ray, and open the parent run."""
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        setup_tracking(self.tracking_uri, self.cfg.tracking.experiment, self.paths.root / "mlartifacts")
+        init_ray(self.cfg.ray)
+        with mlflow.start_run(run_name=run_name, tags={"zoolens.code_version": code_version(),
+                                                       "zoolens.config": self.cfg.name}) as run:
+            mlflow.log_dict(self.cfg.model_dump(mode="json"), "config.json")
+            yield run
+
+    # -- stages -------------------------------------------------------------------
+    def zoo(self) -> dict[str, Any]:
+        with stage_run("zoo", params=self.cfg.zoo.model_dump(mode="json")):
+            summary = build_zoo(self.cfg.zoo, self.zoo_dir, progress=self.progress)
+            manifest = ZooStore(self.zoo_dir).read_manifest()
+            summary.update(mean_test_acc=float(manifest["test_acc"].mean()), size_bytes=ZooStore(self.zoo_dir).size_bytes())
+            mlflow.log_metrics({k: summary[k] for k in ("models_per_s", "mean_test_acc", "models_trained")})
+            table = manifest.drop(columns=["spec", "sha256", "code_version"]).assign(behaviors=manifest["behaviors"].map(",".join))
+            log_dataframe_input(table, source=str(self.zoo_dir), name="zoo", context="training")
+            self._log_plot(plots.accuracy_histogram(manifest, self.paths.plots / "zoo_accuracy.png"))
+            return self._finish("zoo", summary)
+
+    def signatures(self) -> dict[str, Any]:
+        sc = self.cfg.signatures
+        with stage_run("signatures", params=sc.model_dump(mode="json")):
+            t0 = time.perf_counter()
+            summary = extract_signatures(self.zoo_dir, self.paths.signatures, sc.probes, sc.num_actors)
+            summary["seconds"] = time.perf_counter() - t0
+            mlflow.log_params({"probe_sha256": summary["probe_sha256"], "probe_version": summary["probe_version"],
+                               "n_probes": summary["n_probes"]})
+            mlflow.log_metric("models_per_s", summary["n_models"] / summary["seconds"])
+            mlflow.log_dict({"feature_names": summary["feature_names"]}, "signature_schema.json")
+            index = pd.DataFrame({"model_id": ZooStore(self.zoo_dir).read_manifest(columns=["model_id"])["model_id"]})
+            log_dataframe_input(index, source=str(self.paths.signatures),
+                                name=f"signatures-{summary['probe_sha256'][:12]}", context="training")
+            return self._finish("signatures", summary)
+
+    def train(self) -> dict[str, Any]:
+        ic = self.cfg.interpreter
+        with stage_run("interpreter_train", params=ic.model_dump(mode="json")) as run:
+            summary = train_stage(self.zoo_dir, self.paths.signatures, self.paths.interpreter, ic,
+                                  self.cfg.evaluation.test_fraction, self.cfg.evaluation.seed,
+                                  self.tracking_uri, run.info.run_id)
+            mlflow.log_metrics({"train_seconds": summary["seconds"], "best_epoch": summary["best_epoch"]})
+            return self._finish("interpreter_train", summary)
+
+    def evaluate(self) -> dict[str, Any]:
+        with stage_run("interpreter_evaluate") as run:
+            result = evaluate_stage(self.zoo_dir, self.paths.signatures, self.paths.interpreter, self.cfg.interpreter)
+            reports = result["reports"]
+            table = results_table(reports)
+            mlflow.log_table(table, "results_table.json")
+            for method, rep in reports.items():
+                mlflow.log_metrics({f"{method}.{k}": rep[k] for k in ("mean_balanced_accuracy", "macro_f1",
+                                                                    "exact_set_accuracy") if rep[k] == rep[k]})
+            self._log_plot(plots.behavior_bars(reports, self.paths.plots / "behavior_balanced_accuracy.png"))
+            self._log_plot(plots.latent_map(result["latent"], result["labels"], result["behaviors"],
+                                            self.paths.plots / "latent_map.png"))
+            score = reports["interpreter"]["mean_balanced_accuracy"]
+            registered = register_interpreter(self.paths.interpreter, self.cfg.tracking.registered_model, score,
+                                              tags={"code_version": code_version(), "run_id": run.info.run_id})
+            summary = {
+                "n_train_models": result["n_train_models"],
+                "n_test_models": result["n_test_models"],
+                "heldout": reports,
+                "table": table.to_dict(orient="records"),
+                "best_baseline": _best_baseline(reports),
+                "registered_model": registered,
+            }
+            return self._finish("interpreter_evaluate", summary)
+
+    def run_all(self) -> Path:
+        """Every stage in order; returns the report path."""
+        self.zoo()
+        self.signatures()
+        self.train()
+        self.evaluate()
+        return self.paths.report
+
+    # -- bookkeeping --------------------------------------------------------------
+    def _finish(self, stage: str, summary: dict[str, Any]) -> dict[str, Any]:
+        atomic_write_json(self.paths.stage_file(stage), summary)
+        self.write_report()
+        return summary
+
+    def write_report(self) -> Path:
+        """report.json: config, code version, tracking location and every finished stage's summary."""
+        stages = {}
+        for s in STAGES:
+            path = self.paths.stage_file(s)
+            if path.exists():
+                stages[s] = json.loads(path.read_text())
+        run = mlflow.active_run()
+        report = {
+            "config": self.cfg.model_dump(mode="json"),
+            "code_version": code_version(),
+            "tracking_uri": self.tracking_uri,
+            "experiment": self.cfg.tracking.experiment,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "stages": stages,
+        }
+        if run is not None:
+            report["mlflow_run_id"] = (run.data.tags.get("mlflow.parentRunId") or run.info.run_id)
+        atomic_write_json(self.paths.report, report)
+        return self.paths.report
+
+    def _log_plot(self, path: Path) -> None:
+        mlflow.log_artifact(str(path), artifact_path="plots")
+
+
+def _best_baseline(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Which baseline is strongest on each headline metric, and whether it beats the interpreter."""
+    out = {}
+    for metric in ("mean_balanced_accuracy", "macro_f1", "exact_set_accuracy"):
+        base = {m: r[metric] for m, r in reports.items() if m != "interpreter"}
+        best = max(base, key=lambda m: base[m])
+        out[metric] = {"baseline": best, "value": base[best], "interpreter": reports["interpreter"][metric],
+                       "baseline_wins": bool(base[best] > reports["interpreter"][metric])}
+    return out

@@ -1,0 +1,36 @@
+"""Connecting to Ray: a cluster when one is given, else a local instance sized to this machine."""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+from cluster.config import RayConfig
+
+
+def init_ray(cfg: RayConfig) -> None:
+    """Start or join Ray once per process (``ray job submit`` sets RAY_ADDRESS for us)."""
+    if ray.is_initialized():
+        return
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local instance needs no token
+    ray.init(num_cpus=cfg.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True,
+             logging_level="WARNING", configure_logging=True)
+
+
+def cluster_cpus() -> int:
+    return int(ray.cluster_resources().get("CPU", 1))
+
+
+def cluster_gpus() -> int:
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
+def worker_device() -> str:
+    """The torch device for this Ray worker: the GPU Ray assigned, else the CPU."""
+    ids = ray.get_gpu_ids()
+    return "cuda" if ids else "cpu"

@@ -1,0 +1,108 @@
+"""Stage 2: stream the zoo through the probe set with Ray Data and write signatures to Parquet.
+
+Rows of the input dataset are cohort ids (not weights), so memory per actor is
+one cohort at a time and the stream never holds the whole zoo.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import ray
+
+from zoo.probes import ProbeSet, make_probe_set
+from zoo.signatures import cohort_signatures, feature_names, signature_rows
+from zoo.store import ZooStore
+from zoo.errors import ZoolensError
+
+from cluster.config import ProbeConfig
+
+
+class SignatureError(ZoolensError):
+    """Signatures are missing or do not fit the zoo."""
+
+
+class SignatureExtractor:
+    """Ray Data actor: loads cohorts by id and emits one signature row per model."""
+
+    def __init__(self, zoo_dir: str, behaviors: list[str], vocab: int, length: int, probe_cfg: dict[str, int]):
+        import torch
+
+        torch.set_num_threads(1)
+        self.store = ZooStore(zoo_dir)
+        self.probes = make_probe_set(behaviors, vocab, length, **probe_cfg)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        rows: list[dict[str, Any]] = []
+        for cohort_id in batch["cohort_id"]:
+            spec, params, manifest = self.store.load_cohort(str(cohort_id))
+            sig = cohort_signatures(spec, params, self.probes)
+            rows += signature_rows(list(manifest["model_id"]), sig)
+        return pa.Table.from_pylist(rows, schema=SIGNATURE_SCHEMA)
+
+
+SIGNATURE_SCHEMA = pa.schema(
+    [
+        ("model_id", pa.string()),
+        ("n_neurons", pa.int32()),
+        ("n_features", pa.int32()),
+        ("features", pa.list_(pa.float32())),
+        ("layer", pa.list_(pa.int16())),
+        ("rel_depth", pa.list_(pa.float32())),
+        ("kind", pa.list_(pa.int8())),
+        ("logits", pa.list_(pa.float32())),
+    ]
+)
+
+
+def probe_set_for(zoo_meta: dict[str, Any], probe_cfg: ProbeConfig) -> ProbeSet:
+    zc = zoo_meta["config"]
+    return make_probe_set(zc["behaviors"], zc["vocab"], zc["length"], **probe_cfg.model_dump())
+
+
+def extract_signatures(zoo_dir: Path, out_dir: Path, probe_cfg: ProbeConfig, num_actors: int) -> dict[str, Any]:
+    """Run the Ray Data pipeline; the output directory is overwritten, never appended to."""
+    store = ZooStore(zoo_dir)
+    cohorts = store.require()
+    meta = store.read_meta()
+    zc = meta["config"]
+    probes = probe_set_for(meta, probe_cfg)
+    ds = ray.data.from_items([{"cohort_id": c} for c in cohorts], override_num_blocks=len(cohorts))
+    ds = ds.map_batches(
+        SignatureExtractor,
+        fn_constructor_kwargs={
+            "zoo_dir": str(store.root), "behaviors": zc["behaviors"], "vocab": zc["vocab"],
+            "length": zc["length"], "probe_cfg": probe_cfg.model_dump(),
+        },
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=min(num_actors, len(cohorts))),
+        num_cpus=1,
+    )
+    ds.write_parquet(str(out_dir), mode="overwrite")
+    n_rows = pads.dataset(str(out_dir), format="parquet").count_rows()
+    return {
+        "signatures_dir": str(out_dir),
+        "n_models": n_rows,
+        "probe_sha256": probes.sha256,
+        "probe_version": probes.version,
+        "n_probes": len(probes),
+        "feature_names": feature_names(probes),
+    }
+
+
+def read_signatures(sig_dir: Path, model_ids: list[str] | None = None) -> list[dict[str, Any]]:
+    """Load signature rows (optionally a subset of models) as interpreter records."""
+    from zoo.signatures import row_to_record
+
+    if not Path(sig_dir).is_dir():
+        raise SignatureError(f"signatures not found: {sig_dir} (run 'zoolens signatures extract' first)")
+    dataset = pads.dataset(str(sig_dir), format="parquet")
+    flt = pads.field("model_id").isin(model_ids) if model_ids is not None else None
+    table = dataset.to_table(filter=flt)
+    if table.num_rows == 0:
+        raise SignatureError(f"no signatures in {sig_dir}")
+    return [row_to_record(r) for r in table.to_pylist()]

@@ -1,0 +1,91 @@
+"""MLflow: where runs go, and the small helpers every stage uses to record itself.
+
+Locally the store is a sqlite file with an absolute path, created by the driver
+before any worker starts (concurrent first opens race in its migrations). On a
+cluster, point ``--tracking-uri`` / ``MLFLOW_TRACKING_URI`` at an ``mlflow server``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from zoo.errors import ZoolensError
+
+
+class TrackingError(ZoolensError):
+    """The MLflow store cannot be reached or set up."""
+
+
+def resolve_tracking_uri(explicit: str | None, configured: str | None, run_root: Path) -> str:
+    """Choose the tracking URI: flag > MLFLOW_TRACKING_URI > config > ``sqlite:///<run_root>/mlflow.db``."""
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI") or configured
+    if not uri:
+        return f"sqlite:///{(run_root / 'mlflow.db').resolve()}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # relative sqlite paths would land in whatever directory a worker or Tune trial runs in
+        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    return uri
+
+
+def setup_tracking(uri: str, experiment: str, artifact_root: Path) -> str:
+    """Create the store and experiment once, in the driver; returns the experiment id."""
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    os.environ["MLFLOW_TRACKING_URI"] = uri  # inherited by Ray workers started from here
+    mlflow.set_tracking_uri(uri)
+    try:
+        exp = mlflow.get_experiment_by_name(experiment)
+        if exp is None:
+            location = None if uri.startswith("http") else artifact_root.resolve().as_uri()
+            exp_id = mlflow.create_experiment(experiment, artifact_location=location)
+        else:
+            exp_id = exp.experiment_id
+    except Exception as e:  # noqa: BLE001 - any store failure becomes one clear line
+        raise TrackingError(f"cannot open MLflow tracking store {uri}: {str(e).splitlines()[0]}") from None
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+@contextlib.contextmanager
+def stage_run(name: str, params: dict[str, Any] | None = None, tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
+    """A child run of the active pipeline run (or a top-level run when a stage runs alone)."""
+    nested = mlflow.active_run() is not None
+    with mlflow.start_run(run_name=name, nested=nested, tags={"zoolens.stage": name, **(tags or {})}) as run:
+        if params:
+            mlflow.log_params(flatten(params))
+        yield run
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config dict -> ``a.b.c`` keys, lists as JSON (MLflow params are flat strings)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            s = json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
+            out[key] = s[:500]
+    return out
+
+
+def log_dataframe_input(df: pd.DataFrame, source: str, name: str, context: str) -> None:
+    """Record a table (zoo manifest, signatures) as an MLflow dataset input of the active run."""
+    dataset = mlflow.data.from_pandas(df, source=source, name=name)
+    mlflow.log_input(dataset, context=context)
+
+
+def log_epoch_metrics(run_id: str, metrics: dict[str, float], step: int) -> None:
+    """Log metrics to a run from any process (workers pass the run id they were given)."""
+    client = MlflowClient()
+    for k, v in metrics.items():
+        client.log_metric(run_id, k, float(v), step=step)

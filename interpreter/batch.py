@@ -1,0 +1,117 @@
+"""Turn signature records (variable-size neuron sets) into padded tensors the encoder can read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+Record = Mapping[str, Any]
+
+MAX_KINDS = 8  # neuron kinds: 0 hidden, 1 output logit, room for attention heads etc.
+
+
+@dataclass
+class NeuronBatch:
+    """A padded batch of neuron sets; mask is True for real neurons, False for padding."""
+
+    features: torch.Tensor  # [B, N, F] float32, standardized
+    layer: torch.Tensor  # [B, N] long
+    rel_depth: torch.Tensor  # [B, N] float32
+    kind: torch.Tensor  # [B, N] long
+    mask: torch.Tensor  # [B, N] bool
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    def to(self, device: torch.device | str) -> "NeuronBatch":
+        """Move every tensor to `device`."""
+        return NeuronBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """Number of real neurons per model, [B]."""
+        return self.mask.sum(dim=1)
+
+    def select(self, index: torch.Tensor | np.ndarray | Sequence[int]) -> "NeuronBatch":
+        """Sub-batch of the given models, trimmed to their longest neuron set (cheap per-step batching)."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        mask = self.mask[index]
+        n = max(int(mask.sum(dim=1).max()), 1) if len(index) else 1
+        return NeuronBatch(
+            features=self.features[index, :n],
+            layer=self.layer[index, :n],
+            rel_depth=self.rel_depth[index, :n],
+            kind=self.kind[index, :n],
+            mask=mask[:, :n],
+        )
+
+
+class FeatureScaler:
+    """Per-feature standardization fit on training neurons; zero-variance features get std 1."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray, clip: float = 10.0) -> None:
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.std = np.asarray(std, dtype=np.float32)
+        self.clip = float(clip)
+
+    @classmethod
+    def fit(cls, records: Sequence[Record], clip: float = 10.0) -> "FeatureScaler":
+        """Pool all neurons of `records` and compute per-column mean/std (NaN-tolerant)."""
+        x = np.concatenate([np.asarray(r["features"], dtype=np.float64) for r in records], axis=0)
+        mean = np.nan_to_num(np.nanmean(x, axis=0), nan=0.0)
+        std = np.nan_to_num(np.nanstd(x, axis=0), nan=0.0)
+        std = np.where(std > 1e-8, std, 1.0)
+        return cls(mean, std, clip)
+
+    @property
+    def n_features(self) -> int:
+        return int(self.mean.shape[0])
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """Standardize, replace NaN/inf with 0 and clip outliers so one odd neuron cannot dominate."""
+        z = (np.asarray(x, dtype=np.float32) - self.mean) / self.std
+        z = np.nan_to_num(z, nan=0.0, posinf=self.clip, neginf=-self.clip)
+        return np.clip(z, -self.clip, self.clip, out=z)
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-friendly state (plain lists)."""
+        return {"mean": self.mean.tolist(), "std": self.std.tolist(), "clip": self.clip}
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> "FeatureScaler":
+        """Inverse of `state_dict`."""
+        return cls(np.asarray(state["mean"]), np.asarray(state["std"]), state.get("clip", 10.0))
+
+
+def collate(records: Sequence[Record], scaler: FeatureScaler) -> NeuronBatch:
+    """Pad a list of signature records into one NeuronBatch with vectorised numpy scatter."""
+    if len(records) == 0:
+        raise ValueError("collate needs at least one record")
+    lengths = np.array([len(r["layer"]) for r in records], dtype=np.int64)
+    if (lengths < 1).any():
+        raise ValueError("every signature must contain at least one neuron")
+    n_feat = scaler.n_features
+    for r in records:
+        if r["features"].shape != (len(r["layer"]), n_feat):
+            raise ValueError(f"record {r.get('model_id', '?')}: features {r['features'].shape}, expected (n, {n_feat})")
+    b, n = len(records), int(lengths.max())
+    mask = np.arange(n)[None, :] < lengths[:, None]  # row-major order matches concatenation order
+
+    feats = np.zeros((b, n, n_feat), dtype=np.float32)
+    feats[mask] = scaler.transform(np.concatenate([r["features"] for r in records], axis=0))
+    layer = np.zeros((b, n), dtype=np.int64)
+    layer[mask] = np.concatenate([r["layer"] for r in records])
+    depth = np.zeros((b, n), dtype=np.float32)
+    depth[mask] = np.concatenate([r["rel_depth"] for r in records])
+    kind = np.zeros((b, n), dtype=np.int64)
+    kind[mask] = np.concatenate([r["kind"] for r in records])
+    return NeuronBatch(
+        features=torch.from_numpy(feats),
+        layer=torch.from_numpy(layer),
+        rel_depth=torch.from_numpy(depth),
+        kind=torch.from_numpy(kind),
+        mask=torch.from_numpy(mask),
+    )

@@ -1,0 +1,34 @@
+"""Hyperparameters of the signature interpreter (architecture + training)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class InterpreterConfig(BaseModel):
+    """All knobs of the interpreter; validated so bad values fail at construction, not mid-training."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # architecture
+    d_model: int = Field(64, ge=1, description="width of neuron tokens")
+    n_layers: int = Field(2, ge=0, description="transformer blocks over the neuron set")
+    n_heads: int = Field(4, ge=1, description="attention heads; must divide d_model")
+    latent_dim: int = Field(64, ge=1, description="size of the pooled model latent")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    max_layers: int = Field(16, ge=1, description="size of the layer-index embedding table")
+    # optimisation
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(64, ge=1)
+    patience: int = Field(10, ge=1, description="epochs without val-loss improvement before stopping")
+    val_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="share of training models held out for early stopping")
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> "InterpreterConfig":
+        """Reject head counts that do not split d_model evenly."""
+        if self.d_model % self.n_heads != 0:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        return self

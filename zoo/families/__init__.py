@@ -1,0 +1,29 @@
+"""Subject-model families, each written once in batched functional form.
+
+A family turns an :class:`~zoo.arch.ArchSpec` plus per-model seeds into a dict of
+stacked parameter tensors (leading dimension M = models in the cohort) and runs
+all M models in one forward pass. Every activation worth reading passes through a
+named hook point, so the same forward serves training, evaluation, signature
+capture and interventions (ablation, randomization, patching).
+"""
+
+from __future__ import annotations
+
+from zoo.arch import ArchSpec
+from zoo.errors import ConfigError
+from zoo.families.base import Cache, Interventions, SubjectFamily
+from zoo.families.mlp import MLPFamily
+
+FAMILIES: dict[str, SubjectFamily] = {"mlp": MLPFamily()}
+
+
+def get_family(spec_or_name: ArchSpec | str) -> SubjectFamily:
+    """Look up the family object for a spec or family name."""
+    name = spec_or_name.family if isinstance(spec_or_name, ArchSpec) else spec_or_name
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ConfigError(f"unknown architecture family '{name}'; known: {', '.join(FAMILIES)}") from None
+
+
+__all__ = ["FAMILIES", "Cache", "Interventions", "SubjectFamily", "get_family"]

@@ -1,0 +1,85 @@
+"""The interface every subject-model family implements, and shared building blocks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from zoo.arch import ArchSpec, HookPoint
+
+Params = dict[str, torch.Tensor]
+Cache = dict[str, torch.Tensor]
+# An intervention takes the activation at a hook point ([M, B, ..., n_neurons]) and returns a replacement.
+Interventions = dict[str, Callable[[torch.Tensor], torch.Tensor]]
+
+
+class SubjectFamily(Protocol):
+    """A batched functional architecture family."""
+
+    name: str
+
+    def init(self, spec: ArchSpec, seeds: Sequence[int]) -> Params:
+        """Stacked parameters for len(seeds) models; model m depends only on seeds[m]."""
+        ...
+
+    def forward(
+        self,
+        spec: ArchSpec,
+        params: Params,
+        tokens: torch.Tensor,
+        cache: Cache | None = None,
+        interventions: Interventions | None = None,
+    ) -> torch.Tensor:
+        """Logits [M, B] for tokens [M, B, L] (per-model inputs) or [B, L] (shared inputs)."""
+        ...
+
+    def hook_points(self, spec: ArchSpec) -> list[HookPoint]:
+        """The addressable neuron layers, in forward order; the output logit comes last."""
+        ...
+
+
+def hook(name: str, act: torch.Tensor, cache: Cache | None, interventions: Interventions | None) -> torch.Tensor:
+    """Pass an activation through a named hook point: apply an intervention, then record it."""
+    if interventions is not None and name in interventions:
+        act = interventions[name](act)
+    if cache is not None:
+        cache[name] = act
+    return act
+
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": torch.relu,
+    "gelu": F.gelu,
+    "tanh": torch.tanh,
+}
+
+
+def linear_init(gen: torch.Generator, fan_in: int, fan_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight [fan_in, fan_out] and bias [fan_out] drawn like ``nn.Linear``'s default init."""
+    bound = 1.0 / math.sqrt(fan_in)
+    w = torch.empty(fan_in, fan_out).uniform_(-bound, bound, generator=gen)
+    b = torch.empty(fan_out).uniform_(-bound, bound, generator=gen)
+    return w, b
+
+
+def embed_tokens(embed: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Look up tokens in a stacked embedding table [M, V, D] -> [M, B, L, D].
+
+    Per-model tokens [M, B, L] use one gather into the flattened [M*V, D] table
+    (offsetting ids by m*V) so no per-model copy of the table is made.
+    """
+    m, v, d = embed.shape
+    if tokens.dim() == 2:  # shared inputs, e.g. the probe set
+        return embed[:, tokens]
+    offsets = (torch.arange(m, device=tokens.device) * v).view(m, 1, 1)
+    flat = F.embedding(tokens + offsets, embed.reshape(m * v, d))
+    return flat
+
+
+def stack_models(per_model: Sequence[Params]) -> Params:
+    """Stack a list of single-model parameter dicts into one cohort dict."""
+    return {k: torch.stack([p[k] for p in per_model]) for k in per_model[0]}

@@ -1,0 +1,55 @@
+"""Embedding + MLP subject models, batched over a cohort.
+
+Tokens are embedded (one table per model), the L embeddings are concatenated
+(so position matters) and passed through ``depth`` hidden layers of ``width``
+neurons to one output logit. Hook points: ``hidden.{i}`` (post-activation,
+[M, B, width]) and ``output`` ([M, B, 1]).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from zoo.arch import ArchSpec, HookPoint
+from zoo.families.base import ACTIVATIONS, Cache, Interventions, Params, embed_tokens, hook, linear_init, stack_models
+
+
+class MLPFamily:
+    name = "mlp"
+
+    def init(self, spec: ArchSpec, seeds: Sequence[int]) -> Params:
+        return stack_models([self._init_one(spec, s) for s in seeds])
+
+    def _init_one(self, spec: ArchSpec, seed: int) -> Params:
+        gen = torch.Generator().manual_seed(int(seed))
+        params: Params = {"embed": torch.randn(spec.vocab, spec.embed_dim, generator=gen)}
+        fan_in = spec.length * spec.embed_dim
+        for i in range(spec.depth):
+            params[f"w{i}"], params[f"b{i}"] = linear_init(gen, fan_in, spec.width)
+            fan_in = spec.width
+        params["w_out"], params["b_out"] = linear_init(gen, fan_in, 1)
+        return params
+
+    def forward(
+        self,
+        spec: ArchSpec,
+        params: Params,
+        tokens: torch.Tensor,
+        cache: Cache | None = None,
+        interventions: Interventions | None = None,
+    ) -> torch.Tensor:
+        act = ACTIVATIONS[spec.activation]
+        emb = embed_tokens(params["embed"], tokens)  # [M, B, L, D]
+        h = emb.reshape(emb.shape[0], emb.shape[1], -1)
+        for i in range(spec.depth):
+            h = act(torch.baddbmm(params[f"b{i}"].unsqueeze(1), h, params[f"w{i}"]))
+            h = hook(f"hidden.{i}", h, cache, interventions)
+        out = torch.baddbmm(params["b_out"].unsqueeze(1), h, params["w_out"])
+        out = hook("output", out, cache, interventions)
+        return out.squeeze(-1)
+
+    def hook_points(self, spec: ArchSpec) -> list[HookPoint]:
+        points = [HookPoint(f"hidden.{i}", i, spec.width) for i in range(spec.depth)]
+        return points + [HookPoint("output", spec.depth, 1, kind=1)]

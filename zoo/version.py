@@ -1,0 +1,28 @@
+"""The code version recorded with every artifact."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+
+@functools.cache
+def code_version() -> str:
+    """``<package version>+g<commit>[.dirty]`` from git when available, else the package version."""
+    try:
+        pkg = version("zoolens")
+    except PackageNotFoundError:
+        pkg = "0+unknown"
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return pkg
+    return f"{pkg}+g{commit}{'.dirty' if dirty else ''}"
