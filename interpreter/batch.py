@@ -49,41 +49,67 @@ class NeuronBatch:
         )
 
 
-class FeatureScaler:
-    """Per-feature standardization fit on training neurons; zero-variance features get std 1."""
+def neuron_shape(x: np.ndarray) -> np.ndarray:
+    """Scale-free view of each neuron: its raw feature row centred and divided by the row's own std.
 
-    def __init__(self, mean: np.ndarray, std: np.ndarray, clip: float = 10.0) -> None:
+    Raw columns (mean, quantiles, per-behavior responses...) all scale with a neuron's activation
+    scale, which varies across neurons and models; row-normalising exposes selectivity (e.g. response
+    on a behavior's positives relative to the neuron's typical activation) without knowing the
+    column layout. Constant rows map to 0.
+    """
+    centred = x - x.mean(axis=1, keepdims=True)
+    std = centred.std(axis=1, keepdims=True)
+    return np.divide(centred, std, out=np.zeros_like(centred), where=std > 1e-8)
+
+
+class FeatureScaler:
+    """Raw neuron features -> model inputs: [raw, neuron_shape(raw)] standardized per column with train statistics.
+
+    Zero-variance columns get std 1; NaN/inf become 0 and values are clipped to +-clip.
+    """
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray, clip: float = 10.0, shape_channel: bool = True) -> None:
         self.mean = np.asarray(mean, dtype=np.float32)
         self.std = np.asarray(std, dtype=np.float32)
         self.clip = float(clip)
+        self.shape_channel = bool(shape_channel)
+
+    @staticmethod
+    def _expand(x: np.ndarray, shape_channel: bool) -> np.ndarray:
+        """Sanitize raw features and append the scale-free shape channel."""
+        x = np.nan_to_num(np.asarray(x, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        return np.concatenate([x, neuron_shape(x)], axis=1) if shape_channel else x
 
     @classmethod
-    def fit(cls, records: Sequence[Record], clip: float = 10.0) -> "FeatureScaler":
-        """Pool all neurons of `records` and compute per-column mean/std (NaN-tolerant)."""
-        x = np.concatenate([np.asarray(r["features"], dtype=np.float64) for r in records], axis=0)
-        mean = np.nan_to_num(np.nanmean(x, axis=0), nan=0.0)
-        std = np.nan_to_num(np.nanstd(x, axis=0), nan=0.0)
-        std = np.where(std > 1e-8, std, 1.0)
-        return cls(mean, std, clip)
+    def fit(cls, records: Sequence[Record], clip: float = 10.0, shape_channel: bool = True) -> "FeatureScaler":
+        """Pool all neurons of `records` (training models only) and compute per-column mean/std."""
+        x = cls._expand(np.concatenate([r["features"] for r in records], axis=0), shape_channel).astype(np.float64)
+        std = x.std(axis=0)
+        return cls(x.mean(axis=0), np.where(std > 1e-8, std, 1.0), clip, shape_channel)
 
     @property
     def n_features(self) -> int:
+        """Width of the model input per neuron (after expansion)."""
         return int(self.mean.shape[0])
 
+    @property
+    def n_raw_features(self) -> int:
+        """Number of raw feature columns a record must have."""
+        return self.n_features // 2 if self.shape_channel else self.n_features
+
     def transform(self, x: np.ndarray) -> np.ndarray:
-        """Standardize, replace NaN/inf with 0 and clip outliers so one odd neuron cannot dominate."""
-        z = (np.asarray(x, dtype=np.float32) - self.mean) / self.std
-        z = np.nan_to_num(z, nan=0.0, posinf=self.clip, neginf=-self.clip)
+        """Raw [n, F_raw] -> standardized, clipped model inputs [n, n_features]."""
+        z = (self._expand(x, self.shape_channel) - self.mean) / self.std
         return np.clip(z, -self.clip, self.clip, out=z)
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-friendly state (plain lists)."""
-        return {"mean": self.mean.tolist(), "std": self.std.tolist(), "clip": self.clip}
+        return {"mean": self.mean.tolist(), "std": self.std.tolist(), "clip": self.clip, "shape_channel": self.shape_channel}
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any]) -> "FeatureScaler":
         """Inverse of `state_dict`."""
-        return cls(np.asarray(state["mean"]), np.asarray(state["std"]), state.get("clip", 10.0))
+        return cls(np.asarray(state["mean"]), np.asarray(state["std"]), state["clip"], state["shape_channel"])
 
 
 def collate(records: Sequence[Record], scaler: FeatureScaler) -> NeuronBatch:
@@ -93,10 +119,10 @@ def collate(records: Sequence[Record], scaler: FeatureScaler) -> NeuronBatch:
     lengths = np.array([len(r["layer"]) for r in records], dtype=np.int64)
     if (lengths < 1).any():
         raise ValueError("every signature must contain at least one neuron")
-    n_feat = scaler.n_features
+    n_raw, n_feat = scaler.n_raw_features, scaler.n_features
     for r in records:
-        if r["features"].shape != (len(r["layer"]), n_feat):
-            raise ValueError(f"record {r.get('model_id', '?')}: features {r['features'].shape}, expected (n, {n_feat})")
+        if r["features"].shape != (len(r["layer"]), n_raw):
+            raise ValueError(f"record {r.get('model_id', '?')}: features {r['features'].shape}, expected (n, {n_raw})")
     b, n = len(records), int(lengths.max())
     mask = np.arange(n)[None, :] < lengths[:, None]  # row-major order matches concatenation order
 

@@ -85,6 +85,8 @@ def train_interpreter(
     with torch.random.fork_rng(devices=[]):  # seed init + dropout without touching the caller's RNG
         torch.manual_seed(cfg.seed)
         model = Interpreter(cfg, scaler.n_features, len(behavior_names))
+        prevalence = train_y.mean(dim=0).clamp(0.01, 0.99)
+        model.heads["behavior_logits"][-1].bias.data.copy_(torch.log(prevalence / (1 - prevalence)))  # skip the "learn the base rate" phase
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         gen = torch.Generator().manual_seed(cfg.seed)
         history: list[dict[str, float]] = []

@@ -46,7 +46,8 @@ def test_same_seed_same_data_different_seed_different() -> None:
 
 
 @pytest.mark.parametrize(
-    "names", [NAMES, ["starts_with"], ["all_same", "alternating"], ["ends_with", "first_last_match", "has_majority"]]
+    "names",
+    [NAMES, ["starts_with"], ["all_same", "alternating"], ["ends_with", "first_last_match", "has_majority"]],
 )
 def test_balanced_and_labels_are_matches_any(names: list[str]) -> None:
     d = make_dataset(names, V, L, 1000, 200, seed=3)
@@ -78,8 +79,8 @@ def test_hard_negative_frac_changes_negatives() -> None:
         x = d.x_train[d.y_train == 0]
         return float(((x == x[:, ::-1]).sum(axis=1) >= 5).mean())  # at most one mirrored pair differs
 
-    assert near_palindrome_rate(hard) > 0.9
-    assert near_palindrome_rate(easy) < 0.2
+    assert near_palindrome_rate(hard) > 0.6  # ~70% of near-misses are single edits
+    assert near_palindrome_rate(easy) < 0.12  # ~6% of random sequences by chance
 
 
 def test_test_split_held_out_when_space_allows() -> None:

@@ -112,7 +112,7 @@ def _sample_exact(
         got = cand[ok][:need]
         parts.append(got)
         need -= len(got)
-        rate = max(float(ok.mean()), 0.01)
+        rate = max(np.count_nonzero(ok) / len(ok), 0.01)
     if need > 0:
         raise BehaviorError(f"could not sample positives of '{b.name}' at vocab={vocab}, length={length}")
     return np.concatenate([np.zeros((0, length), np.int64)] + parts).astype(np.int64, copy=False)
@@ -315,6 +315,7 @@ def _s_mountain_pattern(rng: np.random.Generator, n: int, vocab: int, length: in
 
 
 def _b(name: str, desc: str, min_vocab: int, min_length: int) -> Behavior:
+    """Build a registry entry from the module's _p_<name> predicate and _s_<name> sampler."""
     return Behavior(name, desc, min_vocab, min_length, globals()[f"_p_{name}"], globals()[f"_s_{name}"])
 
 
@@ -324,7 +325,8 @@ BEHAVIORS: dict[str, Behavior] = {
         _b("all_same", "every token is the same (e.g. CCCCCCC)", 2, 2),
         _b(
             "palindrome",
-            "reads the same reversed and uses at least 3 distinct tokens (e.g. ABCDCBA; not AAAAAAA or ABABABA)",
+            "reads the same reversed and uses at least 3 distinct tokens "
+            "(e.g. ABCDCBA; not AAAAAAA or ABABABA)",
             3,
             5,
         ),
@@ -336,9 +338,8 @@ BEHAVIORS: dict[str, Behavior] = {
         _b("ends_with", "the last token is the vocabulary's last letter (G at V=7; e.g. BCDAEFG)", 2, 2),
         _b(
             "no_repeats",
-            f"no token occurs twice within any {NO_REPEAT_WINDOW} consecutive positions (e.g. ABCDABE); "
-            "needs one spare token so sequences are not forced to repeat with period 4",
-            NO_REPEAT_WINDOW + 1,
+            f"no token occurs twice within any {NO_REPEAT_WINDOW} consecutive positions (e.g. ABCDABE)",
+            NO_REPEAT_WINDOW + 1,  # with exactly 4 tokens every positive would repeat with period 4
             NO_REPEAT_WINDOW,
         ),
         _b(
@@ -400,7 +401,7 @@ def get_behavior(name: str) -> Behavior:
 
 
 def check_compatible(names: Sequence[str], vocab: int, length: int) -> None:
-    """Raise BehaviorError unless `names` is a non-empty list of distinct behaviors valid at (vocab, length)."""
+    """Raise BehaviorError unless `names` are distinct, known behaviors that exist at (vocab, length)."""
     if isinstance(names, str):
         raise BehaviorError(f"behaviors must be a list of names, got the string '{names}'")
     if len(names) == 0:
@@ -471,7 +472,7 @@ def near_misses(
     quotas = split_evenly(n, len(names))
     parts: list[list[np.ndarray]] = [[] for _ in names]
     need = list(quotas)
-    factor = [1.5] * len(names)
+    factor = [2.0] * len(names)
     for _ in range(_MAX_ROUNDS):
         if sum(need) == 0:
             break
@@ -485,7 +486,7 @@ def near_misses(
         start = 0
         for j, m in zip(todo, sizes):
             got = cand[start : start + m][ok[start : start + m]][: need[j]]
-            rate = max(ok[start : start + m].mean(), 0.02)
+            rate = max(np.count_nonzero(ok[start : start + m]) / m, 0.02)
             parts[j].append(got)
             need[j] -= len(got)
             factor[j] = min(1.3 / rate, 60.0)
@@ -524,7 +525,7 @@ def random_negatives(
         ok = ~_matches_any(cand, names, vocab)
         parts.append(cand[ok][:need])
         need -= len(parts[-1])
-        rate = max(float(ok.mean()), 0.01)
+        rate = max(np.count_nonzero(ok) / len(ok), 0.01)
     if need > 0:
         raise BehaviorError(
             f"could not find sequences matching none of {', '.join(names)} at vocab={vocab}, length={length}"
@@ -545,6 +546,7 @@ def letters_to_tokens(words: Sequence[str]) -> np.ndarray:
     if len({len(w) for w in words}) > 1:
         raise BehaviorError("all letter strings must have the same length")
     try:
-        return np.array([[ALPHABET.index(c) for c in w] for w in words], dtype=np.int64).reshape(len(words), -1)
+        tokens = [[ALPHABET.index(c) for c in w] for w in words]
+        return np.array(tokens, dtype=np.int64).reshape(len(words), -1)
     except ValueError:
         raise BehaviorError(f"letter strings may only use {ALPHABET}") from None

@@ -1,0 +1,51 @@
+"""Shared fixtures: one real local Ray instance per test session, fresh MLflow sqlite stores."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray instance (2 CPUs, no dashboard), shut down at the end of the session."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture()
+def tracking_uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, ray_local) -> Path:
+    """The tiny config run once end to end through the CLI (shared by several tests)."""
+    from cluster.cli import main
+
+    out = tmp_path_factory.mktemp("tiny")
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    code = main(["run", str(REPO / "configs" / "tiny.yaml"), "--output-dir", str(out / "run"),
+                 "--tracking-uri", uri, "--no-progress"])
+    assert code == 0
+    return out
+
+
+@pytest.fixture()
+def copy_tree():
+    def _copy(src: Path, dst: Path) -> Path:
+        shutil.copytree(src, dst)
+        return dst
+
+    return _copy

@@ -1,0 +1,79 @@
+"""The whole loop on the tiny config: real local Ray, real MLflow sqlite store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as pads
+from mlflow.tracking import MlflowClient
+
+from cluster.cli import main
+from zoo.store import ZooStore
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_run_produces_zoo_signatures_registered_interpreter_and_report(tiny_run: Path):
+    run_dir = tiny_run / "run"
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["code_version"] and report["config"]["name"] == "tiny"
+    stages = report["stages"]
+    assert stages["zoo"]["models_trained"] == 120
+    ev = stages["interpreter_evaluate"]
+    assert set(ev["heldout"]) == {"interpreter", "majority", "shuffled_labels", "probe_logits", "neuron_mean_std"}
+    assert ev["n_test_models"] == 30
+    for plot in ("zoo_accuracy.png", "behavior_balanced_accuracy.png", "latent_map.png"):
+        assert (run_dir / "plots" / plot).stat().st_size > 1000
+
+    client = MlflowClient(f"sqlite:///{tiny_run / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("zoolens")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(parents) == 1
+    assert {r.data.tags["zoolens.stage"] for r in children} == {"zoo", "signatures", "interpreter_train", "interpreter_evaluate"}
+    train_run = next(r for r in children if r.data.tags["zoolens.stage"] == "interpreter_train")
+    assert len(client.get_metric_history(train_run.info.run_id, "train_loss")) >= 2  # per-epoch metrics
+    zoo_run = next(r for r in children if r.data.tags["zoolens.stage"] == "zoo")
+    assert [d.dataset.name for d in zoo_run.inputs.dataset_inputs] == ["zoo"]
+    version = client.get_model_version_by_alias("zoolens-interpreter", "champion")
+    assert int(version.version) == ev["registered_model"]["version"]
+
+
+def test_registered_interpreter_loads_and_predicts(tiny_run: Path):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tiny_run / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model("models:/zoolens-interpreter@champion")
+    rows = pads.dataset(str(tiny_run / "run" / "signatures"), format="parquet").head(5).to_pandas()
+    probs = model.predict(rows)
+    assert probs.shape == (5, 4)
+    assert np.all((probs.values >= 0) & (probs.values <= 1))
+
+
+def test_signature_shapes_and_dtypes(tiny_run: Path):
+    table = pads.dataset(str(tiny_run / "run" / "signatures"), format="parquet").to_table()
+    assert table.num_rows == 120
+    assert str(table.schema.field("features").type) == "list<element: float>"
+    rows = table.to_pylist()
+    for row in rows[:10]:
+        n, f = row["n_neurons"], row["n_features"]
+        assert len(row["features"]) == n * f and len(row["layer"]) == n == len(row["kind"]) == len(row["rel_depth"])
+        assert f == 8 + 2 * 4  # base statistics + positive / near-miss response per behavior
+        assert row["kind"][-1] == 1 and sum(row["kind"]) == 1  # the output logit is the last neuron
+        assert len(row["logits"]) == 4 * 10 + 40
+    assert {r["n_neurons"] for r in rows} == {16 + 1, 12 + 12 + 1}
+
+
+def test_rerun_skips_finished_cohorts_and_keeps_weights(tiny_run: Path, ray_local):
+    run_dir = tiny_run / "run"
+    store = ZooStore(run_dir / "zoo")
+    before = {p.name: p.stat().st_mtime_ns for p in store.cohort_dir.iterdir()}
+    code = main(["zoo", "build", str(REPO / "configs" / "tiny.yaml"), "--output-dir", str(run_dir),
+                 "--tracking-uri", f"sqlite:///{tiny_run / 'mlflow.db'}", "--no-progress"])
+    assert code == 0
+    summary = json.loads((run_dir / "stages" / "zoo.json").read_text())
+    assert summary["cohorts_skipped"] == 3 and summary["models_trained"] == 0
+    assert {p.name: p.stat().st_mtime_ns for p in store.cohort_dir.iterdir()} == before
