@@ -39,8 +39,8 @@ def behavior_bars(reports: dict[str, dict[str, Any]], path: Path) -> Path:
     ax.set_xticks(x, behaviors, rotation=45, ha="right", fontsize=8)
     ax.set_ylim(0.0, 1.02)
     ax.set_ylabel("balanced accuracy (held-out models)")
-    ax.set_title("Reading behaviors from signatures")
-    ax.legend(fontsize=8, ncol=min(len(methods), 5))
+    ax.set_title("Reading behaviors from signatures", pad=28)
+    ax.legend(fontsize=8, ncol=len(methods), loc="upper center", bbox_to_anchor=(0.5, 1.13), frameon=False)
     return _save(fig, path)
 
 

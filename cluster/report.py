@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -35,7 +36,8 @@ def print_summary(report_path: Path, tracking_uri: str) -> None:
     console.print(f"report: {report_path}")
     backend = tracking_uri if not tracking_uri.startswith("http") else None
     if backend:
-        console.print(f"browse runs: mlflow ui --backend-store-uri {backend} --host 127.0.0.1 --port 5000")
+        mlflow_bin = Path(sys.executable).parent / "mlflow"
+        console.print(f"browse runs: {mlflow_bin} ui --backend-store-uri {backend} --host 127.0.0.1 --port 5000")
     else:
         console.print(f"browse runs: {tracking_uri}")
 

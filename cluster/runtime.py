@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import ray
@@ -11,6 +12,7 @@ from cluster.config import RayConfig
 
 def init_ray(cfg: RayConfig) -> None:
     """Start or join Ray once per process (``ray job submit`` sets RAY_ADDRESS for us)."""
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # keep the progress bars, drop the INFO chatter
     if ray.is_initialized():
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS")

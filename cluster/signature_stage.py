@@ -1,7 +1,7 @@
 """Stage 2: stream the zoo through the probe set with Ray Data and write signatures to Parquet.
 
-Rows of the input dataset are cohort ids (not weights), so memory per actor is
-one cohort at a time and the stream never holds the whole zoo.
+Rows of the input dataset are cohort ids (not weights), so each actor holds one
+cohort at a time and the stream never holds the whole zoo.
 """
 
 from __future__ import annotations
@@ -14,12 +14,15 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import ray
 
-from zoo.probes import ProbeSet, make_probe_set
-from zoo.signatures import cohort_signatures, feature_names, signature_rows
-from zoo.store import ZooStore
 from zoo.errors import ZoolensError
+from zoo.probes import ProbeSet, make_probe_set
+from zoo.signatures import cohort_signatures, feature_names, row_to_record, signature_table
+from zoo.store import ZooStore, atomic_write_json
+from zoo.version import code_version
 
 from cluster.config import ProbeConfig
+
+SIGNATURE_META = "signatures.json"  # probe set, feature names and provenance, beside the Parquet files
 
 
 class SignatureError(ZoolensError):
@@ -35,28 +38,16 @@ class SignatureExtractor:
         torch.set_num_threads(1)
         self.store = ZooStore(zoo_dir)
         self.probes = make_probe_set(behaviors, vocab, length, **probe_cfg)
+        self.device = "cuda" if ray.get_gpu_ids() else "cpu"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        rows: list[dict[str, Any]] = []
+        tables = []
         for cohort_id in batch["cohort_id"]:
             spec, params, manifest = self.store.load_cohort(str(cohort_id))
+            params = {k: v.to(self.device) for k, v in params.items()}
             sig = cohort_signatures(spec, params, self.probes)
-            rows += signature_rows(list(manifest["model_id"]), sig)
-        return pa.Table.from_pylist(rows, schema=SIGNATURE_SCHEMA)
-
-
-SIGNATURE_SCHEMA = pa.schema(
-    [
-        ("model_id", pa.string()),
-        ("n_neurons", pa.int32()),
-        ("n_features", pa.int32()),
-        ("features", pa.list_(pa.float32())),
-        ("layer", pa.list_(pa.int16())),
-        ("rel_depth", pa.list_(pa.float32())),
-        ("kind", pa.list_(pa.int8())),
-        ("logits", pa.list_(pa.float32())),
-    ]
-)
+            tables.append(signature_table(list(manifest["model_id"]), spec.family, sig))
+        return pa.concat_tables(tables)
 
 
 def probe_set_for(zoo_meta: dict[str, Any], probe_cfg: ProbeConfig) -> ProbeSet:
@@ -81,28 +72,41 @@ def extract_signatures(zoo_dir: Path, out_dir: Path, probe_cfg: ProbeConfig, num
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=min(num_actors, len(cohorts))),
         num_cpus=1,
+        num_gpus=1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0,
     )
     ds.write_parquet(str(out_dir), mode="overwrite")
-    n_rows = pads.dataset(str(out_dir), format="parquet").count_rows()
-    return {
-        "signatures_dir": str(out_dir),
-        "n_models": n_rows,
-        "probe_sha256": probes.sha256,
-        "probe_version": probes.version,
-        "n_probes": len(probes),
+    n_rows = _dataset(out_dir).count_rows()
+    info = {
+        "probe_sha256": probes.sha256, "probe_version": probes.version, "n_probes": len(probes),
         "feature_names": feature_names(probes),
     }
+    atomic_write_json(Path(out_dir) / SIGNATURE_META, {
+        **info, "behaviors": list(probes.behaviors), "vocab": probes.vocab, "length": probes.length,
+        "probe_tokens": probes.tokens.tolist(), "probe_behavior": probes.behavior.tolist(),
+        "probe_is_positive": probes.is_positive.tolist(), "zoo_dir": str(store.root),
+        "zoo_fingerprint": meta.get("fingerprint"), "code_version": code_version(),
+    })
+    return {"signatures_dir": str(out_dir), "n_models": n_rows, **info}
+
+
+def _dataset(sig_dir: Path) -> pads.Dataset:
+    return pads.dataset(str(sig_dir), format="parquet", exclude_invalid_files=True)
+
+
+def read_signature_meta(sig_dir: Path) -> dict[str, Any]:
+    import json
+
+    path = Path(sig_dir) / SIGNATURE_META
+    if not path.exists():
+        raise SignatureError(f"signatures not found: {sig_dir} (run 'zoolens signatures extract' first)")
+    return json.loads(path.read_text())
 
 
 def read_signatures(sig_dir: Path, model_ids: list[str] | None = None) -> list[dict[str, Any]]:
     """Load signature rows (optionally a subset of models) as interpreter records."""
-    from zoo.signatures import row_to_record
-
-    if not Path(sig_dir).is_dir():
-        raise SignatureError(f"signatures not found: {sig_dir} (run 'zoolens signatures extract' first)")
-    dataset = pads.dataset(str(sig_dir), format="parquet")
+    read_signature_meta(sig_dir)
     flt = pads.field("model_id").isin(model_ids) if model_ids is not None else None
-    table = dataset.to_table(filter=flt)
+    table = _dataset(sig_dir).to_table(filter=flt)
     if table.num_rows == 0:
         raise SignatureError(f"no signatures in {sig_dir}")
     return [row_to_record(r) for r in table.to_pylist()]

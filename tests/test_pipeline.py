@@ -57,11 +57,14 @@ def test_signature_shapes_and_dtypes(tiny_run: Path):
     table = pads.dataset(str(tiny_run / "run" / "signatures"), format="parquet").to_table()
     assert table.num_rows == 120
     assert str(table.schema.field("features").type) == "list<element: float>"
+    meta = json.loads((tiny_run / "run" / "signatures" / "signatures.json").read_text())
+    assert meta["probe_sha256"] == json.loads((tiny_run / "run" / "report.json").read_text())["stages"]["signatures"]["probe_sha256"]
     rows = table.to_pylist()
     for row in rows[:10]:
         n, f = row["n_neurons"], row["n_features"]
         assert len(row["features"]) == n * f and len(row["layer"]) == n == len(row["kind"]) == len(row["rel_depth"])
-        assert f == 8 + 2 * 4  # base statistics + positive / near-miss response per behavior
+        assert f == len(meta["feature_names"])
+        assert row["family"] == "mlp" and len(row["weight_stats"]) > 0
         assert row["kind"][-1] == 1 and sum(row["kind"]) == 1  # the output logit is the last neuron
         assert len(row["logits"]) == 4 * 10 + 40
     assert {r["n_neurons"] for r in rows} == {16 + 1, 12 + 12 + 1}

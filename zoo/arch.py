@@ -34,10 +34,12 @@ class ArchSpec(BaseModel):
 class HookPoint:
     """A named place in the forward pass whose last dimension holds addressable neurons.
 
-    ``kind`` is 0 for hidden neurons, 1 for the output logit, 2 for attention heads.
+    ``kind`` is 0 for hidden neurons, 1 for the output logit, 2 for attention heads;
+    ``fan_in`` is how many inputs feed each neuron (0 when not meaningful).
     """
 
     name: str
     layer: int
     n_neurons: int
     kind: int = 0
+    fan_in: int = 0

@@ -51,5 +51,6 @@ class MLPFamily:
         return out.squeeze(-1)
 
     def hook_points(self, spec: ArchSpec) -> list[HookPoint]:
-        points = [HookPoint(f"hidden.{i}", i, spec.width) for i in range(spec.depth)]
-        return points + [HookPoint("output", spec.depth, 1, kind=1)]
+        fan_in = [spec.length * spec.embed_dim] + [spec.width] * spec.depth
+        points = [HookPoint(f"hidden.{i}", i, spec.width, fan_in=fan_in[i]) for i in range(spec.depth)]
+        return points + [HookPoint("output", spec.depth, 1, kind=1, fan_in=spec.width)]
