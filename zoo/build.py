@@ -1,4 +1,9 @@
-"""Train one planned cohort end to end and write it to the zoo store (no Ray here)."""
+"""Train one planned cohort end to end and write it to the zoo store (no Ray here).
+
+Repair pairs: models planned with a ``corrupt_behavior`` are first trained with part
+of that behavior's positives labelled negative (stored as role ``corrupted``), then
+the same weights continue on clean labels (stored as ``<id>r``, role ``repaired``).
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,32 @@ from typing import Any
 import numpy as np
 import torch
 
-from zoo.config import CohortPlan, ZooConfig
+from zoo.config import CohortPlan, ModelPlan, ZooConfig
 from zoo.data import make_cohort_data
 from zoo.families import get_family
+from zoo.families.base import Params
 from zoo.store import ZooStore, model_sha256
 from zoo.train import accuracy_report, predict, train_cohort
 from zoo.version import code_version
+
+
+def corrupt_labels(y: np.ndarray, match: np.ndarray, models: tuple[ModelPlan, ...], seed: int) -> np.ndarray:
+    """Copy of y [M, N] where a fraction of each corrupted behavior's own positives are labelled 0.
+
+    Only examples that match the corrupted behavior and none of the model's other behaviors are
+    flipped, so the other behaviors' labels stay exact.
+    """
+    y = y.copy()
+    rng = np.random.default_rng(seed)
+    for m, mp in enumerate(models):
+        if mp.corrupt_behavior is None:
+            continue
+        slot = mp.behaviors.index(mp.corrupt_behavior)
+        others = np.delete(match[m], slot, axis=1).any(axis=1)
+        own = np.flatnonzero(match[m, :, slot] & ~others)
+        flip = rng.choice(own, size=int(round(mp.corrupt_fraction * len(own))), replace=False)
+        y[m, flip] = 0.0
+    return y
 
 
 def build_cohort(
@@ -26,50 +51,79 @@ def build_cohort(
 ) -> dict[str, Any]:
     """Generate data, train the cohort's models together, evaluate them and write the cohort atomically."""
     t0 = time.perf_counter()
-    seeds = [mp.seed for mp in plan.models]
+    models = plan.models
+    seeds = [mp.seed for mp in models]
     data = make_cohort_data(
-        [mp.behaviors for mp in plan.models], cfg.vocab, cfg.length, cfg.n_train, cfg.n_test, seeds,
-        hard_negative_frac=cfg.hard_negative_frac,
+        [mp.behaviors for mp in models], cfg.vocab, cfg.length, cfg.n_train, cfg.n_test, seeds,
+        label_noises=[mp.label_noise for mp in models], hard_negative_frac=cfg.hard_negative_frac,
     )
-    x_train, y_train = torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"])
-    x_test, y_test = torch.from_numpy(data["x_test"]), torch.from_numpy(data["y_test"])
-    params = get_family(plan.spec).init(plan.spec, seeds)
-    lr = torch.tensor([mp.lr for mp in plan.models])
+    x_train, x_test = torch.from_numpy(data["x_train"]), torch.from_numpy(data["x_test"])
+    y_clean, y_test = torch.from_numpy(data["y_train"]), torch.from_numpy(data["y_test"])
+    y_train = torch.from_numpy(corrupt_labels(data["y_train"], data["match_train"], models, seeds[0]))
+    params = get_family(plan.spec).init(plan.spec, [mp.init_seed for mp in models])
+    lr = torch.tensor([mp.lr for mp in models])
     history = train_cohort(plan.spec, params, x_train, y_train, lr, cfg.epochs, cfg.batch_size, seeds, on_epoch)
-    train_rep = accuracy_report(predict(plan.spec, params, x_train), y_train, data["match_train"])
-    test_rep = accuracy_report(predict(plan.spec, params, x_test), y_test, data["match_test"])
-    rows = [
-        _manifest_row(plan, m, cfg, params, history, train_rep, test_rep) for m in range(len(plan.models))
-    ]
+    roles = ["corrupted" if mp.corrupt_behavior else ("sibling" if mp.sibling_of else "normal") for mp in models]
+    rows = _rows(plan, cfg, params, history[-1], data, x_train, x_test, y_train, y_test, roles, parents=[None] * len(models))
+
+    repair = [m for m, mp in enumerate(models) if mp.corrupt_behavior]
+    if repair:
+        idx = torch.tensor(repair)
+        sub = {k: v[idx].clone() for k, v in params.items()}
+        sub_hist = train_cohort(plan.spec, sub, x_train[idx], y_clean[idx], lr[idx], cfg.repair_epochs, cfg.batch_size,
+                                [seeds[m] + 7919 for m in repair])
+        sub_plan = CohortPlan(plan.cohort_id, plan.spec, tuple(models[m] for m in repair))
+        sub_data = {k: v[repair] for k, v in data.items()}
+        rows += _rows(sub_plan, cfg, sub, sub_hist[-1], sub_data, x_train[idx], x_test[idx], y_clean[idx], y_test[idx],
+                      ["repaired"] * len(repair), parents=[models[m].model_id for m in repair], suffix="r",
+                      epochs_extra=cfg.repair_epochs)
+        params = {k: torch.cat([params[k], sub[k]]) for k in params}
+    for i, row in enumerate(rows):
+        row["index"] = i
+        row["sha256"] = model_sha256(params, i)
     store.write_cohort(plan.cohort_id, plan.spec, params, rows)
     return {"cohort_id": plan.cohort_id, "n_models": len(rows), "seconds": time.perf_counter() - t0,
-            "mean_test_acc": float(np.mean(test_rep["acc"]))}
+            "mean_test_acc": float(np.mean([r["test_acc"] for r in rows]))}
 
 
-def _manifest_row(plan, m, cfg, params, history, train_rep, test_rep) -> dict[str, Any]:
-    mp = plan.models[m]
-    per_behavior = {b: float(test_rep["behavior_recall"][m, s]) for s, b in enumerate(mp.behaviors)}
-    return {
-        "model_id": mp.model_id,
-        "cohort_id": plan.cohort_id,
-        "index": m,
-        "family": plan.spec.family,
-        "arch": plan.spec.key(),
-        "spec": plan.spec.model_dump_json(),
-        "depth": plan.spec.depth,
-        "width": plan.spec.width,
-        "behaviors": list(mp.behaviors),
-        "seed": mp.seed,
-        "lr": mp.lr,
-        "epochs": cfg.epochs,
-        "batch_size": cfg.batch_size,
-        "n_train": cfg.n_train,
-        "final_loss": float(history[-1, m]),
-        "train_acc": float(train_rep["acc"][m]),
-        "test_acc": float(test_rep["acc"][m]),
-        "test_neg_acc": float(test_rep["neg_acc"][m]),
-        "test_behavior_acc": json.dumps(per_behavior),
-        "sha256": model_sha256(params, m),
-        "code_version": code_version(),
-        "zoo_fingerprint": cfg.fingerprint(),
-    }
+def _rows(plan: CohortPlan, cfg: ZooConfig, params: Params, final_loss: torch.Tensor, data: dict[str, np.ndarray],
+          x_train: torch.Tensor, x_test: torch.Tensor, y_train: torch.Tensor, y_test: torch.Tensor,
+          roles: list[str], parents: list[str | None], suffix: str = "", epochs_extra: int = 0) -> list[dict[str, Any]]:
+    """Evaluate the models on their train and held-out data and describe each in a manifest row."""
+    train_rep = accuracy_report(predict(plan.spec, params, x_train), y_train, data["match_train"])
+    test_rep = accuracy_report(predict(plan.spec, params, x_test), y_test, data["match_test"])
+    spec_json = plan.spec.model_dump_json()
+    rows = []
+    for m, mp in enumerate(plan.models):
+        per_behavior = {b: float(test_rep["behavior_recall"][m, s]) for s, b in enumerate(mp.behaviors)}
+        rows.append({
+            "model_id": mp.model_id + suffix,
+            "cohort_id": plan.cohort_id,
+            "family": plan.spec.family,
+            "arch": plan.spec.key(),
+            "spec": spec_json,
+            "depth": plan.spec.depth,
+            "width": plan.spec.width,
+            "activation": plan.spec.activation,
+            "behaviors": list(mp.behaviors),
+            "seed": mp.seed,
+            "init_seed": mp.init_seed,
+            "lr": mp.lr,
+            "epochs": cfg.epochs + epochs_extra,
+            "batch_size": cfg.batch_size,
+            "n_train": cfg.n_train,
+            "label_noise": mp.label_noise,
+            "role": roles[m],
+            "corrupted_behavior": mp.corrupt_behavior,
+            "corrupt_fraction": mp.corrupt_fraction if mp.corrupt_behavior else 0.0,
+            "parent_id": parents[m],
+            "sibling_of": mp.sibling_of,
+            "final_loss": float(final_loss[m]),
+            "train_acc": float(train_rep["acc"][m]),
+            "test_acc": float(test_rep["acc"][m]),
+            "test_neg_acc": float(test_rep["neg_acc"][m]),
+            "test_behavior_acc": json.dumps(per_behavior),
+            "code_version": code_version(),
+            "zoo_fingerprint": cfg.fingerprint(),
+        })
+    return rows

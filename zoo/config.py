@@ -13,17 +13,30 @@ from zoo.arch import Activation, ArchSpec, Family
 from zoo.behaviors import behavior_names, check_compatible
 
 
+IntChoice = int | list[int]
+
+
 class ArchChoice(BaseModel):
-    """An architecture template; each cohort takes one (round-robin)."""
+    """An architecture template; a list in any field is a set of choices sampled per cohort."""
 
     model_config = ConfigDict(extra="forbid")
 
     family: Family = "mlp"
-    depth: int = Field(2, ge=1, le=16)
-    width: int = Field(32, ge=1, le=4096)
-    embed_dim: int = Field(8, ge=1, le=256)
-    activation: Activation = "relu"
-    n_heads: int = Field(2, ge=1, le=16)
+    depth: IntChoice = 2
+    width: IntChoice = 32
+    embed_dim: IntChoice = 8
+    activation: Activation | list[Activation] = "relu"
+    n_heads: IntChoice = 2
+    weight: float = Field(1.0, gt=0.0, description="relative share of cohorts with this template")
+
+    def sample(self, rng: np.random.Generator, vocab: int, length: int) -> ArchSpec:
+        """Draw one concrete architecture from the template's choices."""
+
+        def pick(v):
+            return v[int(rng.integers(len(v)))] if isinstance(v, list) else v
+
+        fields = {k: pick(getattr(self, k)) for k in ("depth", "width", "embed_dim", "activation", "n_heads")}
+        return ArchSpec(family=self.family, vocab=vocab, length=length, **fields)
 
 
 class ZooConfig(BaseModel):
@@ -45,6 +58,14 @@ class ZooConfig(BaseModel):
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(128, ge=1)
     lr_range: tuple[float, float] = (3e-3, 1e-2)
+    label_noise: tuple[float, float] = Field((0.0, 0.0), description="per-model range of train-label flip rates")
+    repair_fraction: float = Field(0.0, ge=0.0, le=1.0, description=(
+        "share of models trained with part of one behavior's labels corrupted, then continued on clean data "
+        "(both versions are stored: a repair pair)"))
+    corrupt_range: tuple[float, float] = Field((0.5, 0.9), description="share of that behavior's positives labelled negative")
+    repair_epochs: int = Field(10, ge=1)
+    sibling_fraction: float = Field(0.0, ge=0.0, le=1.0, description=(
+        "share of models that come in pairs sharing an initialization and differing in one behavior"))
 
     @field_validator("behaviors")
     @classmethod
@@ -63,6 +84,11 @@ class ZooConfig(BaseModel):
             raise ValueError(f"lr_range {self.lr_range} must be positive and ordered")
         if not self.architectures:
             raise ValueError("at least one architecture is needed")
+        for name, (a, b) in (("label_noise", self.label_noise), ("corrupt_range", self.corrupt_range)):
+            if not 0.0 <= a <= b < 1.0:
+                raise ValueError(f"{name} {(a, b)} must satisfy 0 <= lo <= hi < 1")
+        if self.sibling_fraction > 0 and len(self.behaviors) < 2:
+            raise ValueError("siblings need at least two behaviors")
         return self
 
     def fingerprint(self) -> str:
@@ -72,10 +98,17 @@ class ZooConfig(BaseModel):
 
 @dataclass(frozen=True)
 class ModelPlan:
+    """One model to train. ``seed`` fixes its data and batch order, ``init_seed`` its initial weights."""
+
     model_id: str
     seed: int
+    init_seed: int
     behaviors: tuple[str, ...]
     lr: float
+    label_noise: float = 0.0
+    corrupt_behavior: str | None = None  # repair pair: this behavior's labels are partly corrupted first
+    corrupt_fraction: float = 0.0
+    sibling_of: str | None = None  # shares init_seed with that model and differs in one behavior
 
 
 @dataclass(frozen=True)
@@ -88,19 +121,47 @@ class CohortPlan:
 def plan_zoo(cfg: ZooConfig) -> list[CohortPlan]:
     """Expand the recipe into cohorts of models; the same config always gives the same plan."""
     rng = np.random.default_rng(cfg.seed)
-    lo, hi = cfg.behaviors_per_model
-    log_lr = np.log(cfg.lr_range)
-    models = []
-    for i in range(cfg.n_models):
-        k = int(rng.integers(lo, hi + 1))
-        chosen = rng.choice(len(cfg.behaviors), size=k, replace=False)
-        behaviors = tuple(cfg.behaviors[j] for j in sorted(chosen))
-        lr = float(np.exp(rng.uniform(*log_lr)))
-        seed = int(rng.integers(0, 2**31 - 1))
-        models.append(ModelPlan(f"m{i:07d}", seed, behaviors, lr))
-    cohorts = []
+    weights = np.array([a.weight for a in cfg.architectures])
+    cohorts, next_id = [], 0
     for c, start in enumerate(range(0, cfg.n_models, cfg.cohort_size)):
-        arch = cfg.architectures[c % len(cfg.architectures)]
-        spec = ArchSpec(vocab=cfg.vocab, length=cfg.length, **arch.model_dump())
-        cohorts.append(CohortPlan(f"c{c:05d}", spec, tuple(models[start : start + cfg.cohort_size])))
+        size = min(cfg.cohort_size, cfg.n_models - start)
+        template = cfg.architectures[c % len(cfg.architectures)] if len(set(weights)) == 1 else \
+            cfg.architectures[int(rng.choice(len(weights), p=weights / weights.sum()))]
+        spec = template.sample(rng, cfg.vocab, cfg.length)
+        models: list[ModelPlan] = []
+        while len(models) < size:
+            first = _plan_model(cfg, rng, f"m{next_id:07d}")
+            models.append(first)
+            next_id += 1
+            if len(models) < size and rng.random() < cfg.sibling_fraction and first.corrupt_behavior is None:
+                models.append(_plan_sibling(cfg, rng, first, f"m{next_id:07d}"))
+                next_id += 1
+        cohorts.append(CohortPlan(f"c{c:05d}", spec, tuple(models)))
     return cohorts
+
+
+def _plan_model(cfg: ZooConfig, rng: np.random.Generator, model_id: str) -> ModelPlan:
+    lo, hi = cfg.behaviors_per_model
+    k = int(rng.integers(lo, hi + 1))
+    behaviors = tuple(cfg.behaviors[j] for j in sorted(rng.choice(len(cfg.behaviors), size=k, replace=False)))
+    lr = float(np.exp(rng.uniform(*np.log(cfg.lr_range))))
+    seed = int(rng.integers(0, 2**31 - 1))
+    noise = float(rng.uniform(*cfg.label_noise))
+    corrupt, frac = None, 0.0
+    if rng.random() < cfg.repair_fraction:
+        corrupt = behaviors[int(rng.integers(len(behaviors)))]
+        frac = float(rng.uniform(*cfg.corrupt_range))
+    return ModelPlan(model_id, seed, seed, behaviors, lr, noise, corrupt, frac)
+
+
+def _plan_sibling(cfg: ZooConfig, rng: np.random.Generator, first: ModelPlan, model_id: str) -> ModelPlan:
+    """Same initialization and hyperparameters; one behavior added (or, at the maximum, swapped)."""
+    others = [b for b in cfg.behaviors if b not in first.behaviors]
+    extra = others[int(rng.integers(len(others)))]
+    if len(first.behaviors) < cfg.behaviors_per_model[1]:
+        behaviors = tuple(sorted(first.behaviors + (extra,), key=cfg.behaviors.index))
+    else:
+        drop = first.behaviors[int(rng.integers(len(first.behaviors)))]
+        behaviors = tuple(sorted([b for b in first.behaviors if b != drop] + [extra], key=cfg.behaviors.index))
+    seed = int(rng.integers(0, 2**31 - 1))
+    return ModelPlan(model_id, seed, first.init_seed, behaviors, first.lr, first.label_noise, sibling_of=first.model_id)

@@ -123,12 +123,14 @@ def make_cohort_data(
     n_train: int,
     n_test: int,
     seeds: Sequence[int],
+    label_noises: Sequence[float] | None = None,
     **kw: Any,
 ) -> dict[str, np.ndarray]:
     """Stack make_dataset for many models (model i uses behavior_sets[i] and seeds[i]) into [M, ...] arrays.
 
     Returns x_train [M, N, L] int64, y_train [M, N] float32, x_test, y_test, and match_train /
     match_test [M, N, S] bool with one slot per assigned behavior (S = 3, padded with False).
+    ``label_noises`` gives each model its own train-label flip rate.
     """
     if len(behavior_sets) != len(seeds):
         raise ConfigError(f"got {len(behavior_sets)} behavior sets but {len(seeds)} seeds")
@@ -142,8 +144,9 @@ def make_cohort_data(
         "match_train": np.zeros((m, n_train, slots), bool),
         "match_test": np.zeros((m, n_test, slots), bool),
     }
+    noises = list(label_noises) if label_noises is not None else [kw.pop("label_noise", 0.0)] * m
     for i, (names, seed) in enumerate(zip(behavior_sets, seeds)):
-        d = make_dataset(names, vocab, length, n_train, n_test, int(seed), **kw)
+        d = make_dataset(names, vocab, length, n_train, n_test, int(seed), label_noise=noises[i], **kw)
         k = len(names)
         out["x_train"][i], out["y_train"][i], out["match_train"][i, :, :k] = d.x_train, d.y_train, d.m_train
         out["x_test"][i], out["y_test"][i], out["match_test"][i, :, :k] = d.x_test, d.y_test, d.m_test
