@@ -1,12 +1,20 @@
-"""Stage 1: train the zoo, one cohort per Ray task, each written atomically as it finishes."""
+"""Stage 1: train the zoo on a pool of Ray actors, one cohort per call, each written atomically.
+
+Actors restart when their process dies and the in-flight cohort is retried, so a
+lost worker costs at most one cohort; cohorts already in the store are skipped,
+so an interrupted build resumes with the same command. On a cluster with GPUs
+each actor takes a fraction of a GPU and trains on the device Ray assigned it.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import ray
+from ray.util import ActorPool
 from tqdm.auto import tqdm
 
 from zoo.build import build_cohort
@@ -15,18 +23,29 @@ from zoo.errors import ZoolensError
 from zoo.store import ZooStore
 from zoo.version import code_version
 
+GPU_SHARE = 0.25  # cohorts of small models leave most of a GPU idle: four actors share one
+
 
 class ZooMismatchError(ZoolensError):
     """The zoo directory holds models made from a different recipe."""
 
 
-@ray.remote(num_cpus=1, max_retries=3)
-def _train_cohort(plan: CohortPlan, cfg: ZooConfig, root: str) -> dict[str, Any]:
-    """Ray task: one cohort, trained vectorised; retried if its worker dies."""
-    import torch
+@ray.remote(max_restarts=4, max_task_retries=4)
+class CohortTrainer:
+    """Ray actor: trains whole cohorts vectorised and writes each to the store."""
 
-    torch.set_num_threads(1)
-    return build_cohort(plan, cfg, ZooStore(root))
+    def __init__(self, cfg: ZooConfig, root: str, threads: int = 1):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.cfg, self.store = cfg, ZooStore(root)
+        self.device = "cuda" if ray.get_gpu_ids() else "cpu"
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def train(self, plan: CohortPlan) -> dict[str, Any]:
+        return {**build_cohort(plan, self.cfg, self.store, device=self.device), "pid": os.getpid()}
 
 
 def prepare_store(cfg: ZooConfig, zoo_dir: Path) -> ZooStore:
@@ -45,26 +64,33 @@ def prepare_store(cfg: ZooConfig, zoo_dir: Path) -> ZooStore:
     return store
 
 
-def build_zoo(cfg: ZooConfig, zoo_dir: Path, max_in_flight: int | None = None, progress: bool = True) -> dict[str, Any]:
+def make_trainers(cfg: ZooConfig, root: Path, n_actors: int | None, n_cohorts: int) -> list[ray.actor.ActorHandle]:
+    """One actor per CPU (or GPU_SHARE of a GPU each, where the cluster has GPUs), never more than cohorts."""
+    resources = ray.cluster_resources()
+    gpus = resources.get("GPU", 0)
+    options = {"num_cpus": 1, "num_gpus": GPU_SHARE} if gpus >= 1 else {"num_cpus": 1}
+    default = int(gpus / GPU_SHARE) if gpus >= 1 else max(1, int(resources.get("CPU", 1)))
+    n = min(n_actors or default, n_cohorts)
+    return [CohortTrainer.options(**options).remote(cfg, str(root)) for _ in range(n)]
+
+
+def build_zoo(cfg: ZooConfig, zoo_dir: Path, n_actors: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Train every cohort not yet in the store; a rerun skips finished cohorts."""
     store = prepare_store(cfg, zoo_dir)
     plans = plan_zoo(cfg)
     done = set(store.finished_cohorts())
     todo = [p for p in plans if p.cohort_id not in done]
-    max_in_flight = max_in_flight or max(1, int(ray.cluster_resources().get("CPU", 1)))
     t0 = time.perf_counter()
     results: list[dict[str, Any]] = []
-    bar = tqdm(total=cfg.n_models, initial=cfg.n_models - sum(len(p.models) for p in todo),
-               desc="zoo build", unit="model", disable=not progress)
-    pending: list[ray.ObjectRef] = []
-    queue = list(todo)
-    while queue or pending:
-        while queue and len(pending) < max_in_flight:
-            pending.append(_train_cohort.remote(queue.pop(0), cfg, str(store.root)))
-        ready, pending = ray.wait(pending, num_returns=1)
-        result = ray.get(ready[0])
-        results.append(result)
-        bar.update(result["n_models"])
+    bar = tqdm(total=len(plans), initial=len(plans) - len(todo), desc="zoo build", unit="cohort", disable=not progress)
+    if todo:
+        trainers = make_trainers(cfg, store.root, n_actors, len(todo))
+        pool = ActorPool(trainers)
+        for result in pool.map_unordered(lambda actor, plan: actor.train.remote(plan), todo):
+            results.append(result)
+            bar.update(1)
+        for actor in trainers:
+            ray.kill(actor)
     bar.close()
     seconds = time.perf_counter() - t0
     trained = sum(r["n_models"] for r in results)

@@ -48,8 +48,9 @@ def build_cohort(
     cfg: ZooConfig,
     store: ZooStore,
     on_epoch: Callable[[int, torch.Tensor], None] | None = None,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Generate data, train the cohort's models together, evaluate them and write the cohort atomically."""
+    """Generate data, train the cohort's models together on ``device``, evaluate them and write the cohort atomically."""
     t0 = time.perf_counter()
     models = plan.models
     seeds = [mp.seed for mp in models]
@@ -57,11 +58,11 @@ def build_cohort(
         [mp.behaviors for mp in models], cfg.vocab, cfg.length, cfg.n_train, cfg.n_test, seeds,
         label_noises=[mp.label_noise for mp in models], hard_negative_frac=cfg.hard_negative_frac,
     )
-    x_train, x_test = torch.from_numpy(data["x_train"]), torch.from_numpy(data["x_test"])
-    y_clean, y_test = torch.from_numpy(data["y_train"]), torch.from_numpy(data["y_test"])
-    y_train = torch.from_numpy(corrupt_labels(data["y_train"], data["match_train"], models, seeds[0]))
-    params = get_family(plan.spec).init(plan.spec, [mp.init_seed for mp in models])
-    lr = torch.tensor([mp.lr for mp in models])
+    x_train, x_test = torch.from_numpy(data["x_train"]).to(device), torch.from_numpy(data["x_test"]).to(device)
+    y_clean, y_test = torch.from_numpy(data["y_train"]).to(device), torch.from_numpy(data["y_test"]).to(device)
+    y_train = torch.from_numpy(corrupt_labels(data["y_train"], data["match_train"], models, seeds[0])).to(device)
+    params = {k: v.to(device) for k, v in get_family(plan.spec).init(plan.spec, [mp.init_seed for mp in models]).items()}
+    lr = torch.tensor([mp.lr for mp in models], device=device)
     history = train_cohort(plan.spec, params, x_train, y_train, lr, cfg.epochs, cfg.batch_size, seeds, on_epoch)
     roles = ["corrupted" if mp.corrupt_behavior else ("sibling" if mp.sibling_of else "normal") for mp in models]
     rows = _rows(plan, cfg, params, history[-1], data, x_train, x_test, y_train, y_test, roles, parents=[None] * len(models))
@@ -78,6 +79,7 @@ def build_cohort(
                       ["repaired"] * len(repair), parents=[models[m].model_id for m in repair], suffix="r",
                       epochs_extra=cfg.repair_epochs)
         params = {k: torch.cat([params[k], sub[k]]) for k in params}
+    params = {k: v.cpu() for k, v in params.items()}
     for i, row in enumerate(rows):
         row["index"] = i
         row["sha256"] = model_sha256(params, i)
@@ -90,8 +92,8 @@ def _rows(plan: CohortPlan, cfg: ZooConfig, params: Params, final_loss: torch.Te
           x_train: torch.Tensor, x_test: torch.Tensor, y_train: torch.Tensor, y_test: torch.Tensor,
           roles: list[str], parents: list[str | None], suffix: str = "", epochs_extra: int = 0) -> list[dict[str, Any]]:
     """Evaluate the models on their train and held-out data and describe each in a manifest row."""
-    train_rep = accuracy_report(predict(plan.spec, params, x_train), y_train, data["match_train"])
-    test_rep = accuracy_report(predict(plan.spec, params, x_test), y_test, data["match_test"])
+    train_rep = accuracy_report(predict(plan.spec, params, x_train).cpu(), y_train.cpu(), data["match_train"])
+    test_rep = accuracy_report(predict(plan.spec, params, x_test).cpu(), y_test.cpu(), data["match_test"])
     spec_json = plan.spec.model_dump_json()
     rows = []
     for m, mp in enumerate(plan.models):
@@ -118,7 +120,7 @@ def _rows(plan: CohortPlan, cfg: ZooConfig, params: Params, final_loss: torch.Te
             "corrupt_fraction": mp.corrupt_fraction if mp.corrupt_behavior else 0.0,
             "parent_id": parents[m],
             "sibling_of": mp.sibling_of,
-            "final_loss": float(final_loss[m]),
+            "final_loss": float(final_loss[m].cpu()),
             "train_acc": float(train_rep["acc"][m]),
             "test_acc": float(test_rep["acc"][m]),
             "test_neg_acc": float(test_rep["neg_acc"][m]),
