@@ -48,6 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
         _add_common(p)
         p.add_argument("--zoo", help="zoo directory (default: RUN_DIR/zoo)")
         p.set_defaults(handler=lambda a, s=stage: _stage(a, s))
+
+    mlf = sub.add_parser("mlflow", help="MLflow tracking server for cluster runs").add_subparsers(dest="mlflow_cmd", required=True)
+    serve = mlf.add_parser("serve", help="run a local MLflow server (sqlite + artifacts under --root); workers log over HTTP")
+    serve.add_argument("--port", type=int, default=5000, help="port to listen on (default: 5000)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; 0.0.0.0 to reach it from other nodes)")
+    serve.add_argument("--root", default="runs/mlflow-server", help="directory for mlflow.db and artifacts/ (default: runs/mlflow-server)")
+    serve.add_argument("--workers", type=int, default=2, help="uvicorn worker processes (default: 2)")
+    serve.set_defaults(handler=cmd_mlflow_serve)
     return parser
 
 
@@ -84,6 +92,12 @@ def cmd_zoo_show(args: argparse.Namespace) -> int:
 
     show_zoo(Path(args.zoo))
     return 0
+
+
+def cmd_mlflow_serve(args: argparse.Namespace) -> int:
+    from cluster.serve import cmd_serve
+
+    return cmd_serve(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
