@@ -108,8 +108,8 @@ class FeatureScaler:
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any]) -> "FeatureScaler":
-        """Inverse of `state_dict`."""
-        return cls(np.asarray(state["mean"]), np.asarray(state["std"]), state["clip"], state["shape_channel"])
+        """Inverse of `state_dict` (files written before the shape channel existed load without it)."""
+        return cls(np.asarray(state["mean"]), np.asarray(state["std"]), state.get("clip", 10.0), state.get("shape_channel", False))
 
 
 def collate(records: Sequence[Record], scaler: FeatureScaler) -> NeuronBatch:

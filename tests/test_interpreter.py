@@ -24,7 +24,7 @@ N_GENERIC = 8  # mean, std, min, max, frac_active, q25, q50, q75
 
 def make_signature(rng: np.random.Generator, behaviors: np.ndarray, n_behaviors: int, n_probes: int,
                    width_range: tuple[int, int] = (6, 30), depth_range: tuple[int, int] = (1, 3),
-                   strength: float = 1.0) -> dict:
+                   strength: float = 2.0) -> dict:
     """One synthetic signature: random depth/widths and activation scale; each assigned behavior gets a few
     detector neurons in one random hidden layer (raised response on its positives, weaker on near-misses),
     plus a noisy shift of the output logit's response and of the probe logits."""
@@ -72,6 +72,15 @@ def make_zoo(n_models: int, n_behaviors: int = 5, n_probes: int = 60, seed: int 
 
 SMALL = InterpreterConfig(d_model=32, n_heads=4, latent_dim=32, epochs=30, batch_size=32, patience=8, lr=3e-3, seed=0)
 NAMES = [f"b{k}" for k in range(5)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """Tiny models gain nothing from intra-op threads, and spinning threads crawl on a shared 2-core box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
