@@ -118,3 +118,50 @@ def test_training_learns_and_is_reproducible(cohort):
     assert np.all(hist[-1].numpy() < hist[0].numpy())
     for k in runs[0]:
         assert torch.equal(runs[0][k], runs[1][k])
+
+
+def test_every_family_is_registered():
+    from zoo.families import FAMILIES
+
+    assert set(FAMILIES) == {"mlp", "gru", "attention"}
+
+
+def test_cohort_adam_matches_torch_adam_per_model():
+    from zoo.train import CohortAdam
+
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(3, 4, 5, generator=gen)
+    lr = torch.tensor([1e-3, 1e-2, 3e-2])
+    refs = [w[m].clone().requires_grad_(True) for m in range(3)]
+    opts = [torch.optim.Adam([r], lr=float(lr[m])) for m, r in enumerate(refs)]
+    opt = CohortAdam(lr=lr)
+    params = {"w": w.clone()}
+    for _ in range(5):
+        g = torch.randn(3, 4, 5, generator=gen)
+        params["w"].grad = g.clone()
+        opt.step(params)
+        assert params["w"].grad is None
+        for m in range(3):
+            refs[m].grad = g[m].clone()
+            opts[m].step()
+    for m in range(3):
+        torch.testing.assert_close(params["w"][m], refs[m].detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_training_does_not_depend_on_chunking(cohort, monkeypatch):
+    """Models are stepped in chunks for speed; the chunk size must not change any model's result."""
+    import zoo.train
+
+    spec, seeds, data = cohort
+    fam = get_family(spec)
+    x, y = torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"])
+    lr = torch.tensor([3e-3, 1e-2, 5e-3])
+    runs = []
+    for chunk in (64, 2):
+        monkeypatch.setattr(zoo.train, "CHUNK", chunk)
+        params = fam.init(spec, seeds)
+        hist = train_cohort(spec, params, x, y, lr, 2, 32, seeds)
+        runs.append((params, hist))
+    for k in runs[0][0]:
+        torch.testing.assert_close(runs[0][0][k], runs[1][0][k], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(runs[0][1], runs[1][1], rtol=1e-6, atol=1e-7)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from zoo.arch import ArchSpec
 from zoo.errors import ConfigError
+from zoo.families.attention import AttentionFamily
 from zoo.families.base import Cache, Interventions, SubjectFamily
+from zoo.families.gru import GRUFamily
 from zoo.families.mlp import MLPFamily
 
-FAMILIES: dict[str, SubjectFamily] = {"mlp": MLPFamily()}
+FAMILIES: dict[str, SubjectFamily] = {"mlp": MLPFamily(), "gru": GRUFamily(), "attention": AttentionFamily()}
 
 
 def get_family(spec_or_name: ArchSpec | str) -> SubjectFamily:

@@ -66,6 +66,29 @@ def linear_init(gen: torch.Generator, fan_in: int, fan_out: int) -> tuple[torch.
     return w, b
 
 
+class _RowGather(torch.autograd.Function):
+    """``table[ids]`` for a 2-D table, with a faster backward on CPU than ``F.embedding``.
+
+    Forward is ``index_select``; backward accumulates with ``index_put_(accumulate=True)``,
+    several times faster here than ``embedding_dense_backward`` (or advanced indexing's
+    own backward) for a small vocabulary, where every row is hit thousands of times.
+    """
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(ids)
+        ctx.n_rows = table.shape[0]
+        return table.index_select(0, ids.reshape(-1)).view(*ids.shape, table.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (ids,) = ctx.saved_tensors
+        d = grad.shape[-1]
+        grad_table = grad.new_zeros(ctx.n_rows, d)
+        grad_table.index_put_((ids.reshape(-1),), grad.reshape(-1, d), accumulate=True)
+        return grad_table, None
+
+
 def embed_tokens(embed: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Look up tokens in a stacked embedding table [M, V, D] -> [M, B, L, D].
 
@@ -76,8 +99,9 @@ def embed_tokens(embed: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     if tokens.dim() == 2:  # shared inputs, e.g. the probe set
         return embed[:, tokens]
     offsets = (torch.arange(m, device=tokens.device) * v).view(m, 1, 1)
-    flat = F.embedding(tokens + offsets, embed.reshape(m * v, d))
-    return flat
+    if embed.device.type == "cpu":
+        return _RowGather.apply(embed.reshape(m * v, d), tokens + offsets)
+    return F.embedding(tokens + offsets, embed.reshape(m * v, d))  # deterministic sort-based backward on GPU
 
 
 def stack_models(per_model: Sequence[Params]) -> Params:
