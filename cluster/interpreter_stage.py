@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import ray
+import ray.train
 import torch
 
 from interpreter.baselines import majority_baseline, neuron_stats_baseline, probe_logit_baseline, shuffled_label_baseline
@@ -61,43 +62,75 @@ def _load_split(zoo_dir: str, sig_dir: str, ids: list[str]) -> tuple[list[dict],
     return records, labels_for(sub.reset_index(), behaviors), behaviors, sub
 
 
-@ray.remote(max_retries=1)
-def _train_remote(zoo_dir: str, sig_dir: str, train_ids: list[str], cfg: InterpreterConfig, out_dir: str,
-                  tracking_uri: str | None, run_id: str | None) -> dict[str, Any]:
-    """Ray task: fit the interpreter, logging every epoch to the stage's MLflow run."""
-    records, labels, behaviors, _ = _load_split(zoo_dir, sig_dir, train_ids)
-    on_epoch = None
-    if run_id:
+def _train_loop(config: dict[str, Any]) -> None:
+    """Ray Train worker loop: fit the interpreter, report every epoch, checkpoint the best state at the end."""
+    import tempfile
+
+    from ray.train import Checkpoint
+
+    torch.set_num_threads(config["threads"])
+    records, labels, behaviors, _ = _load_split(config["zoo_dir"], config["sig_dir"], config["train_ids"])
+    rank0 = ray.train.get_context().get_world_rank() == 0
+    run_id = config.get("run_id")
+    if run_id and rank0:
         import mlflow
 
-        from cluster.tracking import log_epoch_metrics
+        mlflow.set_tracking_uri(config["tracking_uri"])
 
-        mlflow.set_tracking_uri(tracking_uri)
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        if run_id and rank0:
+            from cluster.tracking import log_epoch_metrics
 
-        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
             log_epoch_metrics(run_id, metrics, step=epoch)
             if epoch % 10 == 0:
                 print(f"interpreter epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
+        ray.train.report({"epoch": epoch, **metrics})
 
     t0 = time.perf_counter()
-    result = train_interpreter(records, labels, cfg, behaviors, on_epoch=on_epoch)
-    save_interpreter(result.model, result.scaler, behaviors, out_dir)
-    return {"seconds": time.perf_counter() - t0, "best_epoch": result.best_epoch, "epochs_run": len(result.history),
-            "n_train_models": len(records)}
+    result = train_interpreter(records, labels, config["cfg"], behaviors, on_epoch=on_epoch)
+    summary = {"seconds": time.perf_counter() - t0, "best_epoch": result.best_epoch,
+               "epochs_run": len(result.history), "n_train_models": len(records)}
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if rank0:
+            save_interpreter(result.model, result.scaler, behaviors, tmp)
+            atomic_write_json(Path(tmp) / "train_summary.json", summary)
+            checkpoint = Checkpoint.from_directory(tmp)
+        ray.train.report(summary, checkpoint=checkpoint)
 
 
 def train_stage(zoo_dir: Path, sig_dir: Path, out_dir: Path, cfg: InterpreterConfig, test_fraction: float, seed: int,
                 tracking_uri: str | None = None, run_id: str | None = None) -> dict[str, Any]:
-    """Split the zoo by model, train on the training side, save the interpreter and the split."""
+    """Split the zoo by model and fit the interpreter with Ray Train on the training side.
+
+    One worker locally; on a cluster with GPUs the worker trains on a GPU. The best state is
+    checkpointed by Ray Train under ``<run dir>/ray_train`` and copied to ``out_dir``.
+    """
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
     ids = list(ZooStore(zoo_dir).read_manifest(columns=["model_id"])["model_id"])
     train_ids, test_ids = split_models(ids, test_fraction, seed)
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    info = ray.get(_train_remote.options(num_cpus=cpus, num_gpus=gpus).remote(
-        str(zoo_dir), str(sig_dir), train_ids, cfg, str(out_dir), tracking_uri, run_id))
+    resources = ray.cluster_resources()
+    use_gpu = resources.get("GPU", 0) >= 1
+    cpus = max(1, int(resources.get("CPU", 1)) - 1)  # leave one CPU for the Train controller
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config={"zoo_dir": str(zoo_dir), "sig_dir": str(sig_dir), "train_ids": train_ids, "cfg": cfg,
+                           "threads": cpus, "tracking_uri": tracking_uri, "run_id": run_id},
+        scaling_config=ScalingConfig(num_workers=1, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
+        run_config=RunConfig(name=f"interpreter-{int(time.time())}", storage_path=str(out_dir.parent / "ray_train")),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result.checkpoint.to_directory(str(out_dir))
+    info = json.loads((out_dir / "train_summary.json").read_text())
     atomic_write_json(out_dir / "split.json", {"train": train_ids, "test": test_ids, "seed": seed,
                                                "test_fraction": test_fraction})
-    return {**info, "n_test_models": len(test_ids), "interpreter_dir": str(out_dir)}
+    return {**info, "n_test_models": len(test_ids), "interpreter_dir": str(out_dir),
+            "ray_train_path": result.path}
 
 
 @ray.remote(max_retries=1)
