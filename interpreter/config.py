@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# Per-head loss weights. The accuracy MSE is small in absolute terms (targets span ~0.1), hence 5x;
+# the hyperparameter class heads are auxiliary (they shape the latent, they are not the product),
+# hence 0.3; corrupted-label detection is a rare binary target, hence 0.5. Heads not listed weigh 1.
+DEFAULT_HEAD_WEIGHTS = {
+    "behaviors": 1.0, "accuracy": 5.0, "family": 0.3, "depth": 0.3, "width": 0.3, "lr": 0.3, "corrupted": 0.5,
+}
+
 
 class InterpreterConfig(BaseModel):
     """All knobs of the interpreter; validated so bad values fail at construction, not mid-training."""
@@ -25,6 +32,11 @@ class InterpreterConfig(BaseModel):
     patience: int = Field(10, ge=1, description="epochs without val-loss improvement before stopping")
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="share of training models held out for early stopping")
     seed: int = Field(0, ge=0)
+    # multi-task heads
+    head_weights: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_HEAD_WEIGHTS), description="loss weight per head name; a head not listed keeps its default (1.0 if none)")
+    threshold_tuning: bool = Field(
+        True, description="pick each behavior's decision threshold on the validation split (max balanced accuracy)")
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> "InterpreterConfig":
@@ -32,3 +44,15 @@ class InterpreterConfig(BaseModel):
         if self.d_model % self.n_heads != 0:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         return self
+
+    @model_validator(mode="after")
+    def _weights_non_negative(self) -> "InterpreterConfig":
+        """A negative loss weight would train a head to be wrong."""
+        bad = {k: v for k, v in self.head_weights.items() if not v >= 0}
+        if bad:
+            raise ValueError(f"head_weights must be >= 0, got {bad}")
+        return self
+
+    def head_weight(self, name: str) -> float:
+        """Loss weight of head `name`: the configured value, else its default, else 1.0."""
+        return float(self.head_weights.get(name, DEFAULT_HEAD_WEIGHTS.get(name, 1.0)))

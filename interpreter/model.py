@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -13,8 +14,9 @@ from torch import nn
 from interpreter.batch import FeatureScaler, NeuronBatch
 from interpreter.config import InterpreterConfig
 from interpreter.encoder import SignatureEncoder
+from interpreter.targets import HeadSpec, behaviors_spec, output_key
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: head specs + behavior thresholds; version-1 files load as behaviors-only
 WEIGHTS_FILE = "weights.safetensors"
 META_FILE = "interpreter.json"
 
@@ -25,23 +27,38 @@ def mlp_head(d_in: int, d_out: int) -> nn.Module:
 
 
 class Interpreter(nn.Module):
-    """Reads a model signature and predicts its behaviors; heads live in a ModuleDict keyed by output name."""
+    """Reads a model signature and predicts behaviors (and, when given specs, accuracy, hyperparameters, corruption).
 
-    def __init__(self, cfg: InterpreterConfig, n_features: int, n_behaviors: int) -> None:
+    One MLP head per HeadSpec on the pooled latent, in a ModuleDict keyed by output key:
+    "behavior_logits" [B,K], "accuracy" [B] (sigmoid, in [0,1]), "<name>_logits" [B,C] for class heads,
+    "<name>_logit" [B] for binary heads. `thresholds` [K] are the behaviors' decision thresholds
+    (0.5 until training tunes them); they travel with the model through save/load.
+    """
+
+    def __init__(self, cfg: InterpreterConfig, n_features: int, n_behaviors: int, specs: Sequence[HeadSpec] | None = None) -> None:
         super().__init__()
+        specs = list(specs) if specs is not None else [behaviors_spec([f"b{k}" for k in range(n_behaviors)])]
+        by_name = {s.name: s for s in specs}
+        if "behaviors" not in by_name or by_name["behaviors"].n_out != n_behaviors:
+            raise ValueError(f"specs must include a 'behaviors' head with {n_behaviors} outputs")
         self.cfg = cfg
         self.n_features = n_features
         self.n_behaviors = n_behaviors
+        self.specs = specs
+        self.thresholds = np.full(n_behaviors, 0.5, dtype=np.float32)
         self.encoder = SignatureEncoder(cfg, n_features)
-        # later heads (e.g. "accuracy", "hyperparams") are added here under their output key
-        self.heads = nn.ModuleDict({"behavior_logits": mlp_head(cfg.latent_dim, n_behaviors)})
+        self.heads = nn.ModuleDict({output_key(s): mlp_head(cfg.latent_dim, s.n_out) for s in specs})
 
     def forward(self, batch: NeuronBatch) -> dict[str, torch.Tensor]:
-        """Return latent [B,latent_dim], neuron_latents [B,N,d_model] and one entry per head (behavior_logits [B,K])."""
+        """Return latent [B,latent_dim], neuron_latents [B,N,d_model] and one entry per head (see the class doc)."""
         neuron_latents, latent = self.encoder(batch)
         out = {"latent": latent, "neuron_latents": neuron_latents}
-        for name, head in self.heads.items():
-            out[name] = head(latent)
+        for spec in self.specs:
+            key = output_key(spec)
+            y = self.heads[key](latent)
+            if spec.kind in ("regression", "binary"):
+                y = y.squeeze(-1)
+            out[key] = torch.sigmoid(y) if spec.kind == "regression" else y
         return out
 
 
@@ -54,7 +71,7 @@ class LoadedInterpreter(NamedTuple):
 
 
 def save_interpreter(model: Interpreter, scaler: FeatureScaler, behavior_names: Sequence[str], directory: str | Path) -> Path:
-    """Write weights.safetensors + interpreter.json (config, sizes, names, scaler) into `directory`."""
+    """Write weights.safetensors + interpreter.json (config, sizes, names, head specs, thresholds, scaler) into `directory`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if len(behavior_names) != model.n_behaviors:
@@ -67,6 +84,8 @@ def save_interpreter(model: Interpreter, scaler: FeatureScaler, behavior_names: 
         "n_features": model.n_features,
         "n_behaviors": model.n_behaviors,
         "behavior_names": list(behavior_names),
+        "heads": [spec.to_dict() for spec in model.specs],
+        "thresholds": [float(t) for t in model.thresholds],
         "scaler": scaler.state_dict(),
     }
     (directory / META_FILE).write_text(json.dumps(meta, indent=2))
@@ -74,13 +93,20 @@ def save_interpreter(model: Interpreter, scaler: FeatureScaler, behavior_names: 
 
 
 def load_interpreter(directory: str | Path, device: torch.device | str = "cpu") -> LoadedInterpreter:
-    """Rebuild an Interpreter saved by `save_interpreter` (safetensors only, no pickle), in eval mode."""
+    """Rebuild an Interpreter saved by `save_interpreter` (safetensors only, no pickle), in eval mode.
+
+    Version-1 files (before heads existed) load as a behaviors-only model with 0.5 thresholds.
+    """
     directory = Path(directory)
     meta = json.loads((directory / META_FILE).read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in (1, FORMAT_VERSION):
         raise ValueError(f"unsupported interpreter format {meta.get('format_version')}")
     cfg = InterpreterConfig(**meta["config"])
-    model = Interpreter(cfg, meta["n_features"], meta["n_behaviors"])
+    names = list(meta["behavior_names"])
+    specs = [HeadSpec.from_dict(d) for d in meta["heads"]] if "heads" in meta else [behaviors_spec(names)]
+    model = Interpreter(cfg, meta["n_features"], meta["n_behaviors"], specs)
     model.load_state_dict(load_file(str(directory / WEIGHTS_FILE), device="cpu"))
+    if "thresholds" in meta:
+        model.thresholds = np.asarray(meta["thresholds"], dtype=np.float32)
     model.to(device).eval()
-    return LoadedInterpreter(model, FeatureScaler.from_state_dict(meta["scaler"]), list(meta["behavior_names"]))
+    return LoadedInterpreter(model, FeatureScaler.from_state_dict(meta["scaler"]), names)

@@ -46,7 +46,8 @@ class MLPFamily:
         for i in range(spec.depth):
             h = act(torch.baddbmm(params[f"b{i}"].unsqueeze(1), h, params[f"w{i}"]))
             h = hook(f"hidden.{i}", h, cache, interventions)
-        out = torch.baddbmm(params["b_out"].unsqueeze(1), h, params["w_out"])
+        # one output unit: a broadcast multiply-and-sum beats a [B, W] x [W, 1] batched matmul on CPU
+        out = (h * params["w_out"].transpose(1, 2)).sum(dim=-1, keepdim=True) + params["b_out"].unsqueeze(1)
         out = hook("output", out, cache, interventions)
         return out.squeeze(-1)
 
