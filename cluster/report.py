@@ -55,6 +55,9 @@ def show_zoo(zoo_dir: Path) -> None:
     for (fam, arch), g in manifest.groupby(["family", "arch"]):
         by_arch.add_row(fam, arch, str(len(g)), f"{g['test_acc'].mean():.3f}")
     console.print(by_arch)
+    if "role" in manifest:
+        roles = manifest["role"].value_counts()
+        console.print("by role: " + ", ".join(f"{r} {n}" for r, n in roles.items()))
     counts = manifest["behaviors"].explode().value_counts()
     by_beh = Table(title="by behavior")
     by_beh.add_column("behavior")

@@ -22,7 +22,7 @@ from zoo.version import code_version
 
 from cluster.config import ProbeConfig
 
-SIGNATURE_META = "signatures.json"  # probe set, feature names and provenance, beside the Parquet files
+SIGNATURE_META = "_signatures.json"  # probe set, feature names, provenance ("_" keeps Parquet readers off it)
 
 
 class SignatureError(ZoolensError):

@@ -86,11 +86,16 @@ def as_target_dict(targets: Targets, behavior_names: Sequence[str], specs: Seque
     return out, specs
 
 
-def head_losses(out: Mapping[str, torch.Tensor], y: Mapping[str, torch.Tensor], specs: Sequence[HeadSpec]) -> dict[str, torch.Tensor]:
+def head_losses(out: Mapping[str, torch.Tensor], y: Mapping[str, torch.Tensor], specs: Sequence[HeadSpec],
+                target_var: Mapping[str, float] | None = None) -> dict[str, torch.Tensor]:
     """Unweighted loss per head: BCE (multilabel, binary), MSE on known targets (regression), CE ignoring -1 (classes).
 
+    A regression MSE is divided by `target_var[name]` (the training targets' variance) when given, so it reads as
+    "share of variance unexplained" (1.0 = predicting the mean) whatever the zoo's accuracy spread: a zoo whose
+    accuracies all sit in [0.95, 1] would otherwise give an MSE too small for any fixed weight to matter.
     A head with no known target in the batch contributes an exact zero (CE/MSE over nothing would be NaN).
     """
+    target_var = target_var or {}
     losses = {}
     for spec in specs:
         pred, t = out[output_key(spec)], y[spec.name]
@@ -98,11 +103,18 @@ def head_losses(out: Mapping[str, torch.Tensor], y: Mapping[str, torch.Tensor], 
             losses[spec.name] = F.binary_cross_entropy_with_logits(pred, t)
         elif spec.kind == "regression":
             known = torch.isfinite(t)
-            losses[spec.name] = F.mse_loss(pred[known], t[known]) if known.any() else pred.sum() * 0.0
+            mse = F.mse_loss(pred[known], t[known]) if known.any() else pred.sum() * 0.0
+            losses[spec.name] = mse / target_var.get(spec.name, 1.0)
         else:
             known = t >= 0
             losses[spec.name] = F.cross_entropy(pred, t, ignore_index=-1) if known.any() else pred.sum() * 0.0
     return losses
+
+
+def _target_variance(y: np.ndarray) -> float:
+    """Variance of the known (finite) regression targets, floored at 1e-4 (1.0 when none is known)."""
+    known = y[np.isfinite(y)]
+    return max(float(known.var()), 1e-4) if len(known) else 1.0
 
 
 def _init_head_biases(model: Interpreter, y: Mapping[str, torch.Tensor]) -> None:
@@ -169,12 +181,12 @@ def train_interpreter(
     on_epoch: EpochCallback | None = None,
     specs: Sequence[HeadSpec] | None = None,
 ) -> TrainResult:
-    """Fit an Interpreter (weighted multi-task loss + AdamW), early-stopping on the total loss of a by-model
+    """Fit an Interpreter (weighted multi-task loss + AdamW; regression MSE relative to the target variance), early-stopping on the total loss of a by-model
     validation split; returns the best state with behavior thresholds tuned on that split (cfg.threshold_tuning).
 
     `targets`: behaviors-only array [n, K] or a dict of per-head arrays (build_targets); `specs` picks heads
     (default: every head the dict has). `on_epoch(epoch, metrics)` gets train/val total and per-head losses and
-    per-head validation metrics (undefined ones left out, so every value is a finite-or-NaN float).
+    per-head validation metrics (those undefined on the split are left out; all values are floats).
     """
     y_np, specs = as_target_dict(targets, behavior_names, specs, n_models=len(train_records))
     tr_idx, va_idx = split_by_model(len(train_records), cfg.val_fraction, cfg.seed)
@@ -188,6 +200,7 @@ def train_interpreter(
         val_np = {k: v[va_idx] for k, v in y_np.items()}
     lengths = train_data.lengths
     weights = {s.name: cfg.head_weight(s.name) for s in specs}
+    target_var = {s.name: _target_variance(y_np[s.name][tr_idx]) for s in specs if s.kind == "regression"}
     multi = len(specs) > 1
 
     def total(losses: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -205,7 +218,7 @@ def train_interpreter(
             model.train()
             sums, count = {s.name: 0.0 for s in specs}, 0
             for idx in length_bucketed_batches(lengths, cfg.batch_size, gen):
-                losses = head_losses(model(train_data.select(idx)), {k: v[idx] for k, v in train_y.items()}, specs)
+                losses = head_losses(model(train_data.select(idx)), {k: v[idx] for k, v in train_y.items()}, specs, target_var)
                 loss = total(losses)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -220,7 +233,7 @@ def train_interpreter(
             if has_val:
                 out = _forward_all(model, val_data, 4 * cfg.batch_size)
                 with torch.no_grad():
-                    val_losses = head_losses(out, val_y, specs)
+                    val_losses = head_losses(out, val_y, specs, target_var)
                 metrics["val_loss"] = total(val_losses).item()
                 if multi:
                     metrics.update({f"val_loss_{k}": v.item() for k, v in val_losses.items()})

@@ -17,7 +17,7 @@ from interpreter.metrics import (
     per_behavior_balanced_accuracy,
 )
 from interpreter.model import Interpreter, load_interpreter, save_interpreter
-from interpreter.train import predict_proba, train_interpreter
+from interpreter.train import predict, predict_proba, train_interpreter
 
 N_GENERIC = 8  # mean, std, min, max, frac_active, q25, q50, q75
 
@@ -195,6 +195,24 @@ def test_metrics_hand_made():
     np.testing.assert_array_equal(majority_baseline(y_true, 2), [[0, 0, 1], [0, 0, 1]])
 
 
+def test_behavior_thresholds_and_predict_dict(zoo, trained):
+    """Behaviors-only training still tunes thresholds on validation; predict() agrees with predict_proba()."""
+    _, _, test_records, test_labels = zoo
+    thresholds = trained.model.thresholds
+    assert thresholds.shape == (len(NAMES),) and np.all((thresholds > 0) & (thresholds < 1))
+    preds = predict(trained.model, trained.scaler, test_records)
+    assert set(preds) == {"behaviors", "latent"}
+    np.testing.assert_array_equal(preds["behaviors"], predict_proba(trained.model, trained.scaler, test_records))
+    tuned = classification_report(test_labels, preds["behaviors"], NAMES, threshold=thresholds)
+    assert tuned["threshold"] == pytest.approx(list(thresholds))
+    assert tuned["mean_balanced_accuracy"] >= 0.9
+    # per-behavior thresholds on a hand-made case: column a needs 0.35 to catch its second positive
+    y = np.array([[1, 0], [1, 1], [0, 1], [0, 0]], dtype=bool)
+    p = np.array([[0.9, 0.3], [0.4, 0.8], [0.2, 0.6], [0.1, 0.3]])
+    assert classification_report(y, p, ["a", "b"])["mean_balanced_accuracy"] == pytest.approx(0.875)
+    assert classification_report(y, p, ["a", "b"], threshold=[0.35, 0.5])["mean_balanced_accuracy"] == pytest.approx(1.0)
+
+
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError):
         InterpreterConfig(d_model=30, n_heads=4)
@@ -206,3 +224,5 @@ def test_config_rejects_bad_values():
         InterpreterConfig(epochs=0)
     with pytest.raises(ValueError):
         InterpreterConfig(unknown_field=1)
+    with pytest.raises(ValueError):
+        InterpreterConfig(head_weights={"behaviors": -0.5})

@@ -57,7 +57,7 @@ def test_signature_shapes_and_dtypes(tiny_run: Path):
     table = pads.dataset(str(tiny_run / "run" / "signatures"), format="parquet").to_table()
     assert table.num_rows == 120
     assert str(table.schema.field("features").type) == "list<element: float>"
-    meta = json.loads((tiny_run / "run" / "signatures" / "signatures.json").read_text())
+    meta = json.loads((tiny_run / "run" / "signatures" / "_signatures.json").read_text())
     assert meta["probe_sha256"] == json.loads((tiny_run / "run" / "report.json").read_text())["stages"]["signatures"]["probe_sha256"]
     rows = table.to_pylist()
     for row in rows[:10]:

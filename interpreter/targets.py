@@ -1,0 +1,167 @@
+"""What the interpreter predicts: one HeadSpec per output head, and manifest -> target arrays.
+
+Heads (all read from the pooled model latent):
+
+| name      | kind       | target                                                          |
+|-----------|------------|-----------------------------------------------------------------|
+| behaviors | multilabel | [n, K] which behaviors the model was trained to flag            |
+| accuracy  | regression | [n] held-out accuracy (manifest test_acc), in [0, 1]            |
+| family    | classes    | [n] index into FAMILY_CLASSES                                   |
+| depth     | classes    | [n] "1", "2", "3", "4+" hidden layers                           |
+| width     | classes    | [n] nearest power of two: "<=16", "32", "64", "128+"            |
+| lr        | classes    | [n] learning-rate bucket, edges LR_EDGES (see `lr_class`)       |
+| corrupted | binary     | [n] trained with one behavior's labels corrupted (needs repair) |
+
+Class targets are int64 indices with -1 for "unknown" (ignored by the loss and the metrics),
+so a zoo with an unexpected family or a missing column still trains the other heads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+HeadKind = Literal["multilabel", "regression", "classes", "binary"]
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """One prediction head: its name (= key in targets and predictions), loss kind, width and class names.
+
+    For the multilabel head `classes` holds the behavior names; for class heads the class labels.
+    """
+
+    name: str
+    kind: HeadKind
+    n_out: int
+    classes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (classes as a list)."""
+        return {**asdict(self), "classes": list(self.classes)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "HeadSpec":
+        """Inverse of `to_dict`."""
+        return cls(str(d["name"]), d["kind"], int(d["n_out"]), tuple(d.get("classes", ())))
+
+
+FAMILY_CLASSES = ("mlp", "gru", "attention")
+DEPTH_CLASSES = ("1", "2", "3", "4+")
+WIDTH_CLASSES = ("<=16", "32", "64", "128+")
+# Learning-rate buckets: [0, 3e-3) | [3e-3, 6e-3) | [6e-3, inf). The zoo samples lr log-uniformly in
+# [3e-3, 1e-2] by default, which splits roughly 58% / 42% over the upper two buckets; the lowest bucket
+# only fills when a recipe widens lr_range. A value exactly on an edge belongs to the upper bucket.
+LR_EDGES = (3e-3, 6e-3)
+LR_CLASSES = ("<3e-3", "3e-3..6e-3", ">=6e-3")
+
+
+def output_key(spec: HeadSpec) -> str:
+    """Key of a head's raw output in `Interpreter.forward` ("behavior_logits" kept for existing callers)."""
+    if spec.name == "behaviors":
+        return "behavior_logits"
+    return {"multilabel": f"{spec.name}_logits", "regression": spec.name,
+            "classes": f"{spec.name}_logits", "binary": f"{spec.name}_logit"}[spec.kind]
+
+
+def behaviors_spec(behavior_names: Sequence[str]) -> HeadSpec:
+    """The multi-label behavior head alone (what the interpreter predicted before it had other heads)."""
+    return HeadSpec("behaviors", "multilabel", len(behavior_names), tuple(behavior_names))
+
+
+def head_specs(behavior_names: Sequence[str]) -> list[HeadSpec]:
+    """All heads, in a fixed order: behaviors, accuracy, family, depth, width, lr, corrupted."""
+    return [
+        behaviors_spec(behavior_names),
+        HeadSpec("accuracy", "regression", 1),
+        HeadSpec("family", "classes", len(FAMILY_CLASSES), FAMILY_CLASSES),
+        HeadSpec("depth", "classes", len(DEPTH_CLASSES), DEPTH_CLASSES),
+        HeadSpec("width", "classes", len(WIDTH_CLASSES), WIDTH_CLASSES),
+        HeadSpec("lr", "classes", len(LR_CLASSES), LR_CLASSES),
+        HeadSpec("corrupted", "binary", 1),
+    ]
+
+
+def _finite(x: Any) -> float | None:
+    """float(x), or None when x is missing/NaN/not a number."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def depth_class(depth: Any) -> int:
+    """Hidden-layer count -> index into DEPTH_CLASSES (4 and more share a class); -1 if unknown."""
+    d = _finite(depth)
+    return -1 if d is None or d < 1 else min(int(d), 4) - 1
+
+
+def width_class(width: Any) -> int:
+    """Width -> nearest power of two (in log scale) -> index into WIDTH_CLASSES; -1 if unknown.
+
+    e.g. 12 and 16 -> "<=16", 24 -> "32" (log2 4.58 rounds to 5), 48 -> "64", 100 -> "128+".
+    """
+    w = _finite(width)
+    if w is None or w <= 0:
+        return -1
+    return int(np.clip(round(math.log2(w)) - 4, 0, 3))
+
+
+def lr_class(lr: Any) -> int:
+    """Learning rate -> index into LR_CLASSES using LR_EDGES (edges go up); -1 if unknown."""
+    v = _finite(lr)
+    return -1 if v is None or v <= 0 else int(np.searchsorted(LR_EDGES, v, side="right"))
+
+
+def family_class(family: Any) -> int:
+    """Family name -> index into FAMILY_CLASSES; -1 for anything else."""
+    return FAMILY_CLASSES.index(family) if family in FAMILY_CLASSES else -1
+
+
+def build_targets(manifest: pd.DataFrame, behavior_names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Target arrays for every head from zoo manifest rows (one row per model, in record order).
+
+    behaviors [n,K] float32 multi-hot (a behavior not in `behavior_names` raises: the label space is fixed);
+    accuracy [n] float32 from test_acc (NaN if missing); family/depth/width/lr [n] int64 class indices (-1 unknown);
+    corrupted [n] float32, 1 where role == "corrupted". Missing columns give all-unknown targets.
+    """
+    n = len(manifest)
+    col = {b: k for k, b in enumerate(behavior_names)}
+
+    def column(name: str) -> list[Any]:
+        return list(manifest[name]) if name in manifest.columns else [None] * n
+
+    behaviors = np.zeros((n, len(behavior_names)), dtype=np.float32)
+    for i, assigned in enumerate(column("behaviors")):
+        for b in assigned if assigned is not None else ():
+            if b not in col:
+                raise ValueError(f"model {i}: behavior {b!r} is not one of {list(behavior_names)}")
+            behaviors[i, col[b]] = 1.0
+    accuracy = np.array([_finite(a) if _finite(a) is not None else np.nan for a in column("test_acc")], dtype=np.float32)
+    return {
+        "behaviors": behaviors,
+        "accuracy": accuracy,
+        "family": np.array([family_class(f) for f in column("family")], dtype=np.int64),
+        "depth": np.array([depth_class(d) for d in column("depth")], dtype=np.int64),
+        "width": np.array([width_class(w) for w in column("width")], dtype=np.int64),
+        "lr": np.array([lr_class(v) for v in column("lr")], dtype=np.int64),
+        "corrupted": np.array([r == "corrupted" for r in column("role")], dtype=np.float32),
+    }
+
+
+def specs_for(targets: Mapping[str, np.ndarray], behavior_names: Sequence[str] | None = None) -> list[HeadSpec]:
+    """The heads of `head_specs` that `targets` has arrays for (behavior names default to b0..b{K-1})."""
+    if behavior_names is None:
+        k = np.asarray(targets["behaviors"]).shape[1] if "behaviors" in targets else 0
+        behavior_names = [f"b{i}" for i in range(k)]
+    return [s for s in head_specs(behavior_names) if s.name in targets]
+
+
+def permute_targets(targets: Mapping[str, np.ndarray], perm: np.ndarray) -> dict[str, np.ndarray]:
+    """Reorder every target array's rows by `perm` (same permutation for all heads)."""
+    return {k: np.asarray(v)[perm] for k, v in targets.items()}
