@@ -32,6 +32,7 @@ class EvalConfig(BaseModel):
 
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     seed: int = 0
+    cross_family: bool = Field(True, description="with several families, also train on all but one and test on it")
 
 
 class TrackingConfig(BaseModel):

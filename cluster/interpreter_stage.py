@@ -14,12 +14,18 @@ import ray
 import ray.train
 import torch
 
-from interpreter.baselines import majority_baseline, neuron_stats_baseline, probe_logit_baseline, shuffled_label_baseline
-from interpreter.batch import collate
+from interpreter.baselines import (
+    majority_baseline,
+    neuron_stats_baseline,
+    probe_logit_baseline,
+    shuffled_label_baseline,
+    weight_stats_baseline,
+)
 from interpreter.config import InterpreterConfig
-from interpreter.metrics import classification_report
+from interpreter.metrics import evaluate_heads, headline_metrics
 from interpreter.model import load_interpreter, save_interpreter
-from interpreter.train import train_interpreter
+from interpreter.targets import build_targets, head_specs
+from interpreter.train import predict, train_interpreter
 from zoo.errors import ZoolensError
 from zoo.store import ZooStore, atomic_write_json
 
@@ -28,16 +34,6 @@ from cluster.signature_stage import read_signatures
 
 class InterpreterStageError(ZoolensError):
     """The interpreter cannot be trained or evaluated with what is on disk."""
-
-
-def labels_for(manifest: pd.DataFrame, behaviors: list[str]) -> np.ndarray:
-    """Multi-hot behavior labels [n_models, K] in the zoo's behavior order."""
-    col = {b: k for k, b in enumerate(behaviors)}
-    y = np.zeros((len(manifest), len(behaviors)), dtype=np.float32)
-    for i, assigned in enumerate(manifest["behaviors"]):
-        for b in assigned:
-            y[i, col[b]] = 1.0
-    return y
 
 
 def split_models(model_ids: list[str], test_fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -52,14 +48,22 @@ def split_models(model_ids: list[str], test_fraction: float, seed: int) -> tuple
     return train, test
 
 
-def _load_split(zoo_dir: str, sig_dir: str, ids: list[str]) -> tuple[list[dict], np.ndarray, list[str], pd.DataFrame]:
+MANIFEST_COLUMNS = ["model_id", "behaviors", "family", "arch", "depth", "width", "lr", "test_acc", "role"]
+
+
+def _load_split(zoo_dir: str, sig_dir: str, ids: list[str]) -> tuple[list[dict], dict[str, np.ndarray], list[str], pd.DataFrame]:
+    """Signature records, every head's targets, the behavior names and manifest rows for the given models."""
     store = ZooStore(zoo_dir)
     behaviors = store.read_meta()["config"]["behaviors"]
-    manifest = store.read_manifest(columns=["model_id", "behaviors", "family", "arch", "test_acc"]).set_index("model_id")
+    manifest = store.read_manifest(columns=MANIFEST_COLUMNS).set_index("model_id")
     records = read_signatures(Path(sig_dir), ids)
-    order = [r["model_id"] for r in records]
-    sub = manifest.loc[order]
-    return records, labels_for(sub.reset_index(), behaviors), behaviors, sub
+    rows = manifest.loc[[r["model_id"] for r in records]].reset_index()
+    return records, build_targets(rows, behaviors), behaviors, rows
+
+
+def _subset(records: list[dict], targets: dict[str, np.ndarray], mask: np.ndarray) -> tuple[list[dict], dict[str, np.ndarray]]:
+    idx = np.flatnonzero(mask)
+    return [records[i] for i in idx], {k: v[idx] for k, v in targets.items()}
 
 
 def _train_loop(config: dict[str, Any]) -> None:
@@ -87,7 +91,7 @@ def _train_loop(config: dict[str, Any]) -> None:
         ray.train.report({"epoch": epoch, **metrics})
 
     t0 = time.perf_counter()
-    result = train_interpreter(records, labels, config["cfg"], behaviors, on_epoch=on_epoch)
+    result = train_interpreter(records, labels, config["cfg"], behaviors, on_epoch=on_epoch, specs=head_specs(behaviors))
     summary = {"seconds": time.perf_counter() - t0, "best_epoch": result.best_epoch,
                "epochs_run": len(result.history), "n_train_models": len(records)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -133,44 +137,94 @@ def train_stage(zoo_dir: Path, sig_dir: Path, out_dir: Path, cfg: InterpreterCon
             "ray_train_path": result.path}
 
 
-@ray.remote(max_retries=1)
-def _evaluate_remote(zoo_dir: str, sig_dir: str, interp_dir: str, cfg: InterpreterConfig) -> dict[str, Any]:
-    """Ray task: score the interpreter and every baseline on the same held-out models."""
-    split = json.loads((Path(interp_dir) / "split.json").read_text())
-    train_records, train_y, behaviors, _ = _load_split(zoo_dir, sig_dir, split["train"])
-    test_records, test_y, _, test_meta = _load_split(zoo_dir, sig_dir, split["test"])
-    loaded = load_interpreter(interp_dir)
-    batch = collate(test_records, loaded.scaler)
-    with torch.no_grad():
-        out = loaded.model(batch)
-    probs = {
-        "interpreter": torch.sigmoid(out["behavior_logits"]).numpy(),
-        "majority": majority_baseline(train_y, len(test_records)),
-        "shuffled_labels": shuffled_label_baseline(train_records, train_y, test_records, cfg, behaviors, seed=cfg.seed + 1),
-        "probe_logits": probe_logit_baseline(train_records, train_y, test_records, seed=cfg.seed),
-        "neuron_mean_std": neuron_stats_baseline(train_records, train_y, test_records, seed=cfg.seed),
+def score_methods(train: tuple[list[dict], dict], test: tuple[list[dict], dict], model_preds: dict[str, np.ndarray],
+                  thresholds: np.ndarray | None, cfg: InterpreterConfig, behaviors: list[str],
+                  slow_baselines: bool = True) -> dict[str, dict[str, Any]]:
+    """Score the interpreter and every baseline on the same held-out models, head by head.
+
+    The interpreter is scored with the per-behavior thresholds it chose on its validation
+    split, and also at 0.5 so the comparison with baselines (which use 0.5) is even.
+    """
+    (train_records, train_y), (test_records, test_y) = train, test
+    specs = head_specs(behaviors)
+    preds = {
+        "interpreter": model_preds,
+        "interpreter@0.5": model_preds,
+        "majority": majority_baseline(train_y, len(test_records), specs),
+        "probe_logits": probe_logit_baseline(train_records, train_y, test_records, seed=cfg.seed, specs=specs),
+        "weight_stats": weight_stats_baseline(train_records, train_y, test_records, seed=cfg.seed, specs=specs),
+        "neuron_mean_std": neuron_stats_baseline(train_records, train_y, test_records, seed=cfg.seed, specs=specs),
     }
-    reports = {name: classification_report(test_y, p, behaviors) for name, p in probs.items()}
+    if slow_baselines:
+        preds["shuffled_labels"] = shuffled_label_baseline(train_records, train_y, test_records, cfg, behaviors,
+                                                           seed=cfg.seed + 1, specs=specs)
+    return {m: evaluate_heads(test_y, p, specs, thresholds if m == "interpreter" else None) for m, p in preds.items()}
+
+
+@ray.remote(max_retries=1)
+def _evaluate_remote(zoo_dir: str, sig_dir: str, interp_dir: str, cfg: InterpreterConfig, cross_family: bool,
+                     threads: int) -> dict[str, Any]:
+    """Ray task: the held-out protocol, then (with several families) the leave-one-family-out rotations."""
+    torch.set_num_threads(threads)
+    split = json.loads((Path(interp_dir) / "split.json").read_text())
+    train_records, train_y, behaviors, train_rows = _load_split(zoo_dir, sig_dir, split["train"])
+    test_records, test_y, _, test_rows = _load_split(zoo_dir, sig_dir, split["test"])
+    loaded = load_interpreter(interp_dir)
+    model_preds = predict(loaded.model, loaded.scaler, test_records)
+    reports = score_methods((train_records, train_y), (test_records, test_y), model_preds,
+                            loaded.model.thresholds, cfg, behaviors)
+    cross: dict[str, Any] = {}
+    families = sorted(set(train_rows["family"]) & set(test_rows["family"]))
+    if cross_family and len(families) >= 2:
+        for fam in families:
+            tr = _subset(train_records, train_y, (train_rows["family"] != fam).to_numpy())
+            te = _subset(test_records, test_y, (test_rows["family"] == fam).to_numpy())
+            result = train_interpreter(tr[0], tr[1], cfg, behaviors, specs=head_specs(behaviors))
+            fam_preds = predict(result.model, result.scaler, te[0])
+            cross[fam] = {"n_train_models": len(tr[0]), "n_test_models": len(te[0]),
+                          "reports": score_methods(tr, te, fam_preds, result.model.thresholds, cfg, behaviors,
+                                                   slow_baselines=False)}
     return {
         "reports": reports,
-        "latent": out["latent"].numpy(),
-        "labels": test_y,
+        "cross_family": cross,
+        "latent": model_preds["latent"],
+        "labels": test_y["behaviors"],
         "behaviors": behaviors,
-        "families": list(test_meta["family"]),
+        "families": list(test_rows["family"]),
         "n_train_models": len(train_records),
         "n_test_models": len(test_records),
     }
 
 
-def evaluate_stage(zoo_dir: Path, sig_dir: Path, interp_dir: Path, cfg: InterpreterConfig) -> dict[str, Any]:
+def evaluate_stage(zoo_dir: Path, sig_dir: Path, interp_dir: Path, cfg: InterpreterConfig,
+                   cross_family: bool = True) -> dict[str, Any]:
     """Run the held-out protocol; the caller writes the report and plots."""
     if not (interp_dir / "split.json").exists():
         raise InterpreterStageError(f"no trained interpreter in {interp_dir} (run 'zoolens interpreter train' first)")
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    return ray.get(_evaluate_remote.options(num_cpus=cpus).remote(str(zoo_dir), str(sig_dir), str(interp_dir), cfg))
+    return ray.get(_evaluate_remote.options(num_cpus=cpus).remote(str(zoo_dir), str(sig_dir), str(interp_dir), cfg,
+                                                                  cross_family, cpus))
 
 
 def results_table(reports: dict[str, dict[str, Any]]) -> pd.DataFrame:
-    """One row per method: the headline held-out metrics."""
-    cols = ["mean_balanced_accuracy", "macro_f1", "exact_set_accuracy", "mean_auroc"]
-    return pd.DataFrame([{"method": m, **{c: r[c] for c in cols}} for m, r in reports.items()])
+    """One row per method with the headline numbers of every head (None where a head cannot be scored)."""
+    return pd.DataFrame([{"method": m, **headline_metrics(r)} for m, r in reports.items()])
+
+
+def best_baselines(reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each headline metric, the strongest baseline and whether it beats the interpreter."""
+    table = results_table(reports).set_index("method")
+    lower_is_better = ("_mae", "_ece")
+    out = []
+    baselines = [m for m in table.index if not m.startswith("interpreter")]
+    for metric in table.columns:
+        ours = table.loc["interpreter", metric]
+        values = table.loc[baselines, metric].dropna()
+        if ours is None or pd.isna(ours) or values.empty:
+            continue
+        low = metric.endswith(lower_is_better)
+        best = values.idxmin() if low else values.idxmax()
+        wins = values[best] < ours if low else values[best] > ours
+        out.append({"metric": metric, "interpreter": float(ours), "best_baseline": best,
+                    "baseline_value": float(values[best]), "baseline_wins": bool(wins)})
+    return out

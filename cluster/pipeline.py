@@ -23,7 +23,7 @@ from zoo.version import code_version
 
 from cluster import plots
 from cluster.config import PipelineConfig
-from cluster.interpreter_stage import evaluate_stage, results_table, train_stage
+from cluster.interpreter_stage import best_baselines, evaluate_stage, results_table, train_stage
 from cluster.registry import register_interpreter
 from cluster.runtime import init_ray
 from cluster.signature_stage import extract_signatures
@@ -121,25 +121,33 @@ class Pipeline:
 
     def evaluate(self) -> dict[str, Any]:
         with stage_run("interpreter_evaluate") as run:
-            result = evaluate_stage(self.zoo_dir, self.paths.signatures, self.paths.interpreter, self.cfg.interpreter)
+            result = evaluate_stage(self.zoo_dir, self.paths.signatures, self.paths.interpreter, self.cfg.interpreter,
+                                    cross_family=self.cfg.evaluation.cross_family)
             reports = result["reports"]
             table = results_table(reports)
             mlflow.log_table(table, "results_table.json")
-            for method, rep in reports.items():
-                mlflow.log_metrics({f"{method}.{k}": rep[k] for k in ("mean_balanced_accuracy", "macro_f1",
-                                                                    "exact_set_accuracy") if rep[k] == rep[k]})
-            self._log_plot(plots.behavior_bars(reports, self.paths.plots / "behavior_balanced_accuracy.png"))
+            ours = table.set_index("method").loc["interpreter"]
+            mlflow.log_metrics({k: float(v) for k, v in ours.items() if v is not None and pd.notna(v)})
+            behavior_reports = {m: r["behaviors"] for m, r in reports.items() if m != "interpreter@0.5"}
+            self._log_plot(plots.behavior_bars(behavior_reports, self.paths.plots / "behavior_balanced_accuracy.png"))
             self._log_plot(plots.latent_map(result["latent"], result["labels"], result["behaviors"],
                                             self.paths.plots / "latent_map.png"))
-            score = reports["interpreter"]["mean_balanced_accuracy"]
+            cross = {fam: {"n_train_models": c["n_train_models"], "n_test_models": c["n_test_models"],
+                           "table": results_table(c["reports"]).to_dict(orient="records"), "reports": c["reports"]}
+                     for fam, c in result["cross_family"].items()}
+            if cross:
+                mlflow.log_table(pd.concat([pd.DataFrame(c["table"]).assign(held_out_family=f) for f, c in cross.items()]),
+                                 "cross_family_table.json")
+            score = reports["interpreter"]["behaviors"]["mean_balanced_accuracy"]
             registered = register_interpreter(self.paths.interpreter, self.cfg.tracking.registered_model, score,
                                               tags={"code_version": code_version(), "run_id": run.info.run_id})
             summary = {
                 "n_train_models": result["n_train_models"],
                 "n_test_models": result["n_test_models"],
-                "heldout": reports,
                 "table": table.to_dict(orient="records"),
-                "best_baseline": _best_baseline(reports),
+                "baseline_comparison": best_baselines(reports),
+                "cross_family": cross,
+                "heldout": reports,
                 "registered_model": registered,
             }
             return self._finish("interpreter_evaluate", summary)
@@ -181,14 +189,3 @@ class Pipeline:
 
     def _log_plot(self, path: Path) -> None:
         mlflow.log_artifact(str(path), artifact_path="plots")
-
-
-def _best_baseline(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Which baseline is strongest on each headline metric, and whether it beats the interpreter."""
-    out = {}
-    for metric in ("mean_balanced_accuracy", "macro_f1", "exact_set_accuracy"):
-        base = {m: r[metric] for m, r in reports.items() if m != "interpreter"}
-        best = max(base, key=lambda m: base[m])
-        out[metric] = {"baseline": best, "value": base[best], "interpreter": reports["interpreter"][metric],
-                       "baseline_wins": bool(base[best] > reports["interpreter"][metric])}
-    return out

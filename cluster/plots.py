@@ -34,6 +34,7 @@ def behavior_bars(reports: dict[str, dict[str, Any]], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(max(8, len(behaviors) * 0.7), 4.5))
     for i, m in enumerate(methods):
         vals = [reports[m]["per_behavior"][b]["balanced_accuracy"] for b in behaviors]
+        vals = [np.nan if v is None else v for v in vals]
         ax.bar(x + i * width - 0.4 + width / 2, vals, width, label=m)
     ax.axhline(0.5, color="gray", lw=0.8, ls="--")
     ax.set_xticks(x, behaviors, rotation=45, ha="right", fontsize=8)

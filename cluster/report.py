@@ -20,17 +20,14 @@ def print_summary(report_path: Path, tracking_uri: str) -> None:
     report = json.loads(report_path.read_text())
     ev = report["stages"].get("interpreter_evaluate")
     if ev:
-        table = Table(title=f"Held-out models ({ev['n_test_models']} never seen by the interpreter)")
-        for col in ("method", "mean balanced acc", "macro F1", "exact-set acc"):
-            table.add_column(col, justify="right" if col != "method" else "left")
-        for row in ev["table"]:
-            table.add_row(row["method"], f"{row['mean_balanced_accuracy']:.3f}", f"{row['macro_f1']:.3f}",
-                          f"{row['exact_set_accuracy']:.3f}")
-        console.print(table)
-        for metric, b in ev["best_baseline"].items():
-            if b["baseline_wins"]:
-                console.print(f"note: baseline '{b['baseline']}' beats the interpreter on {metric} "
-                              f"({b['value']:.3f} vs {b['interpreter']:.3f})")
+        console.print(results_table(ev["table"], f"Held-out models ({ev['n_test_models']} never seen by the interpreter)"))
+        for fam, c in ev.get("cross_family", {}).items():
+            console.print(results_table(c["table"], f"Held-out family '{fam}' ({c['n_test_models']} models; "
+                                                    f"trained on the other families)", methods=("interpreter", "probe_logits", "weight_stats")))
+        for row in ev["baseline_comparison"]:
+            if row["baseline_wins"]:
+                console.print(f"note: baseline '{row['best_baseline']}' beats the interpreter on {row['metric']} "
+                              f"({row['baseline_value']:.3f} vs {row['interpreter']:.3f})")
         reg = ev["registered_model"]
         console.print(f"registered: {reg['uri']}" + (" (alias: champion)" if reg["champion"] else ""))
     console.print(f"report: {report_path}")
@@ -40,6 +37,33 @@ def print_summary(report_path: Path, tracking_uri: str) -> None:
         console.print(f"browse runs: {mlflow_bin} ui --backend-store-uri {backend} --host 127.0.0.1 --port 5000")
     else:
         console.print(f"browse runs: {tracking_uri}")
+
+
+HEADLINE = {
+    "behaviors_mean_balanced_accuracy": "behavior bal. acc",
+    "behaviors_exact_set_accuracy": "exact set",
+    "behaviors_mean_auroc": "AUROC",
+    "accuracy_kendall_tau": "acc. tau",
+    "family_accuracy": "family",
+    "depth_accuracy": "depth",
+    "width_accuracy": "width",
+    "lr_accuracy": "lr",
+    "corrupted_auroc": "corrupted AUROC",
+}
+
+
+def results_table(rows: list[dict], title: str, methods: tuple[str, ...] | None = None) -> Table:
+    """A rich table of headline metrics, one row per method."""
+    table = Table(title=title)
+    table.add_column("method")
+    columns = [c for c in HEADLINE if any(r.get(c) is not None for r in rows)]
+    for c in columns:
+        table.add_column(HEADLINE[c], justify="right")
+    for row in rows:
+        if methods and row["method"] not in methods:
+            continue
+        table.add_row(row["method"], *("-" if row.get(c) is None or row[c] != row[c] else f"{row[c]:.3f}" for c in columns))
+    return table
 
 
 def show_zoo(zoo_dir: Path) -> None:

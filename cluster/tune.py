@@ -1,0 +1,182 @@
+"""A generic Ray Tune runner: ``zoolens tune SWEEP.yaml [--resume]``.
+
+The YAML names a trainable from :data:`TRAINABLES` (others register theirs there), a search
+space, an ASHA scheduler and where to store the sweep. YAML has no syntax for random
+distributions, so a search-space entry is either a plain value (held fixed) or a one-key
+mapping onto Tune's samplers::
+
+    threshold: {uniform: [0.8, 0.99]}      # tune.uniform
+    lr: {loguniform: [1.0e-4, 1.0e-2]}     # tune.loguniform
+    cycle_steps: {choice: [16, 64, 256]}   # tune.choice
+    depth: {randint: [1, 4]}               # tune.randint (upper bound exclusive)
+
+Every trial is an MLflow run nested under one parent run of the sweep. A sweep stopped part-way
+(Ctrl-C) resumes with ``--resume``: finished trials are kept, unfinished ones continue from their
+last checkpoint and log into the MLflow run they already had.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import mlflow
+import yaml
+from mlflow.tracking import MlflowClient
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from ray import tune
+from ray.air.integrations.mlflow import MLflowLoggerCallback
+from ray.tune.schedulers import ASHAScheduler
+
+from cluster.antitraining_stage import antitraining_trainable
+from cluster.tracking import resolve_tracking_uri, setup_tracking
+from zoo.errors import ConfigError
+
+# name in the YAML -> function trainable (config dict -> reports via ray.tune.report)
+TRAINABLES: dict[str, Callable[[dict[str, Any]], None]] = {"antitraining": antitraining_trainable}
+SAMPLERS: dict[str, Callable[..., Any]] = {"choice": tune.choice, "uniform": tune.uniform,
+                                          "loguniform": tune.loguniform, "randint": tune.randint}
+
+
+class SchedulerSpec(BaseModel):
+    """ASHA over ``training_iteration`` (one iteration = one report of the trainable)."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_t: int = Field(8, ge=1)
+    grace_period: int = Field(2, ge=1)
+    reduction_factor: float = Field(2.0, gt=1.0)
+
+
+class TuneSpec(BaseModel):
+    """A sweep file (see ``tune_configs/antitraining.yaml``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    trainable: str
+    metric: str
+    mode: Literal["min", "max"] = "max"
+    num_samples: int = Field(8, ge=1)
+    max_concurrent_trials: int = Field(2, ge=1)
+    cpus_per_trial: float = Field(1.0, gt=0)
+    storage_path: str = "runs/tune"
+    experiment: str = "zoolens-tune"
+    tracking_uri: str | None = None
+    scheduler: SchedulerSpec = SchedulerSpec()
+    search_space: dict[str, Any] = Field(default_factory=dict)
+
+
+def load_tune_spec(path: str | Path) -> TuneSpec:
+    """Parse and validate a sweep YAML; any problem becomes one ConfigError line."""
+    try:
+        spec = TuneSpec.model_validate(yaml.safe_load(Path(path).read_text()) or {})
+    except FileNotFoundError:
+        raise ConfigError(f"sweep file not found: {path}") from None
+    except (yaml.YAMLError, ValidationError) as e:
+        raise ConfigError(f"bad sweep file {path}: {str(e).splitlines()[0]} {str(e).splitlines()[1:2]}") from None
+    if spec.trainable not in TRAINABLES:
+        raise ConfigError(f"unknown trainable '{spec.trainable}'; known: {', '.join(TRAINABLES)}")
+    param_space(spec)  # validate the samplers now, not inside Ray
+    return spec
+
+
+def param_space(spec: TuneSpec) -> dict[str, Any]:
+    """Map the YAML search space onto Tune samplers (one-key mappings) and fixed values (anything else)."""
+    space: dict[str, Any] = {}
+    for key, value in spec.search_space.items():
+        if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in SAMPLERS:
+            kind, args = next(iter(value.items()))
+            if kind == "choice":
+                space[key] = tune.choice(list(args))
+            elif not (isinstance(args, list) and len(args) == 2):
+                raise ConfigError(f"search_space.{key}: {kind} needs [low, high], got {args!r}")
+            else:
+                space[key] = SAMPLERS[kind](*args)
+        else:
+            space[key] = value
+    return space
+
+
+class ResumableMLflowLoggerCallback(MLflowLoggerCallback):
+    """MLflowLoggerCallback that, after a restore, logs a trial into the MLflow run it already has.
+
+    The stock callback keeps its trial -> run map in memory only, so a resumed trial would open a
+    second run; here a trial first looks for a run of this sweep tagged with its name.
+    """
+
+    def log_trial_start(self, trial: Any) -> None:
+        if trial not in self._trial_runs:
+            client = MlflowClient(self.tracking_uri)
+            parent = (self.tags or {}).get("mlflow.parentRunId", "")
+            found = client.search_runs([self.mlflow_util.experiment_id],
+                                       filter_string=f"tags.trial_name = '{trial}' and tags.`mlflow.parentRunId` = '{parent}'")
+            if found:
+                self._trial_runs[trial] = found[0].info.run_id
+                client.update_run(found[0].info.run_id, status="RUNNING")
+        super().log_trial_start(trial)
+
+
+def run_tune(yaml_path: str | Path, resume: bool = False, tracking_uri: str | None = None) -> dict[str, Any]:
+    """Run (or with ``resume`` continue) the sweep in ``yaml_path``; returns the best trial and where things are.
+
+    Paths and the tracking URI are made absolute before any trial starts (Tune runs each trial in
+    its own directory). The parent MLflow run's id is kept beside the sweep so a resume nests the
+    remaining trials under the same parent.
+    """
+    import ray
+
+    from cluster.config import RayConfig
+    from cluster.runtime import init_ray
+
+    spec = load_tune_spec(yaml_path)
+    storage = Path(spec.storage_path).resolve()
+    exp_dir = storage / spec.name
+    parent_file = storage / f"{spec.name}.mlflow_parent_run"
+    uri = resolve_tracking_uri(tracking_uri, spec.tracking_uri, storage)
+    exp_id = setup_tracking(uri, spec.experiment, storage / "mlartifacts")
+    if not ray.is_initialized():
+        init_ray(RayConfig())
+    trainable = tune.with_resources(TRAINABLES[spec.trainable], {"cpu": spec.cpus_per_trial})
+
+    if resume:
+        if not (tune.Tuner.can_restore(str(exp_dir)) and parent_file.exists()):
+            raise ConfigError(f"nothing to resume at {exp_dir}; run without --resume first")
+        parent = parent_file.read_text().strip()
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True)
+    else:
+        if exp_dir.exists():
+            raise ConfigError(f"sweep {exp_dir} already exists; pass --resume to continue it or remove it")
+        with mlflow.start_run(experiment_id=exp_id, run_name=spec.name, tags={"zoolens.stage": "tune"}) as run:
+            mlflow.log_dict(spec.model_dump(mode="json"), "sweep.json")
+            mlflow.log_params({"trainable": spec.trainable, "num_samples": spec.num_samples, "metric": spec.metric})
+            parent = run.info.run_id
+        storage.mkdir(parents=True, exist_ok=True)
+        parent_file.write_text(parent)
+        s = spec.scheduler
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(spec),
+            tune_config=tune.TuneConfig(
+                metric=spec.metric, mode=spec.mode, num_samples=spec.num_samples,
+                max_concurrent_trials=spec.max_concurrent_trials,
+                scheduler=ASHAScheduler(time_attr="training_iteration", max_t=s.max_t, grace_period=s.grace_period,
+                                        reduction_factor=s.reduction_factor)),
+            run_config=tune.RunConfig(
+                name=spec.name, storage_path=str(storage), verbose=0,
+                failure_config=tune.FailureConfig(max_failures=1),
+                callbacks=[ResumableMLflowLoggerCallback(uri, experiment_name=spec.experiment,
+                                                         tags={"mlflow.parentRunId": parent})]),
+        )
+    results = tuner.fit()
+    summary: dict[str, Any] = {"experiment_path": str(exp_dir), "tracking_uri": uri, "parent_run_id": parent,
+                               "n_trials": len(results), "errors": len(results.errors)}
+    done = [r for r in results if r.metrics and spec.metric in r.metrics]
+    if done:
+        best = results.get_best_result(spec.metric, spec.mode, scope="last")
+        summary["best_config"] = {k: v for k, v in best.config.items() if k in spec.search_space}
+        summary["best_metrics"] = {k: v for k, v in best.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        client = MlflowClient(uri)
+        for k, v in summary["best_metrics"].items():
+            client.log_metric(parent, f"best.{k}", float(v))
+        client.set_tag(parent, "best_config", str(summary["best_config"])[:5000])
+    return summary
