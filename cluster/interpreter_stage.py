@@ -29,7 +29,7 @@ from interpreter.train import predict, train_interpreter
 from zoo.errors import ZoolensError
 from zoo.store import ZooStore, atomic_write_json
 
-from cluster.signature_stage import read_signatures
+from cluster.signature_stage import read_signature_meta, read_signatures
 
 
 class InterpreterStageError(ZoolensError):
@@ -114,6 +114,7 @@ def train_stage(zoo_dir: Path, sig_dir: Path, out_dir: Path, cfg: InterpreterCon
     from ray.train.torch import TorchTrainer
 
     ids = list(ZooStore(zoo_dir).read_manifest(columns=["model_id"])["model_id"])
+    read_signature_meta(sig_dir)  # fail here, in one line, rather than inside a Train worker
     train_ids, test_ids = split_models(ids, test_fraction, seed)
     resources = ray.cluster_resources()
     use_gpu = resources.get("GPU", 0) >= 1
@@ -127,7 +128,8 @@ def train_stage(zoo_dir: Path, sig_dir: Path, out_dir: Path, cfg: InterpreterCon
     )
     result = trainer.fit()
     if result.error is not None:
-        raise result.error
+        failures = getattr(result.error, "worker_failures", None) or {}
+        raise next(iter(failures.values()), result.error)  # the worker's own exception, when there is one
     out_dir.mkdir(parents=True, exist_ok=True)
     result.checkpoint.to_directory(str(out_dir))
     info = json.loads((out_dir / "train_summary.json").read_text())

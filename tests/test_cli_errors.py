@@ -84,3 +84,11 @@ def test_other_recipe_in_existing_zoo_is_refused_and_nothing_is_lost(tiny_run: P
 def test_help(argv):
     proc = zoolens(*argv)
     assert proc.returncode == 0 and "zoolens" in proc.stdout
+
+
+def test_stage_without_its_inputs_fails_in_one_line(tiny_run: Path, tmp_path: Path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = main(["interpreter", "train", str(REPO / "configs" / "tiny.yaml"), "--output-dir", str(tmp_path / "run"),
+                 "--zoo", str(tiny_run / "run" / "zoo"), "--tracking-uri", uri, "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("zoolens: error: signatures not found")

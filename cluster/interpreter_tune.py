@@ -1,0 +1,74 @@
+"""Ray Tune for the interpreter: a function trainable, and registering the sweep's best trial.
+
+Trials see only the training side of the zoo's split by model (the same seeded split the
+pipeline uses), so the held-out models stay unseen until the best trial is scored on them.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+from ray import tune
+
+from interpreter.config import InterpreterConfig
+from interpreter.metrics import evaluate_heads
+from interpreter.model import load_interpreter, save_interpreter
+from interpreter.targets import head_specs
+from interpreter.train import predict, train_interpreter
+from zoo.store import ZooStore
+from zoo.version import code_version
+
+from cluster.interpreter_stage import _load_split, split_models
+from cluster.registry import register_interpreter
+
+
+def _paths(config: dict[str, Any]) -> tuple[str, str]:
+    run_dir = Path(config["run_dir"])
+    return str(run_dir / "zoo"), str(run_dir / "signatures")
+
+
+def _split(config: dict[str, Any]) -> tuple[list[str], list[str]]:
+    zoo_dir, _ = _paths(config)
+    ids = list(ZooStore(zoo_dir).read_manifest(columns=["model_id"])["model_id"])
+    return split_models(ids, config.get("test_fraction", 0.2), config.get("split_seed", 0))
+
+
+def interpreter_trainable(config: dict[str, Any]) -> None:
+    """One interpreter per trial; validation metrics are reported every epoch (ASHA's time unit)."""
+    torch.set_num_threads(int(config.get("threads", 1)))
+    zoo_dir, sig_dir = _paths(config)
+    train_ids, _ = _split(config)
+    records, targets, behaviors, _ = _load_split(zoo_dir, sig_dir, train_ids)
+    cfg = InterpreterConfig(**{k: v for k, v in config.items() if k in InterpreterConfig.model_fields})
+    result = train_interpreter(records, targets, cfg, behaviors, specs=head_specs(behaviors),
+                               on_epoch=lambda epoch, metrics: tune.report({"epoch": epoch, **metrics}))
+    with tempfile.TemporaryDirectory() as tmp:
+        save_interpreter(result.model, result.scaler, behaviors, tmp)
+        best = result.history[result.best_epoch] if result.best_epoch >= 0 else result.history[-1]
+        tune.report({**best, "best_epoch": result.best_epoch, "done": 1.0}, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def register_best(best: Any, config: dict[str, Any], tracking_uri: str, parent_run_id: str,
+                  registered_model: str = "zoolens-interpreter") -> dict[str, Any]:
+    """Score the best trial's interpreter on the held-out models and register it (champion only if better)."""
+    if best.checkpoint is None:
+        return {"registered": False, "reason": "best trial left no checkpoint"}
+    zoo_dir, sig_dir = _paths(config)
+    _, test_ids = _split(config)
+    records, targets, behaviors, _ = _load_split(zoo_dir, sig_dir, test_ids)
+    with best.checkpoint.as_directory() as ckpt:
+        loaded = load_interpreter(ckpt)
+        report = evaluate_heads(targets, predict(loaded.model, loaded.scaler, records), head_specs(behaviors),
+                                loaded.model.thresholds)
+        score = report["behaviors"]["mean_balanced_accuracy"]
+        mlflow.set_tracking_uri(tracking_uri)
+        with mlflow.start_run(run_id=parent_run_id):
+            mlflow.log_metric("best_trial.heldout_mean_balanced_accuracy", score)
+            registered = register_interpreter(Path(ckpt), registered_model, score,
+                                              tags={"code_version": code_version(), "run_id": parent_run_id,
+                                                    "source": "tune"})
+    return {"registered": True, "heldout_mean_balanced_accuracy": score, **registered}
