@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from cluster import antitraining_cli
+
 USAGE_ERROR = 2
 
 
@@ -56,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--root", default="runs/mlflow-server", help="directory for mlflow.db and artifacts/ (default: runs/mlflow-server)")
     serve.add_argument("--workers", type=int, default=2, help="uvicorn worker processes (default: 2)")
     serve.set_defaults(handler=cmd_mlflow_serve)
+
+    antitraining_cli.add_commands(sub)
     return parser
 
 

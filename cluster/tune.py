@@ -9,6 +9,7 @@ mapping onto Tune's samplers::
     lr: {loguniform: [1.0e-4, 1.0e-2]}     # tune.loguniform
     cycle_steps: {choice: [16, 64, 256]}   # tune.choice
     depth: {randint: [1, 4]}               # tune.randint (upper bound exclusive)
+    run_dir: runs/demo                     # fixed; *_dir / *_path values are made absolute
 
 Every trial is an MLflow run nested under one parent run of the sweep. A sweep stopped part-way
 (Ctrl-C) resumes with ``--resume``: finished trials are kept, unfinished ones continue from their
@@ -30,11 +31,17 @@ from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from cluster.antitraining_stage import antitraining_trainable
+from cluster.interpreter_tune import interpreter_trainable, register_best
 from cluster.tracking import resolve_tracking_uri, setup_tracking
 from zoo.errors import ConfigError
 
 # name in the YAML -> function trainable (config dict -> reports via ray.tune.report)
-TRAINABLES: dict[str, Callable[[dict[str, Any]], None]] = {"antitraining": antitraining_trainable}
+TRAINABLES: dict[str, Callable[[dict[str, Any]], None]] = {
+    "antitraining": antitraining_trainable,
+    "interpreter": interpreter_trainable,
+}
+# name -> what to do with the best trial once the sweep ends (best result, its config, tracking URI, parent run id)
+AFTER_SWEEP: dict[str, Callable[[Any, dict[str, Any], str, str], dict[str, Any]]] = {"interpreter": register_best}
 SAMPLERS: dict[str, Callable[..., Any]] = {"choice": tune.choice, "uniform": tune.uniform,
                                           "loguniform": tune.loguniform, "randint": tune.randint}
 
@@ -81,10 +88,16 @@ def load_tune_spec(path: str | Path) -> TuneSpec:
 
 
 def param_space(spec: TuneSpec) -> dict[str, Any]:
-    """Map the YAML search space onto Tune samplers (one-key mappings) and fixed values (anything else)."""
+    """Map the YAML search space onto Tune samplers (one-key mappings) and fixed values (anything else).
+
+    Fixed string values of keys ending in ``_dir`` or ``_path`` are made absolute here, in the
+    driver: trials run in their own directories, where a relative path would point elsewhere.
+    """
     space: dict[str, Any] = {}
     for key, value in spec.search_space.items():
-        if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in SAMPLERS:
+        if isinstance(value, str) and key.endswith(("_dir", "_path")):
+            space[key] = str(Path(value).resolve())
+        elif isinstance(value, dict) and len(value) == 1 and next(iter(value)) in SAMPLERS:
             kind, args = next(iter(value.items()))
             if kind == "choice":
                 space[key] = tune.choice(list(args))
@@ -179,4 +192,6 @@ def run_tune(yaml_path: str | Path, resume: bool = False, tracking_uri: str | No
         for k, v in summary["best_metrics"].items():
             client.log_metric(parent, f"best.{k}", float(v))
         client.set_tag(parent, "best_config", str(summary["best_config"])[:5000])
+        if spec.trainable in AFTER_SWEEP:
+            summary["after_sweep"] = AFTER_SWEEP[spec.trainable](best, dict(best.config), uri, parent)
     return summary
