@@ -52,11 +52,19 @@ def interpreter_trainable(config: dict[str, Any]) -> None:
         tune.report({**best, "best_epoch": result.best_epoch, "done": 1.0}, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
-def register_best(best: Any, config: dict[str, Any], tracking_uri: str, parent_run_id: str,
+def register_best(results: Any, metric: str, mode: str, tracking_uri: str, parent_run_id: str,
                   registered_model: str = "zoolens-interpreter") -> dict[str, Any]:
-    """Score the best trial's interpreter on the held-out models and register it (champion only if better)."""
-    if best.checkpoint is None:
-        return {"registered": False, "reason": "best trial left no checkpoint"}
+    """Score the best finished trial's interpreter on the held-out models and register it (champion only if better).
+
+    Only trials that ran to the end leave a checkpoint (ASHA stops the others early), so the best
+    is chosen among those.
+    """
+    finished = [r for r in results if r.checkpoint is not None and r.metrics and metric in r.metrics]
+    if not finished:
+        return {"registered": False, "reason": "no trial ran to the end"}
+    pick = min if mode == "min" else max
+    best = pick(finished, key=lambda r: r.metrics[metric])
+    config = dict(best.config)
     zoo_dir, sig_dir = _paths(config)
     _, test_ids = _split(config)
     records, targets, behaviors, _ = _load_split(zoo_dir, sig_dir, test_ids)
@@ -71,4 +79,5 @@ def register_best(best: Any, config: dict[str, Any], tracking_uri: str, parent_r
             registered = register_interpreter(Path(ckpt), registered_model, score,
                                               tags={"code_version": code_version(), "run_id": parent_run_id,
                                                     "source": "tune"})
-    return {"registered": True, "heldout_mean_balanced_accuracy": score, **registered}
+    return {"registered": True, "trial_config": {k: v for k, v in config.items() if k != "run_dir"},
+            "heldout_mean_balanced_accuracy": score, **registered}

@@ -40,8 +40,8 @@ TRAINABLES: dict[str, Callable[[dict[str, Any]], None]] = {
     "antitraining": antitraining_trainable,
     "interpreter": interpreter_trainable,
 }
-# name -> what to do with the best trial once the sweep ends (best result, its config, tracking URI, parent run id)
-AFTER_SWEEP: dict[str, Callable[[Any, dict[str, Any], str, str], dict[str, Any]]] = {"interpreter": register_best}
+# name -> what to do once the sweep ends (result grid, metric, mode, tracking URI, parent run id)
+AFTER_SWEEP: dict[str, Callable[[Any, str, str, str, str], dict[str, Any]]] = {"interpreter": register_best}
 SAMPLERS: dict[str, Callable[..., Any]] = {"choice": tune.choice, "uniform": tune.uniform,
                                           "loguniform": tune.loguniform, "randint": tune.randint}
 
@@ -193,5 +193,5 @@ def run_tune(yaml_path: str | Path, resume: bool = False, tracking_uri: str | No
             client.log_metric(parent, f"best.{k}", float(v))
         client.set_tag(parent, "best_config", str(summary["best_config"])[:5000])
         if spec.trainable in AFTER_SWEEP:
-            summary["after_sweep"] = AFTER_SWEEP[spec.trainable](best, dict(best.config), uri, parent)
+            summary["after_sweep"] = AFTER_SWEEP[spec.trainable](results, spec.metric, spec.mode, uri, parent)
     return summary

@@ -80,3 +80,25 @@ def test_rerun_skips_finished_cohorts_and_keeps_weights(tiny_run: Path, ray_loca
     summary = json.loads((run_dir / "stages" / "zoo.json").read_text())
     assert summary["cohorts_skipped"] == 3 and summary["models_trained"] == 0
     assert {p.name: p.stat().st_mtime_ns for p in store.cohort_dir.iterdir()} == before
+
+
+def test_interpreter_sweep_nests_trials_and_registers_the_best(tiny_run: Path, tmp_path: Path):
+    import yaml
+
+    from cluster.tune import run_tune
+
+    sweep = yaml.safe_load((REPO / "tune_configs" / "interpreter.yaml").read_text())
+    sweep.update(num_samples=2, storage_path=str(tmp_path / "tune"), experiment="sweep-test")
+    sweep["scheduler"] = {"max_t": 4, "grace_period": 2, "reduction_factor": 2}
+    sweep["search_space"].update(run_dir=str(tiny_run / "run"), epochs=3, test_fraction=0.25)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    summary = run_tune(path, tracking_uri=uri)
+    assert summary["n_trials"] == 2 and summary["errors"] == 0
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("sweep-test")
+    children = client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{summary['parent_run_id']}'")
+    assert len(children) == 2
+    after = summary["after_sweep"]
+    assert after["registered"] and client.get_model_version("zoolens-interpreter", str(after["version"]))
