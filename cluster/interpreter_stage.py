@@ -87,7 +87,8 @@ def _train_loop(config: dict[str, Any]) -> None:
 
             log_epoch_metrics(run_id, metrics, step=epoch)
             if epoch % 10 == 0:
-                print(f"interpreter epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
+                shown = {k: metrics[k] for k in ("train_loss", "val_loss", "val_mean_balanced_accuracy") if k in metrics}
+                print(f"interpreter epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items()), flush=True)
         ray.train.report({"epoch": epoch, **metrics})
 
     t0 = time.perf_counter()
@@ -110,7 +111,7 @@ def train_stage(zoo_dir: Path, sig_dir: Path, out_dir: Path, cfg: InterpreterCon
     One worker locally; on a cluster with GPUs the worker trains on a GPU. The best state is
     checkpointed by Ray Train under ``<run dir>/ray_train`` and copied to ``out_dir``.
     """
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     ids = list(ZooStore(zoo_dir).read_manifest(columns=["model_id"])["model_id"])
@@ -124,7 +125,8 @@ def train_stage(zoo_dir: Path, sig_dir: Path, out_dir: Path, cfg: InterpreterCon
         train_loop_config={"zoo_dir": str(zoo_dir), "sig_dir": str(sig_dir), "train_ids": train_ids, "cfg": cfg,
                            "threads": cpus, "tracking_uri": tracking_uri, "run_id": run_id},
         scaling_config=ScalingConfig(num_workers=1, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
-        run_config=RunConfig(name=f"interpreter-{int(time.time())}", storage_path=str(out_dir.parent / "ray_train")),
+        run_config=RunConfig(name=f"interpreter-{int(time.time())}", storage_path=str(out_dir.parent / "ray_train"),
+                             logging_config=LoggingConfig(log_level="WARNING")),
     )
     result = trainer.fit()
     if result.error is not None:
