@@ -61,7 +61,7 @@ def _write(out_dir: Path, stem: str, md: list[str], payload: dict[str, Any], fig
 def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in df.iterrows():
+    for r in df.itertuples(index=False):
         cells = [f"{v:.{digits}f}" if isinstance(v, (float, np.floating)) else str(v) for v in r]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -125,8 +125,10 @@ def llc_validation(out_dir: str | Path = "docs/results", tracking_uri: str | Non
               f"Mean |relative error| {summary['mean_abs_rel_error']:.1%}, max {summary['max_abs_rel_error']:.1%}; "
               f"{summary['within_10pct']} of {summary['n_configs']} configurations within 10%. "
               f"Total {summary['seconds']:.0f} s on the CPU.", ""]
+        mlflow.log_figure(fig, "results/llc_validation.png")
+        plt.close(fig)
         paths = _write(Path(out_dir), "llc_validation" + ("_quick" if quick else ""), md,
-                       {"config": asdict(cfg), "n": n, "rows": rows, "summary": summary}, fig)
+                       {"config": asdict(cfg), "n": n, "rows": rows, "summary": summary}, None)
     return {"summary": summary, "rows": rows, "paths": paths}
 
 
@@ -439,7 +441,7 @@ def sae_report(df: pd.DataFrame, behaviors: list[str], results_dir: Path, name: 
           "Dictionaries are trained per model on the hook's activations over half of a fresh input set "
           "(positives and near misses of every zoo behavior plus random sequences) and scored on the other half. "
           "Loss recovered (median over models) = (L_mean-ablated - L_reconstruction) / (L_mean-ablated - L_clean).", "",
-          "## Reconstruction quality (mean over models)", "", markdown_table(quality), "",
+          "## Reconstruction quality (FVE, L0, dead fraction: mean over models; loss recovered: median)", "", markdown_table(quality), "",
           "## Best feature per behavior", "",
           "Precision and recall of each model's best (highest-F1) feature for the behavior's positives, averaged over "
           "the models trained to flag that behavior; `neuron` = single neurons above their mean, as a baseline.", "",

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from cluster import antitraining_cli
+from cluster import analyze_cli, antitraining_cli
 
 USAGE_ERROR = 2
 
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=cmd_mlflow_serve)
 
     antitraining_cli.add_commands(sub)
+    analyze_cli.add_commands(sub)
     return parser
 
 
