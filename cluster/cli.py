@@ -75,10 +75,15 @@ def _pipeline(args: argparse.Namespace):
 
 
 def _stage(args: argparse.Namespace, stage: str) -> int:
+    from cluster.report import print_summary
+
     pipe = _pipeline(args)
     with pipe.session(run_name=f"{pipe.cfg.name}-{stage}"):
         getattr(pipe, stage)()
-    print(f"report: {pipe.paths.report}")
+    if stage == "evaluate":
+        print_summary(pipe.paths.report, pipe.tracking_uri)
+    else:
+        print(f"report: {pipe.paths.report}")
     return 0
 
 

@@ -16,7 +16,7 @@ from cluster import plots
 
 def print_summary(report_path: Path, tracking_uri: str) -> None:
     """Held-out results table, then where the report and the MLflow runs are."""
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)  # logs get the whole table, not 80 columns
     report = json.loads(report_path.read_text())
     ev = report["stages"].get("interpreter_evaluate")
     if ev:

@@ -20,8 +20,9 @@ def init_ray(cfg: RayConfig) -> None:
         ray.init(address=address, log_to_driver=True)
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local instance needs no token
-    ray.init(num_cpus=cfg.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True,
-             logging_level="WARNING", configure_logging=True)
+    # the dashboard (on 127.0.0.1) also serves the state API that Ray Train's cleanup actor polls
+    ray.init(num_cpus=cfg.num_cpus or os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
+             log_to_driver=True, logging_level="WARNING", configure_logging=True)
 
 
 def cluster_cpus() -> int:

@@ -22,6 +22,7 @@ class NeuronBatch:
     rel_depth: torch.Tensor  # [B, N] float32
     kind: torch.Tensor  # [B, N] long
     mask: torch.Tensor  # [B, N] bool
+    probe_logits: torch.Tensor  # [B, P] float32 standardized output logits on the probe set (P = 0: unused)
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -46,6 +47,7 @@ class NeuronBatch:
             rel_depth=self.rel_depth[index, :n],
             kind=self.kind[index, :n],
             mask=mask[:, :n],
+            probe_logits=self.probe_logits[index],
         )
 
 
@@ -68,11 +70,15 @@ class FeatureScaler:
     Zero-variance columns get std 1; NaN/inf become 0 and values are clipped to +-clip.
     """
 
-    def __init__(self, mean: np.ndarray, std: np.ndarray, clip: float = 10.0, shape_channel: bool = True) -> None:
+    def __init__(self, mean: np.ndarray, std: np.ndarray, clip: float = 10.0, shape_channel: bool = True,
+                 logit_mean: np.ndarray | None = None, logit_std: np.ndarray | None = None) -> None:
         self.mean = np.asarray(mean, dtype=np.float32)
         self.std = np.asarray(std, dtype=np.float32)
         self.clip = float(clip)
         self.shape_channel = bool(shape_channel)
+        # per-probe statistics of the output logits; empty when the pathway is off
+        self.logit_mean = np.asarray([] if logit_mean is None else logit_mean, dtype=np.float32)
+        self.logit_std = np.asarray([] if logit_std is None else logit_std, dtype=np.float32)
 
     @staticmethod
     def _expand(x: np.ndarray, shape_channel: bool) -> np.ndarray:
@@ -81,11 +87,36 @@ class FeatureScaler:
         return np.concatenate([x, neuron_shape(x)], axis=1) if shape_channel else x
 
     @classmethod
-    def fit(cls, records: Sequence[Record], clip: float = 10.0, shape_channel: bool = True) -> "FeatureScaler":
-        """Pool all neurons of `records` (training models only) and compute per-column mean/std."""
+    def fit(cls, records: Sequence[Record], clip: float = 10.0, shape_channel: bool = True,
+            probe_logits: bool = False) -> "FeatureScaler":
+        """Pool all neurons of `records` (training models only) and compute per-column mean/std.
+
+        With ``probe_logits`` (and every record read through the same probe set) it also fits
+        per-probe statistics of the output logits, which the encoder's probe pathway reads.
+        """
         x = cls._expand(np.concatenate([r["features"] for r in records], axis=0), shape_channel).astype(np.float64)
         std = x.std(axis=0)
-        return cls(x.mean(axis=0), np.where(std > 1e-8, std, 1.0), clip, shape_channel)
+        lm = ls = None
+        if probe_logits and len({len(r["logits"]) for r in records}) == 1 and len(records[0]["logits"]):
+            logits = np.nan_to_num(np.stack([r["logits"] for r in records]).astype(np.float64))
+            lm, ls = logits.mean(axis=0), logits.std(axis=0)
+            ls = np.where(ls > 1e-8, ls, 1.0)
+        return cls(x.mean(axis=0), np.where(std > 1e-8, std, 1.0), clip, shape_channel, lm, ls)
+
+    @property
+    def n_probes(self) -> int:
+        """Length of the probe-logit vector the encoder reads (0: pathway off)."""
+        return int(self.logit_mean.shape[0])
+
+    def transform_logits(self, records: Sequence[Record]) -> np.ndarray:
+        """Standardized, clipped probe logits [B, P] ([B, 0] when the pathway is off)."""
+        if not self.n_probes:
+            return np.zeros((len(records), 0), dtype=np.float32)
+        for r in records:
+            if len(r["logits"]) != self.n_probes:
+                raise ValueError(f"record {r.get('model_id', '?')}: {len(r['logits'])} probe logits, expected {self.n_probes}")
+        z = (np.nan_to_num(np.stack([r["logits"] for r in records]).astype(np.float32)) - self.logit_mean) / self.logit_std
+        return np.clip(z, -self.clip, self.clip, out=z)
 
     @property
     def n_features(self) -> int:
@@ -104,12 +135,14 @@ class FeatureScaler:
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-friendly state (plain lists)."""
-        return {"mean": self.mean.tolist(), "std": self.std.tolist(), "clip": self.clip, "shape_channel": self.shape_channel}
+        return {"mean": self.mean.tolist(), "std": self.std.tolist(), "clip": self.clip, "shape_channel": self.shape_channel,
+                "logit_mean": self.logit_mean.tolist(), "logit_std": self.logit_std.tolist()}
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any]) -> "FeatureScaler":
         """Inverse of `state_dict` (files written before the shape channel existed load without it)."""
-        return cls(np.asarray(state["mean"]), np.asarray(state["std"]), state.get("clip", 10.0), state.get("shape_channel", False))
+        return cls(np.asarray(state["mean"]), np.asarray(state["std"]), state.get("clip", 10.0), state.get("shape_channel", False),
+                   state.get("logit_mean"), state.get("logit_std"))
 
 
 def collate(records: Sequence[Record], scaler: FeatureScaler) -> NeuronBatch:
@@ -140,4 +173,5 @@ def collate(records: Sequence[Record], scaler: FeatureScaler) -> NeuronBatch:
         rel_depth=torch.from_numpy(depth),
         kind=torch.from_numpy(kind),
         mask=torch.from_numpy(mask),
+        probe_logits=torch.from_numpy(scaler.transform_logits(records)),
     )

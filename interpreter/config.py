@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Per-head loss weights. The accuracy loss is an MSE divided by the training targets' variance (1.0 = predicting
@@ -39,6 +41,10 @@ class InterpreterConfig(BaseModel):
         default_factory=lambda: dict(DEFAULT_HEAD_WEIGHTS), description="loss weight per head name; a head not listed keeps its default (1.0 if none)")
     threshold_tuning: bool = Field(
         True, description="pick each behavior's decision threshold on the validation split (max balanced accuracy)")
+    early_stop_on: Literal["behaviors", "total"] = Field(
+        "behaviors", description="validation loss that early stopping watches: the behavior head's, or all heads' weighted sum")
+    probe_pathway: bool = Field(
+        True, description="also read the model's whole output-logit profile over the probe set (architecture-independent)")
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> "InterpreterConfig":

@@ -54,11 +54,18 @@ class SignatureEncoder(nn.Module):
     "some neuron detects X" evidence that averaging would dilute in wide layers; both are
     parameter-free and exactly permutation invariant, and on synthetic zoos it beat a learned-query
     attention pool (held-out mean balanced accuracy 0.88 vs 0.84) at lower cost.
+
+    With ``n_probes`` > 0 a probe pathway embeds the model's output logits on the probe set (the
+    same probes for every architecture, so it stays architecture-independent) and joins it to the
+    pooled neurons: the whole output profile, not only the output neuron's summary statistics.
     """
 
-    def __init__(self, cfg: InterpreterConfig, n_features: int) -> None:
+    def __init__(self, cfg: InterpreterConfig, n_features: int, n_probes: int = 0) -> None:
         super().__init__()
         d = cfg.d_model
+        self.n_probes = n_probes
+        if n_probes:
+            self.probe_mlp = nn.Sequential(nn.Linear(n_probes, d), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(d, d))
         self.max_layers = cfg.max_layers
         self.feature_proj = nn.Linear(n_features, d)
         self.layer_emb = nn.Embedding(cfg.max_layers, d)
@@ -67,7 +74,7 @@ class SignatureEncoder(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(d, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_layers)])
         self.ln_f = nn.LayerNorm(d)
-        self.pool_proj = nn.Linear(2 * d, cfg.latent_dim)
+        self.pool_proj = nn.Linear((3 if n_probes else 2) * d, cfg.latent_dim)
         nn.init.normal_(self.layer_emb.weight, std=0.02)
         nn.init.normal_(self.kind_emb.weight, std=0.02)
 
@@ -87,5 +94,6 @@ class SignatureEncoder(nn.Module):
         count = mask.sum(dim=1, keepdim=True).clamp(min=1).to(h.dtype)
         mean = h.sum(dim=1) / count
         maxed = h.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(dim=1)
-        latent = self.pool_proj(torch.cat([mean, maxed], dim=-1))
+        pooled = [mean, maxed] + ([self.probe_mlp(batch.probe_logits)] if self.n_probes else [])
+        latent = self.pool_proj(torch.cat(pooled, dim=-1))
         return h, latent

@@ -35,7 +35,8 @@ class Interpreter(nn.Module):
     (0.5 until training tunes them); they travel with the model through save/load.
     """
 
-    def __init__(self, cfg: InterpreterConfig, n_features: int, n_behaviors: int, specs: Sequence[HeadSpec] | None = None) -> None:
+    def __init__(self, cfg: InterpreterConfig, n_features: int, n_behaviors: int, specs: Sequence[HeadSpec] | None = None,
+                 n_probes: int = 0) -> None:
         super().__init__()
         specs = list(specs) if specs is not None else [behaviors_spec([f"b{k}" for k in range(n_behaviors)])]
         by_name = {s.name: s for s in specs}
@@ -44,9 +45,10 @@ class Interpreter(nn.Module):
         self.cfg = cfg
         self.n_features = n_features
         self.n_behaviors = n_behaviors
+        self.n_probes = n_probes
         self.specs = specs
         self.thresholds = np.full(n_behaviors, 0.5, dtype=np.float32)
-        self.encoder = SignatureEncoder(cfg, n_features)
+        self.encoder = SignatureEncoder(cfg, n_features, n_probes)
         self.heads = nn.ModuleDict({output_key(s): mlp_head(cfg.latent_dim, s.n_out) for s in specs})
 
     def forward(self, batch: NeuronBatch) -> dict[str, torch.Tensor]:
@@ -83,6 +85,7 @@ def save_interpreter(model: Interpreter, scaler: FeatureScaler, behavior_names: 
         "config": model.cfg.model_dump(),
         "n_features": model.n_features,
         "n_behaviors": model.n_behaviors,
+        "n_probes": model.n_probes,
         "behavior_names": list(behavior_names),
         "heads": [spec.to_dict() for spec in model.specs],
         "thresholds": [float(t) for t in model.thresholds],
@@ -104,7 +107,7 @@ def load_interpreter(directory: str | Path, device: torch.device | str = "cpu") 
     cfg = InterpreterConfig(**meta["config"])
     names = list(meta["behavior_names"])
     specs = [HeadSpec.from_dict(d) for d in meta["heads"]] if "heads" in meta else [behaviors_spec(names)]
-    model = Interpreter(cfg, meta["n_features"], meta["n_behaviors"], specs)
+    model = Interpreter(cfg, meta["n_features"], meta["n_behaviors"], specs, n_probes=meta.get("n_probes", 0))
     model.load_state_dict(load_file(str(directory / WEIGHTS_FILE), device="cpu"))
     if "thresholds" in meta:
         model.thresholds = np.asarray(meta["thresholds"], dtype=np.float32)

@@ -190,7 +190,7 @@ def train_interpreter(
     """
     y_np, specs = as_target_dict(targets, behavior_names, specs, n_models=len(train_records))
     tr_idx, va_idx = split_by_model(len(train_records), cfg.val_fraction, cfg.seed)
-    scaler = FeatureScaler.fit([train_records[i] for i in tr_idx])
+    scaler = FeatureScaler.fit([train_records[i] for i in tr_idx], probe_logits=cfg.probe_pathway)
     train_data = collate([train_records[i] for i in tr_idx], scaler)
     train_y = {k: torch.from_numpy(v[tr_idx]) for k, v in y_np.items()}
     has_val = len(va_idx) > 0
@@ -208,7 +208,7 @@ def train_interpreter(
 
     with torch.random.fork_rng(devices=[]):  # seed init + dropout without touching the caller's RNG
         torch.manual_seed(cfg.seed)
-        model = Interpreter(cfg, scaler.n_features, len(behavior_names), specs)
+        model = Interpreter(cfg, scaler.n_features, len(behavior_names), specs, n_probes=scaler.n_probes)
         _init_head_biases(model, train_y)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -245,7 +245,9 @@ def train_interpreter(
             history.append({"epoch": float(epoch), **metrics})
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
-            monitored = metrics["val_loss"] if has_val else metrics["train_loss"]
+            split = "val" if has_val else "train"
+            monitored = metrics.get(f"{split}_loss_behaviors", metrics[f"{split}_loss"]) \
+                if cfg.early_stop_on == "behaviors" else metrics[f"{split}_loss"]
             if monitored < best_loss - 1e-6:
                 best_loss, best_epoch, bad_epochs = monitored, epoch, 0
                 best_state = copy.deepcopy(model.state_dict())
