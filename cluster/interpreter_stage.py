@@ -72,6 +72,9 @@ def _train_loop(config: dict[str, Any]) -> None:
 
     from ray.train import Checkpoint
 
+    import logging
+
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one line per report otherwise
     torch.set_num_threads(config["threads"])
     records, labels, behaviors, _ = _load_split(config["zoo_dir"], config["sig_dir"], config["train_ids"])
     rank0 = ray.train.get_context().get_world_rank() == 0
