@@ -118,7 +118,7 @@ def train_stage(zoo_dir: Path, sig_dir: Path, out_dir: Path, cfg: InterpreterCon
     from ray.train.torch import TorchTrainer
 
     ids = list(ZooStore(zoo_dir).read_manifest(columns=["model_id"])["model_id"])
-    read_signature_meta(sig_dir)  # fail here, in one line, rather than inside a Train worker
+    sig_meta = read_signature_meta(sig_dir)  # fail here, in one line, rather than inside a Train worker
     train_ids, test_ids = split_models(ids, test_fraction, seed)
     resources = ray.cluster_resources()
     use_gpu = resources.get("GPU", 0) >= 1
@@ -140,7 +140,9 @@ def train_stage(zoo_dir: Path, sig_dir: Path, out_dir: Path, cfg: InterpreterCon
     info = json.loads((out_dir / "train_summary.json").read_text())
     atomic_write_json(out_dir / "split.json", {"train": train_ids, "test": test_ids, "seed": seed,
                                                "test_fraction": test_fraction})
-    return {**info, "n_test_models": len(test_ids), "interpreter_dir": str(out_dir),
+    provenance = {k: sig_meta.get(k) for k in ("probe_sha256", "probe_version", "zoo_fingerprint", "code_version")}
+    atomic_write_json(out_dir / "provenance.json", provenance)  # the probe set this interpreter reads
+    return {**info, "probe_sha256": provenance["probe_sha256"], "n_test_models": len(test_ids), "interpreter_dir": str(out_dir),
             "ray_train_path": result.path}
 
 

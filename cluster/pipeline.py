@@ -140,7 +140,8 @@ class Pipeline:
                                  "cross_family_table.json")
             score = reports["interpreter"]["behaviors"]["mean_balanced_accuracy"]
             registered = register_interpreter(self.paths.interpreter, self.cfg.tracking.registered_model, score,
-                                              tags={"code_version": code_version(), "run_id": run.info.run_id})
+                                              tags={"code_version": code_version(), "run_id": run.info.run_id,
+                                                    "probe_sha256": self._probe_sha256()})
             summary = {
                 "n_train_models": result["n_train_models"],
                 "n_test_models": result["n_test_models"],
@@ -186,6 +187,12 @@ class Pipeline:
             report["mlflow_run_id"] = (run.data.tags.get("mlflow.parentRunId") or run.info.run_id)
         atomic_write_json(self.paths.report, report)
         return self.paths.report
+
+    def _probe_sha256(self) -> str:
+        path = self.paths.interpreter / "provenance.json"
+        if not path.exists():
+            return ""
+        return json.loads(path.read_text()).get("probe_sha256") or ""
 
     def _log_plot(self, path: Path) -> None:
         mlflow.log_artifact(str(path), artifact_path="plots")

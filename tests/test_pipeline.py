@@ -102,3 +102,11 @@ def test_interpreter_sweep_nests_trials_and_registers_the_best(tiny_run: Path, t
     assert len(children) == 2
     after = summary["after_sweep"]
     assert after["registered"] and client.get_model_version("zoolens-interpreter", str(after["version"]))
+
+
+def test_interpreter_records_the_probe_set_it_reads(tiny_run: Path):
+    run_dir = tiny_run / "run"
+    probe = json.loads((run_dir / "signatures" / "_signatures.json").read_text())["probe_sha256"]
+    assert json.loads((run_dir / "interpreter" / "provenance.json").read_text())["probe_sha256"] == probe
+    version = MlflowClient(f"sqlite:///{tiny_run / 'mlflow.db'}").get_model_version_by_alias("zoolens-interpreter", "champion")
+    assert version.tags["probe_sha256"] == probe
