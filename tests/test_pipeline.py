@@ -22,7 +22,10 @@ def test_run_produces_zoo_signatures_registered_interpreter_and_report(tiny_run:
     stages = report["stages"]
     assert stages["zoo"]["models_trained"] == 120
     ev = stages["interpreter_evaluate"]
-    assert set(ev["heldout"]) == {"interpreter", "majority", "shuffled_labels", "probe_logits", "neuron_mean_std"}
+    assert set(ev["heldout"]) == {"interpreter", "interpreter@0.5", "majority", "shuffled_labels", "probe_logits",
+                                  "weight_stats", "neuron_mean_std"}
+    heads = set(ev["heldout"]["interpreter"])
+    assert {"behaviors", "accuracy", "family", "depth", "width", "lr", "corrupted"} == heads
     assert ev["n_test_models"] == 30
     for plot in ("zoo_accuracy.png", "behavior_balanced_accuracy.png", "latent_map.png"):
         assert (run_dir / "plots" / plot).stat().st_size > 1000
