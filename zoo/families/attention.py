@@ -128,9 +128,9 @@ class AttentionFamily:
     def hook_points(self, spec: ArchSpec) -> list[HookPoint]:
         points = []
         for i in range(spec.depth):
-            points.append(HookPoint(f"attn.{i}", 2 * i, spec.n_heads, kind=2))
-            points.append(HookPoint(f"mlp.{i}", 2 * i + 1, MLP_RATIO * spec.width))
-        return points + [HookPoint("output", 2 * spec.depth, 1, kind=1)]
+            points.append(HookPoint(f"attn.{i}", 2 * i, spec.n_heads, kind=2, fan_in=spec.width))
+            points.append(HookPoint(f"mlp.{i}", 2 * i + 1, MLP_RATIO * spec.width, fan_in=spec.width))
+        return points + [HookPoint("output", 2 * spec.depth, 1, kind=1, fan_in=spec.width)]
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

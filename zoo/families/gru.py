@@ -76,8 +76,10 @@ class GRUFamily:
         return out.squeeze(-1)
 
     def hook_points(self, spec: ArchSpec) -> list[HookPoint]:
-        points = [HookPoint(f"gru.{i}", i, spec.width) for i in range(spec.depth)]
-        return points + [HookPoint("output", spec.depth, 1, kind=1)]
+        # a unit reads the layer's input and the previous hidden state
+        fan_in = [(spec.embed_dim if i == 0 else spec.width) + spec.width for i in range(spec.depth)]
+        points = [HookPoint(f"gru.{i}", i, spec.width, fan_in=fan_in[i]) for i in range(spec.depth)]
+        return points + [HookPoint("output", spec.depth, 1, kind=1, fan_in=spec.width)]
 
 
 def input_projection(x: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor) -> torch.Tensor:
