@@ -14,10 +14,11 @@ import pandas as pd  # noqa: E402
 
 
 def accuracy_histogram(manifest: pd.DataFrame, path: Path) -> Path:
-    """Held-out accuracy of the subject models, one histogram per architecture."""
+    """Held-out accuracy of the subject models, one histogram per architecture (per family when there are many)."""
+    key = "arch" if manifest["arch"].nunique() <= 6 else "family"
     fig, ax = plt.subplots(figsize=(7, 4))
-    for arch, group in manifest.groupby("arch"):
-        ax.hist(group["test_acc"], bins=np.linspace(0.4, 1.0, 31), alpha=0.6, label=f"{arch} (n={len(group)})")
+    for name, group in manifest.groupby(key):
+        ax.hist(group["test_acc"], bins=np.linspace(0.4, 1.0, 31), alpha=0.6, label=f"{name} (n={len(group)})")
     ax.set_xlabel("held-out accuracy of subject model")
     ax.set_ylabel("models")
     ax.set_title("Zoo: subject-model accuracy")
