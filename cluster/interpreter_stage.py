@@ -4,6 +4,8 @@ models beside baselines computed in the same run."""
 from __future__ import annotations
 
 import json
+import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -68,15 +70,11 @@ def _subset(records: list[dict], targets: dict[str, np.ndarray], mask: np.ndarra
 
 def _train_loop(config: dict[str, Any]) -> None:
     """Ray Train worker loop: fit the interpreter, report every epoch, checkpoint the best state at the end."""
-    import tempfile
-
     from ray.train import Checkpoint
-
-    import logging
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one line per report otherwise
     torch.set_num_threads(config["threads"])
-    records, labels, behaviors, _ = _load_split(config["zoo_dir"], config["sig_dir"], config["train_ids"])
+    records, targets, behaviors, _ = _load_split(config["zoo_dir"], config["sig_dir"], config["train_ids"])
     rank0 = ray.train.get_context().get_world_rank() == 0
     run_id = config.get("run_id")
     if run_id and rank0:
@@ -95,7 +93,7 @@ def _train_loop(config: dict[str, Any]) -> None:
         ray.train.report({"epoch": epoch, **metrics})
 
     t0 = time.perf_counter()
-    result = train_interpreter(records, labels, config["cfg"], behaviors, on_epoch=on_epoch, specs=head_specs(behaviors))
+    result = train_interpreter(records, targets, config["cfg"], behaviors, on_epoch=on_epoch, specs=head_specs(behaviors))
     summary = {"seconds": time.perf_counter() - t0, "best_epoch": result.best_epoch,
                "epochs_run": len(result.history), "n_train_models": len(records)}
     with tempfile.TemporaryDirectory() as tmp:

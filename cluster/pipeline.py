@@ -87,8 +87,9 @@ class Pipeline:
     def zoo(self) -> dict[str, Any]:
         with stage_run("zoo", params=self.cfg.zoo.model_dump(mode="json")):
             summary = build_zoo(self.cfg.zoo, self.zoo_dir, progress=self.progress)
-            manifest = ZooStore(self.zoo_dir).read_manifest()
-            summary.update(mean_test_acc=float(manifest["test_acc"].mean()), size_bytes=ZooStore(self.zoo_dir).size_bytes())
+            store = ZooStore(self.zoo_dir)
+            manifest = store.read_manifest()
+            summary.update(mean_test_acc=float(manifest["test_acc"].mean()), size_bytes=store.size_bytes())
             mlflow.log_metrics({k: summary[k] for k in ("models_per_s", "mean_test_acc", "models_trained")})
             table = manifest.drop(columns=["spec", "sha256", "code_version"]).assign(behaviors=manifest["behaviors"].map(",".join))
             log_dataframe_input(table, source=str(self.zoo_dir), name="zoo", context="training")
