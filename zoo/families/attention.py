@@ -39,26 +39,26 @@ import torch.nn.functional as F
 from zoo.arch import ArchSpec, HookPoint
 from zoo.families.base import (
     ACTIVATIONS,
+    StackedFamily,
     Cache,
     Interventions,
     Params,
     embed_tokens,
     hook,
     linear_init,
-    stack_models,
 )
 
 MLP_RATIO = 4
 LN_EPS = 1e-5
 
 
-class AttentionFamily:
+class AttentionFamily(StackedFamily):
     name = "attention"
 
     def init(self, spec: ArchSpec, seeds: Sequence[int]) -> Params:
         if spec.width % spec.n_heads:
             raise ValueError(f"width {spec.width} must be divisible by n_heads {spec.n_heads}")
-        return stack_models([self._init_one(spec, s) for s in seeds])
+        return super().init(spec, seeds)
 
     def _init_one(self, spec: ArchSpec, seed: int) -> Params:
         """One model: embeddings ~ N(0, 1) like ``nn.Embedding``, linears like ``nn.Linear``, LayerNorms (1, 0)."""

@@ -104,6 +104,16 @@ def embed_tokens(embed: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return F.embedding(tokens + offsets, embed.reshape(m * v, d))  # deterministic sort-based backward on GPU
 
 
+class StackedFamily:
+    """What every family shares: a cohort's parameters are its models' own, each drawn from its seed, stacked."""
+
+    def init(self, spec: ArchSpec, seeds: Sequence[int]) -> Params:
+        return stack_models([self._init_one(spec, int(s)) for s in seeds])
+
+    def _init_one(self, spec: ArchSpec, seed: int) -> Params:
+        raise NotImplementedError
+
+
 def stack_models(per_model: Sequence[Params]) -> Params:
     """Stack a list of single-model parameter dicts into one cohort dict."""
     return {k: torch.stack([p[k] for p in per_model]) for k in per_model[0]}

@@ -24,19 +24,15 @@ the layer runs on its own, unmodified states.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 
 from zoo.arch import ArchSpec, HookPoint
-from zoo.families.base import Cache, Interventions, Params, embed_tokens, hook, linear_init, stack_models
+from zoo.families.base import Cache, Interventions, Params, StackedFamily, embed_tokens, hook, linear_init
 
 
-class GRUFamily:
+class GRUFamily(StackedFamily):
     name = "gru"
-
-    def init(self, spec: ArchSpec, seeds: Sequence[int]) -> Params:
-        return stack_models([self._init_one(spec, s) for s in seeds])
 
     def _init_one(self, spec: ArchSpec, seed: int) -> Params:
         """One model drawn like ``nn.Embedding`` + ``nn.GRU`` + ``nn.Linear`` defaults."""

@@ -8,19 +8,15 @@ neurons to one output logit. Hook points: ``hidden.{i}`` (post-activation,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 
 import torch
 
 from zoo.arch import ArchSpec, HookPoint
-from zoo.families.base import ACTIVATIONS, Cache, Interventions, Params, embed_tokens, hook, linear_init, stack_models
+from zoo.families.base import ACTIVATIONS, Cache, Interventions, Params, StackedFamily, embed_tokens, hook, linear_init
 
 
-class MLPFamily:
+class MLPFamily(StackedFamily):
     name = "mlp"
-
-    def init(self, spec: ArchSpec, seeds: Sequence[int]) -> Params:
-        return stack_models([self._init_one(spec, s) for s in seeds])
 
     def _init_one(self, spec: ArchSpec, seed: int) -> Params:
         gen = torch.Generator().manual_seed(int(seed))
