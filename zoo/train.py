@@ -136,6 +136,9 @@ def train_cohort(
 ) -> torch.Tensor:
     """Train all models in place on their own data x [M, N, L], y [M, N]; returns loss history [epochs, M].
 
+    ``on_epoch(epoch, losses)`` runs after every epoch with ``params`` already holding that
+    epoch's weights (so a callback can snapshot checkpoints).
+
     Speed on CPU: models are stepped in chunks of :data:`CHUNK` (a chunk's weights,
     activations and optimizer state stay in cache; every model's result is independent of
     the chunking; other devices step the whole cohort at once), each chunk's parameters live in one flat buffer for the whole run, and
@@ -160,12 +163,18 @@ def train_cohort(
                 history[e, c.lo : c.hi] += loss * (stop - start)
         history[e] /= n
         if on_epoch is not None:
+            _write_back(chunks, params)
             on_epoch(e, history[e])
-    with torch.no_grad():
-        for c in chunks:
-            for name, p in params.items():
-                p[c.lo : c.hi].copy_(c.leaves[name])
+    _write_back(chunks, params)
     return history
+
+
+@torch.no_grad()
+def _write_back(chunks: list[_Chunk], params: Params) -> None:
+    """Copy the chunks' private flat-buffer weights into the caller's stacked tensors."""
+    for c in chunks:
+        for name, p in params.items():
+            p[c.lo : c.hi].copy_(c.leaves[name])
 
 
 @torch.no_grad()

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from zoo.arch import ArchSpec
 from zoo.families import get_family
 from zoo.families.base import Params
+from zoo.train import train_cohort
 
 # loss_fn(params [M*C, ...], step) -> per-model mean loss [M*C] (the step lets it pick a minibatch)
 LossFn = Callable[[Params, int], torch.Tensor]
@@ -127,29 +128,19 @@ def subject_llc(spec: ArchSpec, params: Params, x: torch.Tensor, y: torch.Tensor
 def train_with_checkpoints(spec: ArchSpec, params: Params, x: torch.Tensor, y: torch.Tensor, epochs: int,
                            lr: float = 1e-2, batch_size: int = 64, seed: int = 0,
                            every: int = 1) -> list[tuple[int, Params]]:
-    """Train a cohort with Adam (summed per-model losses: each model gets its own gradient) and snapshot weights.
+    """Train a cohort with the zoo's own trainer and snapshot its weights every ``every`` epochs.
 
-    ``zoo.train.train_cohort`` keeps its weights in private flat buffers until it returns, so
-    checkpoints for LLC trajectories come from this plain loop. Returns [(epoch, params)],
-    epoch 0 being the initialization.
+    Returns [(epoch, params)], epoch 0 being the initialization; model m's batch order comes from seed + m.
     """
-    family = get_family(spec)
-    w = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
-    opt = torch.optim.Adam(list(w.values()), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    n = y.shape[1]
-    snaps = [(0, {k: v.detach().clone() for k, v in w.items()})]
-    for epoch in range(1, epochs + 1):
-        order = torch.randperm(n, generator=gen)
-        for s in range(0, n, batch_size):
-            idx = order[s : s + batch_size]
-            logits = family.forward(spec, w, x[:, idx])
-            loss = F.binary_cross_entropy_with_logits(logits, y[:, idx], reduction="none").mean(dim=1).sum()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        if epoch % every == 0 or epoch == epochs:
-            snaps.append((epoch, {k: v.detach().clone() for k, v in w.items()}))
+    w = {k: v.detach().clone() for k, v in params.items()}
+    snaps = [(0, {k: v.clone() for k, v in w.items()})]
+
+    def snapshot(epoch: int, _losses: torch.Tensor) -> None:
+        if (epoch + 1) % every == 0 or epoch + 1 == epochs:
+            snaps.append((epoch + 1, {k: v.clone() for k, v in w.items()}))
+
+    m = y.shape[0]
+    train_cohort(spec, w, x, y, torch.full((m,), lr), epochs, batch_size, [seed + i for i in range(m)], on_epoch=snapshot)
     return snaps
 
 
