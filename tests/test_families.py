@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from reference_training import train_reference
 
 from zoo.arch import ArchSpec
 from zoo.data import make_cohort_data
 from zoo.families import get_family
-from zoo.train import batch_orders, train_cohort
+from zoo.train import train_cohort
 
 
 class ReferenceMLP(nn.Module):
@@ -91,15 +92,7 @@ def test_batched_training_matches_per_model_training(cohort):
     for m, seed in enumerate(seeds):
         ref = ReferenceMLP(spec)
         ref.load_from(init, m)
-        opt = torch.optim.Adam(ref.parameters(), lr=float(lr[m]))
-        orders = batch_orders([seed], x.shape[1], epochs)
-        for e in range(epochs):
-            for s in range(0, x.shape[1], bs):
-                idx = orders[e, 0, s : s + bs]
-                loss = nn.functional.binary_cross_entropy_with_logits(ref(x[m, idx]), y[m, idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+        train_reference(ref, x[m], y[m], float(lr[m]), seed, epochs, bs)
         trained = ReferenceMLP(spec)
         trained.load_from(params, m)
         for (name, a), b in zip(trained.named_parameters(), ref.parameters()):

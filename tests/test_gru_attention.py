@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 import torch.nn as nn
+from reference_training import train_reference
 
 from zoo.arch import ArchSpec
 from zoo.data import make_cohort_data
@@ -14,7 +15,7 @@ from zoo.families import get_family
 from zoo.families.attention import MLP_RATIO
 from zoo.probes import make_probe_set
 from zoo.signatures import cohort_signatures
-from zoo.train import batch_orders, train_cohort
+from zoo.train import train_cohort
 
 SEEDS = [11, 22, 33]
 BEHAVIORS = [["palindrome"], ["all_same", "contains_abc"], ["sorted_ascending"]]
@@ -203,15 +204,7 @@ def test_batched_training_matches_per_model_training(family, data):
     for m, seed in enumerate(SEEDS):
         ref = REFERENCES[family](spec)
         ref.load_from(init, m)
-        opt = torch.optim.Adam(ref.parameters(), lr=float(lr[m]))
-        orders = batch_orders([seed], x.shape[1], epochs)
-        for e in range(epochs):
-            for s in range(0, x.shape[1], bs):
-                idx = orders[e, 0, s : s + bs]
-                loss = nn.functional.binary_cross_entropy_with_logits(ref(x[m, idx]), y[m, idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+        train_reference(ref, x[m], y[m], float(lr[m]), seed, epochs, bs)
         trained = REFERENCES[family](spec)
         trained.load_from(params, m)
         for (name, a), (_, b) in zip(trained.ordered_params(), ref.ordered_params()):

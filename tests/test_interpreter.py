@@ -74,13 +74,7 @@ SMALL = InterpreterConfig(d_model=32, n_heads=4, latent_dim=32, epochs=30, batch
 NAMES = [f"b{k}" for k in range(5)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models gain nothing from intra-op threads, and spinning threads crawl on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

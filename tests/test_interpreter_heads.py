@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from interpreter.baselines import (
     majority_baseline,
@@ -30,13 +29,7 @@ CFG = InterpreterConfig(d_model=32, n_heads=4, latent_dim=32, epochs=30, batch_s
                         probe_pathway=False, early_stop_on="total")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models gain nothing from intra-op threads, and spinning threads crawl on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make_model(rng: np.random.Generator, behaviors: list[str], family: int, acc: float, corrupted: bool, n_probes: int = 40) -> dict:
