@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -35,11 +34,6 @@ def single_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture()
-def tracking_uri(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
-
-
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, ray_local) -> Path:
     """The tiny config run once end to end through the CLI (shared by several tests)."""
@@ -51,12 +45,3 @@ def tiny_run(tmp_path_factory, ray_local) -> Path:
                  "--tracking-uri", uri, "--no-progress"])
     assert code == 0
     return out
-
-
-@pytest.fixture()
-def copy_tree():
-    def _copy(src: Path, dst: Path) -> Path:
-        shutil.copytree(src, dst)
-        return dst
-
-    return _copy
