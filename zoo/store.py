@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -95,9 +93,6 @@ class ZooStore:
         atomic_write_bytes(self.cohort_dir / f"{cohort_id}.parquet", sink.getvalue().to_pybytes())
 
     # -- reading -----------------------------------------------------------------
-    def exists(self) -> bool:
-        return self.root.is_dir()
-
     def finished_cohorts(self) -> list[str]:
         """Ids of cohorts whose manifest (the done marker) is present."""
         if not self.cohort_dir.is_dir():
@@ -160,14 +155,6 @@ class ZooStore:
                     raise ZooStoreError(f"zoo file corrupted: {path}: weights of {model_id} do not match their sha256")
         return spec, params, manifest
 
-    def iter_cohorts(self, verify: bool = True) -> Iterator[tuple[str, ArchSpec, Params, pd.DataFrame]]:
-        for c in self.require():
-            yield (c, *self.load_cohort(c, verify=verify))
-
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
 
-
-def model_params(params: Params, m: int) -> dict[str, torch.Tensor]:
-    """Model m's own (unstacked) parameters."""
-    return {k: v[m] for k, v in params.items()}

@@ -46,6 +46,7 @@ from zoo.families.base import (
     embed_tokens,
     hook,
     linear_init,
+    readout,
 )
 
 MLP_RATIO = 4
@@ -98,7 +99,7 @@ class AttentionFamily(StackedFamily):
             h = hook(f"mlp.{i}", h, cache, interventions)
             x = x + linear(h, params[f"w_proj{i}"], params[f"b_proj{i}"])
         pooled = layer_norm(x, params["ln_f_w"], params["ln_f_b"]).mean(dim=2)  # [M, B, D]
-        out = torch.baddbmm(params["b_out"].unsqueeze(1), pooled, params["w_out"])
+        out = readout(pooled, params["w_out"], params["b_out"])
         out = hook("output", out, cache, interventions)
         return out.squeeze(-1)
 

@@ -28,7 +28,7 @@ import math
 import torch
 
 from zoo.arch import ArchSpec, HookPoint
-from zoo.families.base import Cache, Interventions, Params, StackedFamily, embed_tokens, hook, linear_init
+from zoo.families.base import Cache, Interventions, Params, StackedFamily, embed_tokens, hook, linear_init, readout
 
 
 class GRUFamily(StackedFamily):
@@ -67,7 +67,7 @@ class GRUFamily(StackedFamily):
             x = gru_layer(gi, params[f"w_hh{i}"], params[f"b_hh{i}"])
             x = hook(f"gru.{i}", x, cache, interventions)
         last = x[:, :, -1]  # [M, B, width]
-        out = torch.baddbmm(params["b_out"].unsqueeze(1), last, params["w_out"])
+        out = readout(last, params["w_out"], params["b_out"])
         out = hook("output", out, cache, interventions)
         return out.squeeze(-1)
 

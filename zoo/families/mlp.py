@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from zoo.arch import ArchSpec, HookPoint
-from zoo.families.base import ACTIVATIONS, Cache, Interventions, Params, StackedFamily, embed_tokens, hook, linear_init
+from zoo.families.base import ACTIVATIONS, Cache, Interventions, Params, StackedFamily, embed_tokens, hook, linear_init, readout
 
 
 class MLPFamily(StackedFamily):
@@ -42,8 +42,7 @@ class MLPFamily(StackedFamily):
         for i in range(spec.depth):
             h = act(torch.baddbmm(params[f"b{i}"].unsqueeze(1), h, params[f"w{i}"]))
             h = hook(f"hidden.{i}", h, cache, interventions)
-        # one output unit: a broadcast multiply-and-sum beats a [B, W] x [W, 1] batched matmul on CPU
-        out = (h * params["w_out"].transpose(1, 2)).sum(dim=-1, keepdim=True) + params["b_out"].unsqueeze(1)
+        out = readout(h, params["w_out"], params["b_out"])
         out = hook("output", out, cache, interventions)
         return out.squeeze(-1)
 
