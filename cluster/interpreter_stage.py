@@ -31,6 +31,7 @@ from interpreter.train import predict, train_interpreter
 from zoo.errors import ZoolensError
 from zoo.store import ZooStore, atomic_write_json
 
+from cluster.runtime import cluster_cpus, cluster_gpus
 from cluster.signature_stage import read_signature_meta, read_signatures
 
 
@@ -118,9 +119,8 @@ def train_stage(zoo_dir: Path, sig_dir: Path, out_dir: Path, cfg: InterpreterCon
     ids = list(ZooStore(zoo_dir).read_manifest(columns=["model_id"])["model_id"])
     sig_meta = read_signature_meta(sig_dir)  # fail here, in one line, rather than inside a Train worker
     train_ids, test_ids = split_models(ids, test_fraction, seed)
-    resources = ray.cluster_resources()
-    use_gpu = resources.get("GPU", 0) >= 1
-    cpus = max(1, int(resources.get("CPU", 1)) - 1)  # leave one CPU for the Train controller
+    use_gpu = cluster_gpus() >= 1
+    cpus = max(1, cluster_cpus() - 1)  # leave one CPU for the Train controller
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config={"zoo_dir": str(zoo_dir), "sig_dir": str(sig_dir), "train_ids": train_ids, "cfg": cfg,
@@ -208,7 +208,7 @@ def evaluate_stage(zoo_dir: Path, sig_dir: Path, interp_dir: Path, cfg: Interpre
     """Run the held-out protocol; the caller writes the report and plots."""
     if not (interp_dir / "split.json").exists():
         raise InterpreterStageError(f"no trained interpreter in {interp_dir} (run 'zoolens interpreter train' first)")
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    cpus = cluster_cpus()
     return ray.get(_evaluate_remote.options(num_cpus=cpus).remote(str(zoo_dir), str(sig_dir), str(interp_dir), cfg,
                                                                   cross_family, cpus))
 

@@ -26,10 +26,12 @@ def init_ray(cfg: RayConfig) -> None:
 
 
 def cluster_cpus() -> int:
-    return int(ray.cluster_resources().get("CPU", 1))
+    """Whole CPUs in the cluster (at least 1)."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 def cluster_gpus() -> int:
+    """Whole GPUs in the cluster."""
     return int(ray.cluster_resources().get("GPU", 0))
 
 

@@ -21,6 +21,7 @@ from zoo.store import ZooStore, atomic_write_json
 from zoo.version import code_version
 
 from cluster.config import ProbeConfig
+from cluster.runtime import cluster_gpus, worker_device
 
 SIGNATURE_META = "_signatures.json"  # probe set, feature names, provenance ("_" keeps Parquet readers off it)
 
@@ -38,7 +39,7 @@ class SignatureExtractor:
         torch.set_num_threads(1)
         self.store = ZooStore(zoo_dir)
         self.probes = make_probe_set(behaviors, vocab, length, **probe_cfg)
-        self.device = "cuda" if ray.get_gpu_ids() else "cpu"
+        self.device = worker_device()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         tables = []
@@ -72,7 +73,7 @@ def extract_signatures(zoo_dir: Path, out_dir: Path, probe_cfg: ProbeConfig, num
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=min(num_actors, len(cohorts))),
         num_cpus=1,
-        num_gpus=1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0,
+        num_gpus=1 if cluster_gpus() else 0,
     )
     ds.write_parquet(str(out_dir), mode="overwrite")
     n_rows = _dataset(out_dir).count_rows()

@@ -23,6 +23,8 @@ from zoo.errors import ZoolensError
 from zoo.store import ZooStore
 from zoo.version import code_version
 
+from cluster.runtime import cluster_cpus, cluster_gpus, worker_device
+
 GPU_SHARE = 0.25  # cohorts of small models leave most of a GPU idle: four actors share one
 
 
@@ -39,7 +41,7 @@ class CohortTrainer:
 
         torch.set_num_threads(threads)
         self.cfg, self.store = cfg, ZooStore(root)
-        self.device = "cuda" if ray.get_gpu_ids() else "cpu"
+        self.device = worker_device()
 
     def pid(self) -> int:
         return os.getpid()
@@ -66,10 +68,9 @@ def prepare_store(cfg: ZooConfig, zoo_dir: Path) -> ZooStore:
 
 def make_trainers(cfg: ZooConfig, root: Path, n_actors: int | None, n_cohorts: int) -> list[ray.actor.ActorHandle]:
     """One actor per CPU (or GPU_SHARE of a GPU each, where the cluster has GPUs), never more than cohorts."""
-    resources = ray.cluster_resources()
-    gpus = resources.get("GPU", 0)
-    options = {"num_cpus": 1, "num_gpus": GPU_SHARE} if gpus >= 1 else {"num_cpus": 1}
-    default = int(gpus / GPU_SHARE) if gpus >= 1 else max(1, int(resources.get("CPU", 1)))
+    gpus = cluster_gpus()
+    options = {"num_cpus": 1, "num_gpus": GPU_SHARE} if gpus else {"num_cpus": 1}
+    default = int(gpus / GPU_SHARE) if gpus else cluster_cpus()
     n = min(n_actors or default, n_cohorts)
     return [CohortTrainer.options(**options).remote(cfg, str(root)) for _ in range(n)]
 
