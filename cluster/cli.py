@@ -6,11 +6,11 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from cluster import analyze_cli, antitraining_cli
 
 USAGE_ERROR = 2
+ZOO_HELP = "zoo directory, or a s3:// / gs:// / file:// URI (default: RUN_DIR/zoo)"
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -31,16 +31,16 @@ def build_parser() -> argparse.ArgumentParser:
     zoo = sub.add_parser("zoo", help="build or describe a zoo of subject models").add_subparsers(dest="zoo_cmd", required=True)
     build = zoo.add_parser("build", help="train the zoo described by CONFIG (reruns skip finished cohorts)")
     _add_common(build)
-    build.add_argument("--zoo", help="zoo directory (default: RUN_DIR/zoo)")
+    build.add_argument("--zoo", help=ZOO_HELP)
     build.set_defaults(handler=lambda a: _stage(a, "zoo"))
     show = zoo.add_parser("show", help="describe a zoo: counts by family and behavior, accuracy, size")
-    show.add_argument("zoo", help="zoo directory")
+    show.add_argument("zoo", help="zoo directory, or a s3:// / gs:// / file:// URI")
     show.set_defaults(handler=cmd_zoo_show)
 
     sig = sub.add_parser("signatures", help="activation signatures").add_subparsers(dest="sig_cmd", required=True)
     extract = sig.add_parser("extract", help="stream the zoo through the probe set with Ray Data")
     _add_common(extract)
-    extract.add_argument("--zoo", help="zoo directory (default: RUN_DIR/zoo)")
+    extract.add_argument("--zoo", help=ZOO_HELP)
     extract.set_defaults(handler=lambda a: _stage(a, "signatures"))
 
     interp = sub.add_parser("interpreter", help="train or evaluate the interpreter").add_subparsers(dest="int_cmd", required=True)
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                               ("evaluate", "evaluate", "score held-out models beside baselines and register")):
         p = interp.add_parser(name, help=text)
         _add_common(p)
-        p.add_argument("--zoo", help="zoo directory (default: RUN_DIR/zoo)")
+        p.add_argument("--zoo", help=ZOO_HELP)
         p.set_defaults(handler=lambda a, s=stage: _stage(a, s))
 
     mlf = sub.add_parser("mlflow", help="MLflow tracking server for cluster runs").add_subparsers(dest="mlflow_cmd", required=True)
@@ -100,7 +100,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_zoo_show(args: argparse.Namespace) -> int:
     from cluster.report import show_zoo
 
-    show_zoo(Path(args.zoo))
+    show_zoo(args.zoo)
     return 0
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 
-from zoo.store import ZooStore, atomic_write_json
+from zoo.store import ZooStore, atomic_write_json, resolve_location
 from zoo.version import code_version
 
 from cluster import plots
@@ -64,11 +64,11 @@ class RunPaths:
 class Pipeline:
     """Holds the config, paths and tracking URI; each method is one stage."""
 
-    def __init__(self, cfg: PipelineConfig, tracking_uri: str | None = None, zoo_dir: Path | None = None,
+    def __init__(self, cfg: PipelineConfig, tracking_uri: str | None = None, zoo_dir: Path | str | None = None,
                  progress: bool = True):
         self.cfg = cfg
         self.paths = RunPaths(cfg.run_dir)
-        self.zoo_dir = Path(zoo_dir).resolve() if zoo_dir else self.paths.zoo
+        self.zoo_dir = resolve_location(zoo_dir) if zoo_dir else self.paths.zoo  # a directory or a storage URI
         self.tracking_uri = resolve_tracking_uri(tracking_uri, cfg.tracking.tracking_uri, self.paths.root)
         self.progress = progress
 

@@ -66,12 +66,16 @@ def results_table(rows: list[dict], title: str, methods: tuple[str, ...] | None 
     return table
 
 
-def show_zoo(zoo_dir: Path) -> None:
-    """Counts by family and behavior, accuracy summary and histogram, size on disk."""
+def show_zoo(zoo_dir: Path | str) -> None:
+    """Counts by family and behavior, accuracy summary and histogram, size on disk.
+
+    The histogram goes into a zoo directory, or into the current directory for a zoo behind a
+    storage URI (``show`` only reads object storage).
+    """
     store = ZooStore(zoo_dir)
     manifest = store.read_manifest()
     console = Console()
-    console.print(f"zoo {store.root}: {len(manifest)} models in {manifest['cohort_id'].nunique()} cohorts, "
+    console.print(f"zoo {store.uri}: {len(manifest)} models in {manifest['cohort_id'].nunique()} cohorts, "
                   f"{store.size_bytes() / 1e6:.1f} MB on disk")
     by_arch = Table(title="by architecture")
     for col in ("family", "architecture", "models", "mean held-out acc"):
@@ -89,5 +93,6 @@ def show_zoo(zoo_dir: Path) -> None:
     for b, n in counts.items():
         by_beh.add_row(str(b), str(n))
     console.print(by_beh)
-    path = plots.accuracy_histogram(manifest, store.root / "accuracy_histogram.png")
+    plot_dir = store.root if store.is_local else Path.cwd()
+    path = plots.accuracy_histogram(manifest, plot_dir / "accuracy_histogram.png")
     console.print(f"accuracy histogram: {path}")

@@ -56,7 +56,7 @@ def probe_set_for(zoo_meta: dict[str, Any], probe_cfg: ProbeConfig) -> ProbeSet:
     return make_probe_set(zc["behaviors"], zc["vocab"], zc["length"], **probe_cfg.model_dump())
 
 
-def extract_signatures(zoo_dir: Path, out_dir: Path, probe_cfg: ProbeConfig, num_actors: int) -> dict[str, Any]:
+def extract_signatures(zoo_dir: Path | str, out_dir: Path, probe_cfg: ProbeConfig, num_actors: int) -> dict[str, Any]:
     """Run the Ray Data pipeline; the output directory is overwritten, never appended to."""
     store = ZooStore(zoo_dir)
     cohorts = store.require()
@@ -67,7 +67,7 @@ def extract_signatures(zoo_dir: Path, out_dir: Path, probe_cfg: ProbeConfig, num
     ds = ds.map_batches(
         SignatureExtractor,
         fn_constructor_kwargs={
-            "zoo_dir": str(store.root), "behaviors": zc["behaviors"], "vocab": zc["vocab"],
+            "zoo_dir": store.uri, "behaviors": zc["behaviors"], "vocab": zc["vocab"],
             "length": zc["length"], "probe_cfg": probe_cfg.model_dump(),
         },
         batch_size=1,
@@ -84,7 +84,7 @@ def extract_signatures(zoo_dir: Path, out_dir: Path, probe_cfg: ProbeConfig, num
     atomic_write_json(Path(out_dir) / SIGNATURE_META, {
         **info, "behaviors": list(probes.behaviors), "vocab": probes.vocab, "length": probes.length,
         "probe_tokens": probes.tokens.tolist(), "probe_behavior": probes.behavior.tolist(),
-        "probe_is_positive": probes.is_positive.tolist(), "zoo_dir": str(store.root),
+        "probe_is_positive": probes.is_positive.tolist(), "zoo_dir": store.uri,
         "zoo_fingerprint": meta.get("fingerprint"), "code_version": code_version(),
     })
     return {"signatures_dir": str(out_dir), "n_models": n_rows, **info}

@@ -14,6 +14,9 @@ mapping onto Tune's samplers::
 Every trial is an MLflow run nested under one parent run of the sweep. A sweep stopped part-way
 (Ctrl-C) resumes with ``--resume``: finished trials are kept, unfinished ones continue from their
 last checkpoint and log into the MLflow run they already had.
+
+``storage_path`` is a directory (local, or shared by every node) or a ``s3://``, ``gs://`` or
+``file://`` URI that Tune writes through pyarrow; see :class:`SweepStorage` for what goes where.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import mlflow
+import pyarrow.fs as pafs
 import yaml
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -34,6 +38,14 @@ from cluster.antitraining_stage import antitraining_trainable
 from cluster.interpreter_tune import interpreter_trainable, register_best
 from cluster.tracking import resolve_tracking_uri, setup_tracking
 from zoo.errors import ConfigError
+from zoo.store import (
+    check_uri_scheme,
+    is_uri,
+    open_location,
+    put_fs_bytes,
+    read_fs_bytes,
+    resolve_location,
+)
 
 # name in the YAML -> function trainable (config dict -> reports via ray.tune.report)
 TRAINABLES: dict[str, Callable[[dict[str, Any]], None]] = {
@@ -44,6 +56,7 @@ TRAINABLES: dict[str, Callable[[dict[str, Any]], None]] = {
 AFTER_SWEEP: dict[str, Callable[[Any, str, str, str, str], dict[str, Any]]] = {"interpreter": register_best}
 SAMPLERS: dict[str, Callable[..., Any]] = {"choice": tune.choice, "uniform": tune.uniform,
                                           "loguniform": tune.loguniform, "randint": tune.randint}
+LOCAL_TUNE_DIR = "runs/tune"  # default storage_path; the local MLflow store of sweeps stored behind a URI
 
 
 class SchedulerSpec(BaseModel):
@@ -66,7 +79,7 @@ class TuneSpec(BaseModel):
     num_samples: int = Field(8, ge=1)
     max_concurrent_trials: int = Field(2, ge=1)
     cpus_per_trial: float = Field(1.0, gt=0)
-    storage_path: str = "runs/tune"
+    storage_path: str = LOCAL_TUNE_DIR  # a directory, or a s3:// / gs:// / file:// URI
     experiment: str = "zoolens-tune"
     tracking_uri: str | None = None
     scheduler: SchedulerSpec = SchedulerSpec()
@@ -83,6 +96,11 @@ def load_tune_spec(path: str | Path) -> TuneSpec:
         raise ConfigError(f"bad sweep file {path}: {str(e).splitlines()[0]} {str(e).splitlines()[1:2]}") from None
     if spec.trainable not in TRAINABLES:
         raise ConfigError(f"unknown trainable '{spec.trainable}'; known: {', '.join(TRAINABLES)}")
+    if is_uri(spec.storage_path):
+        try:
+            check_uri_scheme(spec.storage_path)
+        except ValueError as e:
+            raise ConfigError(f"bad sweep file {path}: storage_path: {e}") from None
     param_space(spec)  # validate the samplers now, not inside Ray
     return spec
 
@@ -91,12 +109,13 @@ def param_space(spec: TuneSpec) -> dict[str, Any]:
     """Map the YAML search space onto Tune samplers (one-key mappings) and fixed values (anything else).
 
     Fixed string values of keys ending in ``_dir`` or ``_path`` are made absolute here, in the
-    driver: trials run in their own directories, where a relative path would point elsewhere.
+    driver: trials run in their own directories, where a relative path would point elsewhere
+    (storage URIs are kept as they are).
     """
     space: dict[str, Any] = {}
     for key, value in spec.search_space.items():
         if isinstance(value, str) and key.endswith(("_dir", "_path")):
-            space[key] = str(Path(value).resolve())
+            space[key] = str(resolve_location(value))
         elif isinstance(value, dict) and len(value) == 1 and next(iter(value)) in SAMPLERS:
             kind, args = next(iter(value.items()))
             if kind == "choice":
@@ -108,6 +127,40 @@ def param_space(spec: TuneSpec) -> dict[str, Any]:
         else:
             space[key] = value
     return space
+
+
+class SweepStorage:
+    """Where a sweep keeps Tune's experiment directory and its MLflow parent-run id.
+
+    ``storage_path`` is a directory (made absolute) or a ``s3://``, ``gs://`` or ``file://`` URI.
+    Tune's experiment is ``LOCATION/NAME`` and the parent run's id ``LOCATION/NAME.mlflow_parent_run``
+    in both cases (through pyarrow.fs for a URI, so any machine that reads the bucket can resume).
+    The default MLflow store (``mlflow.db`` and ``mlartifacts/``) lives in the directory, or for a
+    URI in the local ``runs/tune`` (sqlite cannot live in object storage; on a cluster pass an
+    MLflow server with ``--tracking-uri``).
+    """
+
+    def __init__(self, storage_path: str):
+        loc = open_location(storage_path, error=ConfigError)
+        self.location, self.fs, self._base = loc.uri, loc.fs, loc.path
+        self.local_dir = loc.local or Path(LOCAL_TUNE_DIR).resolve()
+
+    def experiment(self, name: str) -> str:
+        """Tune's experiment directory (a path or a URI), what ``Tuner.restore`` reads."""
+        return f"{self.location}/{name}"
+
+    def exists(self, name: str) -> bool:
+        return self.fs.get_file_info(f"{self._base}/{name}").type != pafs.FileType.NotFound
+
+    def read_parent_run(self, name: str) -> str | None:
+        """The sweep's parent MLflow run id, or None if it was never written."""
+        try:
+            return read_fs_bytes(self.fs, f"{self._base}/{name}.mlflow_parent_run").decode().strip()
+        except FileNotFoundError:
+            return None
+
+    def write_parent_run(self, name: str, run_id: str) -> None:
+        put_fs_bytes(self.fs, f"{self._base}/{name}.mlflow_parent_run", run_id.encode())
 
 
 class ResumableMLflowLoggerCallback(MLflowLoggerCallback):
@@ -133,8 +186,8 @@ def run_tune(yaml_path: str | Path, resume: bool = False, tracking_uri: str | No
     """Run (or with ``resume`` continue) the sweep in ``yaml_path``; returns the best trial and where things are.
 
     Paths and the tracking URI are made absolute before any trial starts (Tune runs each trial in
-    its own directory). The parent MLflow run's id is kept beside the sweep so a resume nests the
-    remaining trials under the same parent.
+    its own directory). The parent MLflow run's id is kept beside the sweep (see
+    :class:`SweepStorage`) so a resume nests the remaining trials under the same parent.
     """
     import ray
 
@@ -142,29 +195,27 @@ def run_tune(yaml_path: str | Path, resume: bool = False, tracking_uri: str | No
     from cluster.runtime import init_ray
 
     spec = load_tune_spec(yaml_path)
-    storage = Path(spec.storage_path).resolve()
-    exp_dir = storage / spec.name
-    parent_file = storage / f"{spec.name}.mlflow_parent_run"
-    uri = resolve_tracking_uri(tracking_uri, spec.tracking_uri, storage)
-    exp_id = setup_tracking(uri, spec.experiment, storage / "mlartifacts")
+    storage = SweepStorage(spec.storage_path)
+    exp_dir = storage.experiment(spec.name)
+    uri = resolve_tracking_uri(tracking_uri, spec.tracking_uri, storage.local_dir)
+    exp_id = setup_tracking(uri, spec.experiment, storage.local_dir / "mlartifacts")
     if not ray.is_initialized():
         init_ray(RayConfig())
     trainable = tune.with_resources(TRAINABLES[spec.trainable], {"cpu": spec.cpus_per_trial})
 
     if resume:
-        if not (tune.Tuner.can_restore(str(exp_dir)) and parent_file.exists()):
+        parent = storage.read_parent_run(spec.name)
+        if not (parent and tune.Tuner.can_restore(exp_dir)):
             raise ConfigError(f"nothing to resume at {exp_dir}; run without --resume first")
-        parent = parent_file.read_text().strip()
-        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True)
+        tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_unfinished=True)
     else:
-        if exp_dir.exists():
+        if storage.exists(spec.name):
             raise ConfigError(f"sweep {exp_dir} already exists; pass --resume to continue it or remove it")
         with mlflow.start_run(experiment_id=exp_id, run_name=spec.name, tags={"zoolens.stage": "tune"}) as run:
             mlflow.log_dict(spec.model_dump(mode="json"), "sweep.json")
             mlflow.log_params({"trainable": spec.trainable, "num_samples": spec.num_samples, "metric": spec.metric})
             parent = run.info.run_id
-        storage.mkdir(parents=True, exist_ok=True)
-        parent_file.write_text(parent)
+        storage.write_parent_run(spec.name, parent)
         s = spec.scheduler
         tuner = tune.Tuner(
             trainable,
@@ -175,13 +226,13 @@ def run_tune(yaml_path: str | Path, resume: bool = False, tracking_uri: str | No
                 scheduler=ASHAScheduler(time_attr="training_iteration", max_t=s.max_t, grace_period=s.grace_period,
                                         reduction_factor=s.reduction_factor)),
             run_config=tune.RunConfig(
-                name=spec.name, storage_path=str(storage), verbose=0,
+                name=spec.name, storage_path=storage.location, verbose=0,
                 failure_config=tune.FailureConfig(max_failures=1),
                 callbacks=[ResumableMLflowLoggerCallback(uri, experiment_name=spec.experiment,
                                                          tags={"mlflow.parentRunId": parent})]),
         )
     results = tuner.fit()
-    summary: dict[str, Any] = {"experiment_path": str(exp_dir), "tracking_uri": uri, "parent_run_id": parent,
+    summary: dict[str, Any] = {"experiment_path": exp_dir, "tracking_uri": uri, "parent_run_id": parent,
                                "n_trials": len(results), "errors": len(results.errors)}
     done = [r for r in results if r.metrics and spec.metric in r.metrics]
     if done:

@@ -50,15 +50,14 @@ class CohortTrainer:
         return {**build_cohort(plan, self.cfg, self.store, device=self.device), "pid": os.getpid()}
 
 
-def prepare_store(cfg: ZooConfig, zoo_dir: Path) -> ZooStore:
-    """Open (or create) the zoo directory, refusing one built from another recipe."""
+def prepare_store(cfg: ZooConfig, zoo_dir: Path | str) -> ZooStore:
+    """Open (or create) the zoo (a directory or a storage URI), refusing one built from another recipe."""
     store = ZooStore(zoo_dir)
-    meta_path = store.root / "zoo.json"
-    if meta_path.exists():
+    if store.has_meta():
         meta = store.read_meta()
         if meta.get("fingerprint") != cfg.fingerprint():
             raise ZooMismatchError(
-                f"zoo at {store.root} was built from a different zoo config; choose a new path or restore that config"
+                f"zoo at {store.uri} was built from a different zoo config; choose a new path or restore that config"
             )
     else:
         store.write_meta({"config": cfg.model_dump(mode="json"), "fingerprint": cfg.fingerprint(),
@@ -66,16 +65,16 @@ def prepare_store(cfg: ZooConfig, zoo_dir: Path) -> ZooStore:
     return store
 
 
-def make_trainers(cfg: ZooConfig, root: Path, n_actors: int | None, n_cohorts: int) -> list[ray.actor.ActorHandle]:
+def make_trainers(cfg: ZooConfig, root: str, n_actors: int | None, n_cohorts: int) -> list[ray.actor.ActorHandle]:
     """One actor per CPU (or GPU_SHARE of a GPU each, where the cluster has GPUs), never more than cohorts."""
     gpus = cluster_gpus()
     options = {"num_cpus": 1, "num_gpus": GPU_SHARE} if gpus else {"num_cpus": 1}
     default = int(gpus / GPU_SHARE) if gpus else cluster_cpus()
     n = min(n_actors or default, n_cohorts)
-    return [CohortTrainer.options(**options).remote(cfg, str(root)) for _ in range(n)]
+    return [CohortTrainer.options(**options).remote(cfg, root) for _ in range(n)]
 
 
-def build_zoo(cfg: ZooConfig, zoo_dir: Path, n_actors: int | None = None, progress: bool = True) -> dict[str, Any]:
+def build_zoo(cfg: ZooConfig, zoo_dir: Path | str, n_actors: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Train every cohort not yet in the store; a rerun skips finished cohorts."""
     store = prepare_store(cfg, zoo_dir)
     plans = plan_zoo(cfg)
@@ -85,7 +84,7 @@ def build_zoo(cfg: ZooConfig, zoo_dir: Path, n_actors: int | None = None, progre
     results: list[dict[str, Any]] = []
     bar = tqdm(total=len(plans), initial=len(plans) - len(todo), desc="zoo build", unit="cohort", disable=not progress)
     if todo:
-        trainers = make_trainers(cfg, store.root, n_actors, len(todo))
+        trainers = make_trainers(cfg, store.uri, n_actors, len(todo))
         pool = ActorPool(trainers)
         for result in pool.map_unordered(lambda actor, plan: actor.train.remote(plan), todo):
             results.append(result)
@@ -96,7 +95,7 @@ def build_zoo(cfg: ZooConfig, zoo_dir: Path, n_actors: int | None = None, progre
     seconds = time.perf_counter() - t0
     trained = sum(r["n_models"] for r in results)
     return {
-        "zoo_dir": str(store.root),
+        "zoo_dir": store.uri,
         "n_models": cfg.n_models,
         "n_cohorts": len(plans),
         "cohorts_skipped": len(plans) - len(todo),
