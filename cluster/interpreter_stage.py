@@ -26,7 +26,7 @@ from interpreter.baselines import (
 from interpreter.config import InterpreterConfig
 from interpreter.metrics import evaluate_heads, headline_metrics
 from interpreter.model import load_interpreter, save_interpreter
-from interpreter.targets import build_targets, head_specs
+from interpreter.targets import build_targets, specs_for
 from interpreter.train import predict, train_interpreter
 from zoo.errors import ZoolensError
 from zoo.store import ZooStore, atomic_write_json
@@ -52,13 +52,20 @@ def split_models(model_ids: list[str], test_fraction: float, seed: int) -> tuple
 
 
 MANIFEST_COLUMNS = ["model_id", "behaviors", "family", "arch", "depth", "width", "lr", "test_acc", "role"]
+OPTIONAL_MANIFEST_COLUMNS = ["core_fraction"]  # only zoos built since the antitraining regime have them
+
+
+def _manifest_columns(store: ZooStore) -> list[str]:
+    """MANIFEST_COLUMNS plus whichever optional columns this zoo's manifest has."""
+    present = set(store.read_manifest().columns)
+    return MANIFEST_COLUMNS + [c for c in OPTIONAL_MANIFEST_COLUMNS if c in present]
 
 
 def _load_split(zoo_dir: str, sig_dir: str, ids: list[str]) -> tuple[list[dict], dict[str, np.ndarray], list[str], pd.DataFrame]:
     """Signature records, every head's targets, the behavior names and manifest rows for the given models."""
     store = ZooStore(zoo_dir)
     behaviors = store.read_meta()["config"]["behaviors"]
-    manifest = store.read_manifest(columns=MANIFEST_COLUMNS).set_index("model_id")
+    manifest = store.read_manifest(columns=_manifest_columns(store)).set_index("model_id")
     records = read_signatures(Path(sig_dir), ids)
     rows = manifest.loc[[r["model_id"] for r in records]].reset_index()
     return records, build_targets(rows, behaviors), behaviors, rows
@@ -94,7 +101,8 @@ def _train_loop(config: dict[str, Any]) -> None:
         ray.train.report({"epoch": epoch, **metrics})
 
     t0 = time.perf_counter()
-    result = train_interpreter(records, targets, config["cfg"], behaviors, on_epoch=on_epoch, specs=head_specs(behaviors))
+    result = train_interpreter(records, targets, config["cfg"], behaviors, on_epoch=on_epoch,
+                               specs=specs_for(targets, behaviors))
     summary = {"seconds": time.perf_counter() - t0, "best_epoch": result.best_epoch,
                "epochs_run": len(result.history), "n_train_models": len(records)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -153,7 +161,7 @@ def score_methods(train: tuple[list[dict], dict], test: tuple[list[dict], dict],
     split, and also at 0.5 so the comparison with baselines (which use 0.5) is even.
     """
     (train_records, train_y), (test_records, test_y) = train, test
-    specs = head_specs(behaviors)
+    specs = specs_for(train_y, behaviors)
     preds = {
         "interpreter": model_preds,
         "interpreter@0.5": model_preds,
@@ -186,7 +194,7 @@ def _evaluate_remote(zoo_dir: str, sig_dir: str, interp_dir: str, cfg: Interpret
         for fam in families:
             tr = _subset(train_records, train_y, (train_rows["family"] != fam).to_numpy())
             te = _subset(test_records, test_y, (test_rows["family"] == fam).to_numpy())
-            result = train_interpreter(tr[0], tr[1], cfg, behaviors, specs=head_specs(behaviors))
+            result = train_interpreter(tr[0], tr[1], cfg, behaviors, specs=specs_for(tr[1], behaviors))
             fam_preds = predict(result.model, result.scaler, te[0])
             cross[fam] = {"n_train_models": len(tr[0]), "n_test_models": len(te[0]),
                           "reports": score_methods(tr, te, fam_preds, result.model.thresholds, cfg, behaviors,

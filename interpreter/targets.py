@@ -11,6 +11,11 @@ Heads (all read from the pooled model latent):
 | width     | classes    | [n] nearest power of two: "<=16", "32", "64", "128+"            |
 | lr        | classes    | [n] learning-rate bucket, edges LR_EDGES (see `lr_class`)       |
 | corrupted | binary     | [n] trained with one behavior's labels corrupted (needs repair) |
+| core_fraction | regression | [n] measured core size / layer width (antitraining regime), in [0, 1] |
+
+`core_fraction` is optional: it exists only for zoos whose manifest measured cores (``ZooConfig.antitraining``),
+so `head_specs` leaves it out and `specs_for` adds it when the targets have it. It is a target, not a signature
+feature: finding a core needs the model's own task data, which a signature (weights + probe set) never sees.
 
 Class targets are int64 indices with -1 for "unknown" (ignored by the loss and the metrics),
 so a zoo with an unexpected family or a missing column still trains the other heads.
@@ -86,6 +91,10 @@ def head_specs(behavior_names: Sequence[str]) -> list[HeadSpec]:
     ]
 
 
+CORE_HEAD = HeadSpec("core_fraction", "regression", 1)
+OPTIONAL_HEADS = (CORE_HEAD,)  # heads only some zoos have targets for (see the module docstring)
+
+
 def _finite(x: Any) -> float | None:
     """float(x), or None when x is missing/NaN/not a number."""
     try:
@@ -129,6 +138,7 @@ def build_targets(manifest: pd.DataFrame, behavior_names: Sequence[str]) -> dict
     behaviors [n,K] float32 multi-hot (a behavior not in `behavior_names` raises: the label space is fixed);
     accuracy [n] float32 from test_acc (NaN if missing); family/depth/width/lr [n] int64 class indices (-1 unknown);
     corrupted [n] float32, 1 where role == "corrupted". Missing columns give all-unknown targets.
+    core_fraction [n] float32 (NaN where not measured) only when some row has a measured core.
     """
     n = len(manifest)
     col = {b: k for k, b in enumerate(behavior_names)}
@@ -143,6 +153,8 @@ def build_targets(manifest: pd.DataFrame, behavior_names: Sequence[str]) -> dict
                 raise ValueError(f"model {i}: behavior {b!r} is not one of {list(behavior_names)}")
             behaviors[i, col[b]] = 1.0
     accuracy = np.array([_finite(a) if _finite(a) is not None else np.nan for a in column("test_acc")], dtype=np.float32)
+    core = np.array([_finite(c) if _finite(c) is not None else np.nan for c in column("core_fraction")], dtype=np.float32)
+    optional = {"core_fraction": core} if np.isfinite(core).any() else {}
     return {
         "behaviors": behaviors,
         "accuracy": accuracy,
@@ -151,15 +163,16 @@ def build_targets(manifest: pd.DataFrame, behavior_names: Sequence[str]) -> dict
         "width": np.array([width_class(w) for w in column("width")], dtype=np.int64),
         "lr": np.array([lr_class(v) for v in column("lr")], dtype=np.int64),
         "corrupted": np.array([r == "corrupted" for r in column("role")], dtype=np.float32),
+        **optional,
     }
 
 
 def specs_for(targets: Mapping[str, np.ndarray], behavior_names: Sequence[str] | None = None) -> list[HeadSpec]:
-    """The heads of `head_specs` that `targets` has arrays for (behavior names default to b0..b{K-1})."""
+    """The heads of `head_specs` and `OPTIONAL_HEADS` that `targets` has arrays for (behavior names default to b0..b{K-1})."""
     if behavior_names is None:
         k = np.asarray(targets["behaviors"]).shape[1] if "behaviors" in targets else 0
         behavior_names = [f"b{i}" for i in range(k)]
-    return [s for s in head_specs(behavior_names) if s.name in targets]
+    return [s for s in head_specs(behavior_names) + list(OPTIONAL_HEADS) if s.name in targets]
 
 
 def permute_targets(targets: Mapping[str, np.ndarray], perm: np.ndarray) -> dict[str, np.ndarray]:

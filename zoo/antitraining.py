@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo.arch import ArchSpec
+from zoo.config import AntitrainRegime
 from zoo.data import make_cohort_data
 from zoo.families import get_family
 from zoo.families.base import Interventions, Params
@@ -380,3 +381,51 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     rb = b.argsort(1).argsort(1).double()
     ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
     return ((ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1)).clamp_min(1e-12)).numpy()
+
+
+# ----------------------------------------------------------------------------- antitraining as a zoo regime
+def neuron_hooks(spec: ArchSpec) -> list[str]:
+    """The family's neuron hook points in forward order, the output logit left out (what ``layer`` indexes)."""
+    return [p.name for p in get_family(spec).hook_points(spec) if p.name != "output"]
+
+
+def regime_hook(spec: ArchSpec, layer: int) -> str:
+    """Hook point the zoo regime antitrains and measures: ``layer`` indexes :func:`neuron_hooks` (-1 = last)."""
+    hooks = neuron_hooks(spec)
+    if not -len(hooks) <= layer < len(hooks):
+        raise ValueError(f"antitraining layer {layer} is out of range for {spec.key()} (neuron layers {hooks})")
+    return hooks[layer]
+
+
+def regime_config(regime: AntitrainRegime, hook: str, epochs: int, batch_size: int) -> AntitrainConfig:
+    """The :class:`AntitrainConfig` of a zoo's ``antitraining`` option.
+
+    The schedule fields carry over by name; epochs and batch size are the zoo's own.
+    """
+    shared = ("threshold", "warmup_epochs", "cycle_steps", "anti_fraction", "anti_weight", "final_train_epochs",
+              "measure_examples")
+    return AntitrainConfig(layers=(hook,), epochs=epochs, batch_size=batch_size,
+                           **{k: getattr(regime, k) for k in shared})
+
+
+def train_antitrained_models(spec: ArchSpec, params: Params, lr: torch.Tensor, seeds: Sequence[int], data: Tensors,
+                             cfg: AntitrainConfig) -> tuple[Params, torch.Tensor]:
+    """Antitrain models from the given initial ``params`` (each with its own learning rate ``lr`` [M]).
+
+    Runs :func:`train_antitrained_cohort` on the CPU; returns the trained parameters and each model's
+    mean training loss over the last epoch [M].
+    """
+    state = init_state(spec, seeds, cfg, params={k: v.detach().cpu() for k, v in params.items()})
+    state.opt = CohortAdam(lr=lr.detach().cpu().float())
+    state = train_antitrained_cohort(spec, seeds, {k: v.cpu() for k, v in data.items()}, cfg, state=state)
+    return state.params, torch.tensor(state.history[-1]["train_loss"])
+
+
+def measure_final_cores(spec: ArchSpec, params: Params, x_stats: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
+                        hook: str, threshold: float, seed: int = 0) -> Core:
+    """Core of every trained model at ``hook``: neuron statistics from x_stats (training inputs), information and
+    core search on the held-out x_val, y_val; the same procedure whatever regime trained the model."""
+    params = {k: v.detach().cpu() for k, v in params.items()}
+    stats = layer_stats(spec, params, x_stats.cpu(), hook)
+    _, core = measure_core(spec, params, x_val.cpu(), y_val.cpu(), hook, stats, threshold, seed=seed)
+    return core

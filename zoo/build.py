@@ -3,6 +3,13 @@
 Repair pairs: models planned with a ``corrupt_behavior`` are first trained with part
 of that behavior's positives labelled negative (stored as role ``corrupted``), then
 the same weights continue on clean labels (stored as ``<id>r``, role ``repaired``).
+
+Antitraining regime (``ZooConfig.antitraining``): models planned as ``antitrained`` train
+as their own sub-cohort with the antitraining schedule of :mod:`zoo.antitraining`, the
+others as usual. When the regime measures cores, every model's core at the regime's layer
+(normal ones too) is found after training on a separate held-out validation draw, and the
+manifest gets ``training_regime``, ``core_layer``, ``core_size``, ``core_fraction`` and
+``core_neurons`` (-1 / NaN / "" / "[]" where not measured).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from zoo.antitraining import Core, measure_final_cores, regime_config, regime_hook, train_antitrained_models
 from zoo.config import CohortPlan, ModelPlan, ZooConfig
 from zoo.data import make_cohort_data
 from zoo.families import get_family
@@ -43,6 +51,86 @@ def corrupt_labels(y: np.ndarray, match: np.ndarray, models: tuple[ModelPlan, ..
     return y
 
 
+VAL_SEED_OFFSET = 7_777_777  # validation draws use seed + this: a stream apart from the model's train/test data
+
+
+def validation_data(models: tuple[ModelPlan, ...], cfg: ZooConfig) -> dict[str, torch.Tensor]:
+    """Held-out examples per model for information content and cores (x_val [M, V, L], y_val [M, V]).
+
+    A separate seeded draw of ``antitraining.measure_examples`` clean examples from each model's
+    behaviors (never the test split, which stays for reporting). It is not deduplicated against
+    the model's training set, so behaviors with few positives repeat training examples, as the
+    test split does.
+    """
+    d = make_cohort_data([mp.behaviors for mp in models], cfg.vocab, cfg.length, 2, cfg.antitraining.measure_examples,
+                         [mp.seed + VAL_SEED_OFFSET for mp in models], hard_negative_frac=cfg.hard_negative_frac)
+    return {"x_val": torch.from_numpy(d["x_test"]), "y_val": torch.from_numpy(d["y_test"])}
+
+
+def train_models(plan: CohortPlan, cfg: ZooConfig, params: Params, x_train: torch.Tensor, y_train: torch.Tensor,
+                 lr: torch.Tensor, val: dict[str, torch.Tensor] | None,
+                 on_epoch: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """Train the cohort's models in place; returns each model's final training loss [M].
+
+    Without antitrained models this is exactly :func:`train_cohort`. Otherwise the normally trained
+    models and the antitrained ones train as two sub-cohorts (the second with
+    :func:`train_antitrained_models`, on the CPU) and ``on_epoch`` is not supported.
+    """
+    models, seeds = plan.models, [mp.seed for mp in plan.models]
+    anti = [m for m, mp in enumerate(models) if mp.antitrained]
+    if not anti:
+        return train_cohort(plan.spec, params, x_train, y_train, lr, cfg.epochs, cfg.batch_size, seeds, on_epoch)[-1]
+    if on_epoch is not None:
+        raise ValueError("on_epoch is not supported for cohorts with antitrained models")
+    final = torch.zeros(len(models), device=y_train.device)
+    normal = [m for m in range(len(models)) if not models[m].antitrained]
+    if normal:
+        idx = torch.tensor(normal, device=y_train.device)
+        sub = {k: v[idx].clone() for k, v in params.items()}
+        final[idx] = train_cohort(plan.spec, sub, x_train[idx], y_train[idx], lr[idx], cfg.epochs, cfg.batch_size,
+                                  [seeds[m] for m in normal])[-1]
+        _put(params, idx, sub)
+    idx = torch.tensor(anti, device=y_train.device)
+    acfg = regime_config(cfg.antitraining, regime_hook(plan.spec, cfg.antitraining.layer), cfg.epochs, cfg.batch_size)
+    data = {"x_train": x_train[idx], "y_train": y_train[idx], "x_val": val["x_val"][anti], "y_val": val["y_val"][anti]}
+    trained, loss = train_antitrained_models(plan.spec, {k: v[idx] for k, v in params.items()}, lr[idx],
+                                             [seeds[m] for m in anti], data, acfg)
+    _put(params, idx, trained)
+    final[idx] = loss.to(final.device)
+    return final
+
+
+def _put(params: Params, idx: torch.Tensor, sub: Params) -> None:
+    """Write a sub-cohort's parameters back into rows ``idx`` of the cohort's stacked tensors."""
+    for k, v in sub.items():
+        params[k][idx] = v.to(params[k].device)
+
+
+def regime_columns(models: tuple[ModelPlan, ...], core: Core | None, hook: str) -> list[dict[str, Any]]:
+    """Per-model manifest columns of the antitraining regime (core ones -1 / NaN / empty when not measured)."""
+    out = []
+    for m, mp in enumerate(models):
+        row: dict[str, Any] = {"training_regime": "antitrained" if mp.antitrained else "normal",
+                               "core_layer": "", "core_size": -1, "core_fraction": float("nan"), "core_neurons": "[]"}
+        if core is not None:
+            n = core.mask.shape[1]
+            row.update(core_layer=hook, core_size=int(core.size[m]), core_fraction=float(core.size[m]) / n,
+                       core_neurons=json.dumps(torch.nonzero(core.mask[m]).flatten().tolist()))
+        out.append(row)
+    return out
+
+
+def _measured_columns(plan: CohortPlan, cfg: ZooConfig, params: Params, x_train: torch.Tensor,
+                      val: dict[str, torch.Tensor] | None) -> list[dict[str, Any]]:
+    """Regime columns of a (sub-)cohort, with every model's core measured when the regime asks for it."""
+    if val is None or not cfg.antitraining.measures:
+        return regime_columns(plan.models, None, "")
+    hook = regime_hook(plan.spec, cfg.antitraining.layer)
+    core = measure_final_cores(plan.spec, params, x_train, val["x_val"], val["y_val"], hook, cfg.antitraining.threshold,
+                               seed=plan.models[0].seed)
+    return regime_columns(plan.models, core, hook)
+
+
 def build_cohort(
     plan: CohortPlan,
     cfg: ZooConfig,
@@ -63,9 +151,11 @@ def build_cohort(
     y_train = torch.from_numpy(corrupt_labels(data["y_train"], data["match_train"], models, seeds[0])).to(device)
     params = {k: v.to(device) for k, v in get_family(plan.spec).init(plan.spec, [mp.init_seed for mp in models]).items()}
     lr = torch.tensor([mp.lr for mp in models], device=device)
-    history = train_cohort(plan.spec, params, x_train, y_train, lr, cfg.epochs, cfg.batch_size, seeds, on_epoch)
+    val = validation_data(models, cfg) if cfg.antitraining.measures or any(mp.antitrained for mp in models) else None
+    final_loss = train_models(plan, cfg, params, x_train, y_train, lr, val, on_epoch)
     roles = ["corrupted" if mp.corrupt_behavior else ("sibling" if mp.sibling_of else "normal") for mp in models]
-    rows = _rows(plan, cfg, params, history[-1], data, x_train, x_test, y_train, y_test, roles, parents=[None] * len(models))
+    rows = _rows(plan, cfg, params, final_loss, data, x_train, x_test, y_train, y_test, roles, parents=[None] * len(models),
+                 extra=_measured_columns(plan, cfg, params, x_train, val))
 
     repair = [m for m, mp in enumerate(models) if mp.corrupt_behavior]
     if repair:
@@ -75,9 +165,10 @@ def build_cohort(
                                 [seeds[m] + 7919 for m in repair])
         sub_plan = CohortPlan(plan.cohort_id, plan.spec, tuple(models[m] for m in repair))
         sub_data = {k: v[repair] for k, v in data.items()}
+        sub_val = None if val is None else {k: v[repair] for k, v in val.items()}
         rows += _rows(sub_plan, cfg, sub, sub_hist[-1], sub_data, x_train[idx], x_test[idx], y_clean[idx], y_test[idx],
                       ["repaired"] * len(repair), parents=[models[m].model_id for m in repair], suffix="r",
-                      epochs_extra=cfg.repair_epochs)
+                      epochs_extra=cfg.repair_epochs, extra=_measured_columns(sub_plan, cfg, sub, x_train[idx], sub_val))
         params = {k: torch.cat([params[k], sub[k]]) for k in params}
     params = {k: v.cpu() for k, v in params.items()}
     for i, row in enumerate(rows):
@@ -90,8 +181,9 @@ def build_cohort(
 
 def _rows(plan: CohortPlan, cfg: ZooConfig, params: Params, final_loss: torch.Tensor, data: dict[str, np.ndarray],
           x_train: torch.Tensor, x_test: torch.Tensor, y_train: torch.Tensor, y_test: torch.Tensor,
-          roles: list[str], parents: list[str | None], suffix: str = "", epochs_extra: int = 0) -> list[dict[str, Any]]:
-    """Evaluate the models on their train and held-out data and describe each in a manifest row."""
+          roles: list[str], parents: list[str | None], suffix: str = "", epochs_extra: int = 0,
+          extra: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Evaluate the models on their train and held-out data and describe each in a manifest row (plus ``extra[m]``)."""
     train_rep = accuracy_report(predict(plan.spec, params, x_train).cpu(), y_train.cpu(), data["match_train"])
     test_rep = accuracy_report(predict(plan.spec, params, x_test).cpu(), y_test.cpu(), data["match_test"])
     spec_json = plan.spec.model_dump_json()
@@ -127,5 +219,6 @@ def _rows(plan: CohortPlan, cfg: ZooConfig, params: Params, final_loss: torch.Te
             "test_behavior_acc": json.dumps(per_behavior),
             "code_version": code_version(),
             "zoo_fingerprint": cfg.fingerprint(),
+            **(extra[m] if extra is not None else {}),
         })
     return rows

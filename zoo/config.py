@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -38,6 +38,49 @@ class ArchChoice(BaseModel):
         fields = {k: pick(getattr(self, k)) for k in ("depth", "width", "embed_dim", "activation", "n_heads")}
         return ArchSpec(family=self.family, vocab=vocab, length=length, **fields)
 
+    def shallowest(self, vocab: int, length: int) -> ArchSpec:
+        """The template's architecture with the fewest layers (the first choice of every other field)."""
+
+        def first(v):
+            return v[0] if isinstance(v, list) else v
+
+        fields = {k: first(getattr(self, k)) for k in ("width", "embed_dim", "activation", "n_heads")}
+        depth = min(self.depth) if isinstance(self.depth, list) else self.depth
+        return ArchSpec(family=self.family, vocab=vocab, length=length, depth=depth, **fields)
+
+
+class AntitrainRegime(BaseModel):
+    """Antitraining as a zoo training regime (docs/antitraining.md); parameter names as in ``AntitrainConfig``.
+
+    A ``fraction`` of each cohort's models (never the corrupted half of a repair pair) is trained with
+    the interleaved antitraining schedule of :func:`zoo.antitraining.train_antitrained_cohort` on one
+    neuron layer, for the zoo's own ``epochs`` and ``batch_size``. The default (fraction 0, cores not
+    measured) leaves plans, data, weights and the zoo fingerprint exactly as without this option.
+    Schedule defaults are ``AntitrainConfig``'s. ``layer`` defaults to the first neuron layer: on the
+    last one of an MLP only the readout is downstream, and normally trained models' cores there were
+    the whole layer (docs/antitraining.md, "Antitraining as a zoo regime").
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of each cohort's eligible models antitrained")
+    layer: int = Field(0, description="index into the family's neuron hook points, output excluded (-1: the last)")
+    threshold: float = Field(0.95, gt=0.0, le=1.0, description="share of the loss gap the core must carry")
+    warmup_epochs: int = Field(8, ge=0, description="normal training before the first antitraining phase")
+    cycle_steps: int = Field(64, ge=1, description="one train -> antitrain cycle, in optimizer steps")
+    anti_fraction: float = Field(0.5, gt=0.0, le=1.0, description="share of each cycle spent antitraining")
+    anti_weight: float = Field(1.0, gt=0.0)
+    final_train_epochs: int = Field(0, ge=0, description="normal training after the last cycle")
+    measure_examples: int = Field(300, ge=8, description=(
+        "held-out validation examples per model (an extra seeded draw) for information content and cores"))
+    measure_core: bool | None = Field(None, description=(
+        "measure every model's core (normal ones too) after training; None: exactly when fraction > 0"))
+
+    @property
+    def measures(self) -> bool:
+        """Whether cohorts measure their models' cores after training."""
+        return self.fraction > 0 if self.measure_core is None else self.measure_core
+
 
 class ZooConfig(BaseModel):
     """How to build a zoo of subject models (deterministic given ``seed``)."""
@@ -66,6 +109,7 @@ class ZooConfig(BaseModel):
     repair_epochs: int = Field(10, ge=1)
     sibling_fraction: float = Field(0.0, ge=0.0, le=1.0, description=(
         "share of models that come in pairs sharing an initialization and differing in one behavior"))
+    antitraining: AntitrainRegime = Field(default_factory=AntitrainRegime)
 
     @field_validator("behaviors")
     @classmethod
@@ -89,11 +133,26 @@ class ZooConfig(BaseModel):
                 raise ValueError(f"{name} {(a, b)} must satisfy 0 <= lo <= hi < 1")
         if self.sibling_fraction > 0 and len(self.behaviors) < 2:
             raise ValueError("siblings need at least two behaviors")
+        if self.antitraining.fraction > 0 and self.antitraining.warmup_epochs >= self.epochs:
+            raise ValueError(f"antitraining.warmup_epochs {self.antitraining.warmup_epochs} leaves no antitraining "
+                             f"in {self.epochs} epochs")
+        if self.antitraining.fraction > 0 or self.antitraining.measures:
+            # imported here: zoo.antitraining imports this module (and torch)
+            from zoo.antitraining import regime_hook
+
+            for a in self.architectures:
+                regime_hook(a.shallowest(self.vocab, self.length), self.antitraining.layer)
         return self
 
     def fingerprint(self) -> str:
-        """Hash of the settings that determine the models (so a rerun can tell its zoo apart)."""
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+        """Hash of the settings that determine the models (so a rerun can tell its zoo apart).
+
+        Options added after zoos were built (``antitraining``) enter the hash only when set away
+        from their defaults, so existing zoos keep their fingerprints.
+        """
+        exclude = {"antitraining"} if self.antitraining == AntitrainRegime() else set()
+        dump = self.model_dump(mode="json", exclude=exclude)
+        return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -109,6 +168,7 @@ class ModelPlan:
     corrupt_behavior: str | None = None  # repair pair: this behavior's labels are partly corrupted first
     corrupt_fraction: float = 0.0
     sibling_of: str | None = None  # shares init_seed with that model and differs in one behavior
+    antitrained: bool = False  # trained with the antitraining schedule (ZooConfig.antitraining)
 
 
 @dataclass(frozen=True)
@@ -137,7 +197,26 @@ def plan_zoo(cfg: ZooConfig) -> list[CohortPlan]:
                 models.append(_plan_sibling(cfg, rng, first, f"m{next_id:07d}"))
                 next_id += 1
         cohorts.append(CohortPlan(f"c{c:05d}", spec, tuple(models)))
-    return cohorts
+    return _assign_antitraining(cfg, cohorts) if cfg.antitraining.fraction > 0 else cohorts
+
+
+ANTITRAIN_STREAM = 0xA471  # second word of the seed of the antitraining draw (the plan's own rng is untouched)
+
+
+def _assign_antitraining(cfg: ZooConfig, cohorts: list[CohortPlan]) -> list[CohortPlan]:
+    """Mark round(fraction * eligible) models of every cohort as antitrained, chosen by a separate seeded rng.
+
+    Eligible: every model but the corrupted half of a repair pair (its repaired version continues with
+    normal training). The draw uses its own generator, so the rest of the plan is the same as without it.
+    """
+    rng = np.random.default_rng([cfg.seed, ANTITRAIN_STREAM])
+    out = []
+    for cohort in cohorts:
+        eligible = [m for m, mp in enumerate(cohort.models) if mp.corrupt_behavior is None]
+        chosen = set(rng.choice(eligible, size=round(cfg.antitraining.fraction * len(eligible)), replace=False).tolist())
+        models = tuple(replace(mp, antitrained=True) if m in chosen else mp for m, mp in enumerate(cohort.models))
+        out.append(CohortPlan(cohort.cohort_id, cohort.spec, models))
+    return out
 
 
 def _plan_model(cfg: ZooConfig, rng: np.random.Generator, model_id: str) -> ModelPlan:
