@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from cluster import analyze_cli, antitraining_cli
+from cluster import analyze_cli, antitraining_cli, edit_cli
 
 USAGE_ERROR = 2
 ZOO_HELP = "zoo directory, or a s3:// / gs:// / file:// URI (default: RUN_DIR/zoo)"
@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=2, help="uvicorn worker processes (default: 2)")
     serve.set_defaults(handler=cmd_mlflow_serve)
 
+    edit_cli.add_commands(sub, _add_common)
     antitraining_cli.add_commands(sub)
     analyze_cli.add_commands(sub)
     return parser
@@ -135,9 +136,9 @@ def user_error_message(e: BaseException) -> str | None:
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if isinstance(e, ZoolensError):
-            return str(e).splitlines()[0] if str(e) else type(e).__name__
         cause = getattr(e, "cause", None)  # ray.exceptions.RayTaskError keeps the original here
+        if isinstance(e, ZoolensError) and not isinstance(cause, BaseException):
+            return str(e).splitlines()[0] if str(e) else type(e).__name__
         e = cause if isinstance(cause, BaseException) else e.__cause__
     return None
 

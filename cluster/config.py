@@ -8,6 +8,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from interpreter.config import InterpreterConfig
+from interpreter.editor import EditorConfig
 from zoo.config import ZooConfig
 from zoo.errors import ConfigError
 
@@ -33,6 +34,23 @@ class EvalConfig(BaseModel):
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     seed: int = 0
     cross_family: bool = Field(True, description="with several families, also train on all but one and test on it")
+
+
+class EditConfig(BaseModel):
+    """The edit stages: editor training, the evaluation bank, the guided edit and the localization check."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="make 'zoolens run' also train the editor and score edits")
+    editor: EditorConfig = Field(default_factory=EditorConfig)
+    eval_per_behavior: int = Field(300, ge=10, description="fresh evaluation sequences per behavior and kind")
+    guided_steps: int = Field(200, ge=1, description="Adam steps of the guided edit")
+    guided_lr: float = Field(1e-2, gt=0)
+    finetune_epochs: int = Field(5, ge=1, description="epochs of the relabeled-data upper bound")
+    reconstruction_steps: int = Field(1000, ge=1, description="training steps of the steering baseline's decoder")
+    localization_k: int = Field(2, ge=1, description="neurons ablated per model in the localization check")
+    max_test_models: int | None = Field(None, ge=1, description="cap on held-out models scored (None: all)")
+    seed: int = 0
 
 
 class TrackingConfig(BaseModel):
@@ -61,6 +79,7 @@ class PipelineConfig(BaseModel):
     signatures: SignatureConfig = Field(default_factory=SignatureConfig)
     interpreter: InterpreterConfig = Field(default_factory=InterpreterConfig)
     evaluation: EvalConfig = Field(default_factory=EvalConfig)
+    edit: EditConfig = Field(default_factory=EditConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 

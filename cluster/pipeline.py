@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from zoo.version import code_version
 
 from cluster import plots
 from cluster.config import PipelineConfig
+from cluster.edit_stage import EditError, run_edit_task
 from cluster.interpreter_stage import best_baselines, evaluate_stage, results_table, train_stage
 from cluster.registry import register_interpreter
 from cluster.runtime import init_ray
@@ -30,7 +32,7 @@ from cluster.signature_stage import extract_signatures
 from cluster.tracking import log_dataframe_input, resolve_tracking_uri, setup_tracking, stage_run
 from cluster.zoo_stage import build_zoo
 
-STAGES = ("zoo", "signatures", "interpreter_train", "interpreter_evaluate")
+STAGES = ("zoo", "signatures", "interpreter_train", "interpreter_evaluate", "edit_train", "edit_evaluate")
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,15 @@ class RunPaths:
     @property
     def interpreter(self) -> Path:
         return self.root / "interpreter"
+
+    @property
+    def editor(self) -> Path:
+        return self.root / "editor"
+
+    @property
+    def edited(self) -> Path:
+        """A zoo store of edited models, each with its lineage."""
+        return self.root / "edited"
 
     @property
     def plots(self) -> Path:
@@ -154,12 +165,61 @@ class Pipeline:
             }
             return self._finish("interpreter_evaluate", summary)
 
+    def edit_train(self) -> dict[str, Any]:
+        ec = self.cfg.edit
+        self._require_interpreter()
+        with stage_run("edit_train", params=ec.model_dump(mode="json")):
+            summary = self._edit_task("train")
+            mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, float) and math.isfinite(v)})
+            mlflow.log_artifacts(str(self.paths.editor), artifact_path="editor")
+            return self._finish("edit_train", summary)
+
+    def edit_evaluate(self) -> dict[str, Any]:
+        """Score edits of held-out models (training the editor first if this run has none)."""
+        if not (self.paths.editor / "editor.json").exists():
+            self.edit_train()
+        with stage_run("edit_evaluate"):
+            result = self._edit_task("evaluate", progress=self.progress)
+            verdicts, loc = result.pop("verdicts"), result.pop("localization_table")
+            mlflow.log_table(verdicts, "edit_verdicts.json")
+            if len(loc):
+                mlflow.log_table(loc, "localization_table.json")
+                self._log_plot(plots.localization_bars(loc, self.paths.plots / "edit_localization.png"))
+            for row in result["by_op"]:
+                mlflow.log_metric(f"{row['method']}.{row['op']}.success_rate", row["success_rate"])
+            mlflow.log_metric("localization_passes", result["localization_passes"])
+            self._log_plot(plots.edit_success(result["by_op"], self.paths.plots / "edit_success.png"))
+            self._log_plot(plots.edit_heatmap(result["per_behavior"], result["training_ceiling"],
+                                              self.paths.plots / "edit_per_behavior.png"))
+            return self._finish("edit_evaluate", result)
+
+    def edit_apply(self, model_id: str, op: str, behavior: str | None, method: str) -> dict[str, Any]:
+        """Edit one model into the run's ``edited`` zoo store and log the edit as its own MLflow run."""
+        if not (self.paths.editor / "editor.json").exists():
+            self.edit_train()
+        with stage_run("edit_apply", params={"model_id": model_id, "op": op, "behavior": behavior, "method": method}):
+            result = self._edit_task("apply", out=str(self.paths.edited), model_id=model_id, op=op, behavior=behavior,
+                                     method=method)
+            mlflow.log_dict(result, "edit.json")
+            return result
+
+    def _edit_task(self, kind: str, **kwargs: Any) -> dict[str, Any]:
+        return run_edit_task(kind, self.zoo_dir, self.paths.interpreter, self.paths.editor,
+                             self.cfg.signatures.probes.model_dump(), self.cfg.edit, **kwargs)
+
+    def _require_interpreter(self) -> None:
+        if not (self.paths.interpreter / "split.json").exists():
+            raise EditError(f"no trained interpreter in {self.paths.interpreter} (run 'zoolens interpreter train' first)")
+
     def run_all(self) -> Path:
-        """Every stage in order; returns the report path."""
+        """Every stage in order (the edit stages when ``edit.enabled``); returns the report path."""
         self.zoo()
         self.signatures()
         self.train()
         self.evaluate()
+        if self.cfg.edit.enabled:
+            self.edit_train()
+            self.edit_evaluate()
         return self.paths.report
 
     # -- bookkeeping --------------------------------------------------------------

@@ -74,3 +74,56 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def edit_success(by_op: list[dict[str, Any]], path: Path) -> Path:
+    """Edit success rate per operation, one bar per method, with the number of edits scored."""
+    df = pd.DataFrame(by_op)
+    ops = [o for o in ("add", "remove", "repair") if o in set(df["op"])]
+    methods = list(dict.fromkeys(df["method"]))
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for i, m in enumerate(methods):
+        sub = df[df["method"] == m].set_index("op")
+        vals = [sub["success_rate"].get(o, np.nan) for o in ops]
+        bars = ax.bar(np.arange(len(ops)) + i * width - 0.4 + width / 2, vals, width, label=m)
+        for bar, o in zip(bars, ops):
+            if o in sub.index:
+                ax.annotate(f"{int(sub.loc[o, 'n'])}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                            ha="center", va="bottom", fontsize=6)
+    ax.set_xticks(np.arange(len(ops)), ops)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("edit success rate (held-out models)")
+    ax.set_title("Behavior edits in working weights (numbers: edits scored)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def edit_heatmap(per_behavior: dict[str, Any], ceiling: dict[str, float], path: Path) -> Path:
+    """Success rate per behavior (rows) and method:operation (columns), beside the share of models trained from
+    scratch on the behavior that reach the add threshold (what training alone achieves)."""
+    cols = [(m, op) for m in per_behavior for op in ("add", "remove", "repair") if op in per_behavior[m]]
+    behaviors = sorted(set(ceiling) | {b for m, op in cols for b in per_behavior[m][op]})
+    grid = np.array([[per_behavior[m][op].get(b, {}).get("rate", np.nan) for m, op in cols] + [ceiling.get(b, np.nan)]
+                     for b in behaviors])
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(cols) + 3), 0.35 * len(behaviors) + 2))
+    im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(cols) + 1), [f"{m}:{op}" for m, op in cols] + ["trained≥0.9"], rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(behaviors)), behaviors, fontsize=7)
+    fig.colorbar(im, ax=ax, label="success rate")
+    ax.set_title("Edit success per behavior")
+    return _save(fig, path)
+
+
+def localization_bars(table: pd.DataFrame, path: Path) -> Path:
+    """B's rate drop when ablating the top-k carriers of B vs k random neurons, per behavior (pass marked *)."""
+    x = np.arange(len(table))
+    fig, ax = plt.subplots(figsize=(max(8, 0.6 * len(table)), 4))
+    ax.bar(x - 0.2, table["drop_top"], 0.4, label="top-k carriers")
+    ax.bar(x + 0.2, table["drop_random"], 0.4, label="k random neurons")
+    labels = [f"{b}{' *' if p else ''}" for b, p in zip(table["behavior"], table["passes"])]
+    ax.set_xticks(x, labels, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("drop in B's flag rate")
+    ax.set_title("Localization: resample ablation (* = passes: >=3x random, others within 5 points)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)

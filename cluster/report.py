@@ -31,6 +31,8 @@ def print_summary(report_path: Path, tracking_uri: str) -> None:
                               f"({row['baseline_value']:.3f} vs {row['interpreter']:.3f})")
         reg = ev["registered_model"]
         console.print(f"registered: {reg['uri']}" + (" (alias: champion)" if reg["champion"] else ""))
+    if "edit_evaluate" in report["stages"]:
+        _print_edit_table(console, report["stages"]["edit_evaluate"])
     console.print(f"report: {report_path}")
     backend = tracking_uri if not tracking_uri.startswith("http") else None
     if backend:
@@ -107,3 +109,37 @@ def show_zoo(zoo_dir: Path | str) -> None:
     plot_dir = store.root if store.is_local else Path.cwd()
     path = plots.accuracy_histogram(manifest, plot_dir / "accuracy_histogram.png")
     console.print(f"accuracy histogram: {path}")
+
+
+def print_edit_summary(kind: str, summary: dict, report_path: Path) -> None:
+    """What an edit command did: editor training figures, the success table, or one edit's before and after."""
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    if kind == "train":
+        console.print(f"editor trained on {summary['n_train_models']} models in {summary['seconds']:.0f}s "
+                      f"(corrupted-behavior head: {summary['corrupted_head_val_accuracy']:.2f} on held-out repair pairs)")
+    elif kind == "evaluate":
+        _print_edit_table(console, summary)
+    else:
+        console.print(f"{summary['model_id']}: {summary['op']} {summary['behavior']} by {summary['method']} "
+                      f"(interpreter reads {', '.join(summary['interpreter_reads']) or 'nothing'}); "
+                      f"relative weight change {summary['change']:.3f}")
+        rates = Table(title="flag rates on fresh sequences")
+        for col in ("", "before", "after"):
+            rates.add_column(col)
+        for key in summary["before"]:
+            rates.add_row(key, f"{summary['before'][key]:.3f}", f"{summary['after'][key]:.3f}")
+        console.print(rates)
+        console.print(f"stored in {summary['store']}")
+    console.print(f"report: {report_path}")
+
+
+def _print_edit_table(console: Console, summary: dict) -> None:
+    """Edit success per method and operation, then the localization verdict."""
+    table = Table(title="Edits of held-out models (success rate, edits scored, mean relative weight change)")
+    for col in ("method", "operation", "success", "n", "change"):
+        table.add_column(col, justify="right" if col in ("success", "n", "change") else "left")
+    for row in summary["by_op"]:
+        table.add_row(row["method"], row["op"], f"{row['success_rate']:.3f}", str(row["n"]), f"{row['mean_change']:.3f}")
+    console.print(table)
+    console.print(f"localization: {summary['localization_passes']} of {summary['localization_behaviors']} behaviors "
+                  "pass (top-k ablation >= 3x random, others within 5 points)")

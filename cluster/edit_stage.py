@@ -1,0 +1,470 @@
+"""Stage 5: train the editor on the interpreter's training models, then score edits on held-out models.
+
+Methods scored on the same edits (see :mod:`interpreter.edit_protocol` for pass/fail):
+
+- ``decoder``: the latent edit decoded to a weight change in one forward pass (no data at edit time);
+- ``guided``: the edit decoded by optimization: Adam steps on generated sequences whose targets are
+  the model's own outputs with B switched on or off, the kept behaviors being those the interpreter
+  reads and, for repair, B the one its corrupted-behavior head names (no labels of the model);
+- ``steering``: mean-latent steering vector through a reconstruction decoder (the public method);
+- ``task_arithmetic``: mean sibling-pair weight difference for B;
+- ``finetune``: a few epochs on data labelled with the true target set (uses the model's labels:
+  an upper bound, not a competitor).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import ray
+import torch
+
+from interpreter.decoder import NeuronAlignedDecoder, add_delta, check_editable
+from interpreter.edit_baselines import relabel_finetune, steer, steering_vectors, task_vectors, train_reconstruction
+from interpreter.edit_protocol import ADD_MIN, KEEP_TOL, judge, measure, success_table
+from interpreter.editor import (Editor, Encoded, Pool, change_size, encode, load_editor, refine_edits, save_editor,
+                                train_corrupted_head, train_editor)
+from interpreter.localization import carrier_scores
+from interpreter.model import LoadedInterpreter, load_interpreter
+from zoo.behavior_bank import BehaviorBank
+from zoo.behaviors import get_behavior
+from zoo.errors import ZoolensError
+from zoo.interventions import resample
+from zoo.probes import ProbeSet
+from zoo.store import ZooStore, atomic_write_json, model_sha256
+from zoo.train import predict
+from zoo.version import code_version
+
+from cluster.config import EditConfig
+from cluster.edit_models import ArchGroup, load_groups
+from cluster.runtime import cluster_cpus
+
+
+
+class EditError(ZoolensError):
+    """An edit cannot be made with what is on disk or what was asked."""
+
+
+@dataclass
+class EditContext:
+    """Everything an edit needs: zoo, split, interpreter and probe set of one run."""
+
+    store: ZooStore
+    names: list[str]
+    vocab: int
+    length: int
+    train_ids: list[str]
+    test_ids: list[str]
+    interp: LoadedInterpreter
+    interp_dir: Path
+    probes: ProbeSet
+
+    def interpreter_version(self) -> str:
+        """Hash of the interpreter weights an edit was made with (its lineage)."""
+        return hashlib.sha256((self.interp_dir / "weights.safetensors").read_bytes()).hexdigest()[:16]
+
+
+def open_context(zoo_dir: Path, interp_dir: Path, probes: ProbeSet) -> EditContext:
+    """Load the run's zoo metadata, interpreter and its train/test split, with one-line errors."""
+    split_file = interp_dir / "split.json"
+    if not split_file.exists():
+        raise EditError(f"no trained interpreter in {interp_dir} (run 'zoolens interpreter train' first)")
+    store = ZooStore(zoo_dir)
+    zc = store.read_meta()["config"]
+    split = json.loads(split_file.read_text())
+    return EditContext(store, list(zc["behaviors"]), zc["vocab"], zc["length"], split["train"], split["test"],
+                       load_interpreter(interp_dir), interp_dir, probes)
+
+
+def _pool(ctx: EditContext, group: ArchGroup, bank: BehaviorBank) -> Pool:
+    rows = group.rows
+    corrupted = [c if r == "corrupted" else None for c, r in zip(rows["corrupted_behavior"], rows["role"])]
+    return Pool(group.spec, group.params, encode(ctx.interp, group.spec, group.params, ctx.probes, bank),
+                [tuple(b) for b in rows["behaviors"]], corrupted)
+
+
+def editable_groups(ctx: EditContext, ids: list[str]) -> list[ArchGroup]:
+    """The named models' architecture groups that the decoder can write (others are skipped)."""
+    groups = []
+    for g in load_groups(ctx.store, ids):
+        try:
+            check_editable(g.spec)
+        except ZoolensError:
+            continue
+        groups.append(g)
+    if not groups:
+        raise EditError("no model of an editable family (mlp) among these models")
+    return groups
+
+
+# ----------------------------------------------------------------------------- training
+def train_bank(ctx: EditContext, cfg: EditConfig) -> BehaviorBank:
+    """The sequences the editor trains on and edits read (never the evaluation sequences)."""
+    return BehaviorBank.build(ctx.names, ctx.vocab, ctx.length, cfg.editor.bank_per_behavior, seed=cfg.seed)
+
+
+def train_stage(ctx: EditContext, cfg: EditConfig, out_dir: Path,
+                on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+    """Train the editor and the steering baseline's decoder on the interpreter's training models; save both."""
+    t0 = time.perf_counter()
+    bank = train_bank(ctx, cfg)
+    pools = [_pool(ctx, g, bank) for g in editable_groups(ctx, ctx.train_ids)]
+    mcfg = ctx.interp.model.cfg
+    editor = Editor(cfg.editor, ctx.names, mcfg.d_model, mcfg.latent_dim, ctx.vocab)
+    history = train_editor(editor, pools, bank, on_step)
+    head = train_corrupted_head(editor, pools)
+    rec = train_reconstruction(pools, cfg.editor.d_hidden, cfg.editor.rank, ctx.vocab, cfg.reconstruction_steps,
+                               cfg.editor.batch_models, cfg.seed)
+    latent = torch.cat([p.enc.latent for p in pools])
+    has = torch.tensor([[b in s for b in ctx.names] for p in pools for s in p.behaviors])
+    tail = history[-min(100, len(history)):]
+    summary = {"seconds": time.perf_counter() - t0, "n_train_models": int(sum(len(p.behaviors) for p in pools)),
+               "final_loss": float(np.mean([h["loss"] for h in tail])), "final_acc": float(np.mean([h["acc"] for h in tail])),
+               "final_change": float(np.mean([h["change"] for h in tail])),
+               "corrupted_head_models": head["n_models"], "corrupted_head_val_accuracy": head["val_accuracy"],
+               "interpreter_version": ctx.interpreter_version(),
+               "code_version": code_version()}
+    save_editor(editor, out_dir, extra={"summary": summary})
+    from safetensors.torch import save_file
+
+    save_file({"steering": steering_vectors(latent, has).contiguous(), **{f"rec.{k}": v.detach().contiguous() for k, v in rec.state_dict().items()}},
+              str(out_dir / "steering.safetensors"))
+    atomic_write_json(out_dir / "history.json", history)
+    return summary
+
+
+def load_stage(ctx: EditContext, out_dir: Path, cfg: EditConfig) -> tuple[Editor, NeuronAlignedDecoder, torch.Tensor]:
+    """The trained editor, the steering decoder and the steering vectors [K, latent_dim]."""
+    from safetensors.torch import load_file
+
+    if not (out_dir / "editor.json").exists():
+        raise EditError(f"no trained editor in {out_dir} (run 'zoolens edit train' first)")
+    editor, _ = load_editor(out_dir)
+    tensors = load_file(str(out_dir / "steering.safetensors"))
+    mcfg = ctx.interp.model.cfg
+    rec = NeuronAlignedDecoder(mcfg.d_model, mcfg.latent_dim, ctx.vocab, cfg.editor.d_hidden, cfg.editor.rank, zero_init=False)
+    rec.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("rec.")})
+    return editor, rec.eval(), tensors["steering"]
+
+
+# ----------------------------------------------------------------------------- evaluation
+METHODS = ("decoder", "guided", "steering", "task_arithmetic", "finetune")
+
+
+@dataclass
+class EditSet:
+    """Edits of one kind on some held-out models of one architecture."""
+
+    op: str
+    group: ArchGroup
+    behaviors: list[str]  # the behavior each edit is about (for repair: the truly corrupted one)
+    clean: list[float] | None = None  # repair: the clean twin's rate on that behavior
+
+    def unions(self) -> list[list[str]]:
+        return [sorted(set(h) | {b}) for h, b in zip(self.group.rows["behaviors"], self.behaviors)]
+
+    def true_targets(self) -> list[list[str]]:
+        """The behavior set the edited model should flag (what fine-tuning on relabeled data is given)."""
+        out = []
+        for have, b in zip(self.group.rows["behaviors"], self.behaviors):
+            have = list(have)
+            out.append(have + [b] if self.op == "add" else [x for x in have if x != b] if self.op == "remove" else have)
+        return out
+
+
+def plan_edit_sets(ctx: EditContext, group: ArchGroup, rng: np.random.Generator) -> list[EditSet]:
+    """One add and one remove of a random behavior per clean model; a repair of every corrupted model with a twin."""
+    rows = group.rows
+    clean = group.select(rows["role"] != "corrupted")
+    sets = []
+    if len(clean):
+        adds = [[b for b in ctx.names if b not in have] for have in clean.rows["behaviors"]]
+        keep = np.array([bool(a) for a in adds])
+        if keep.any():
+            sub = clean.select(keep)
+            sets.append(EditSet("add", sub, [a[int(rng.integers(len(a)))] for a in adds if a]))
+        sets.append(EditSet("remove", clean, [list(h)[int(rng.integers(len(h)))] for h in clean.rows["behaviors"]]))
+    corrupted = group.select(rows["role"] == "corrupted")
+    if len(corrupted):
+        sets.append(EditSet("repair", corrupted, list(corrupted.rows["corrupted_behavior"])))
+    return sets
+
+
+def clean_rates(ctx: EditContext, es: EditSet, bank: BehaviorBank) -> list[float]:
+    """Each corrupted model's clean twin (same model continued on clean labels) measured on the repaired behavior."""
+    twins = [f"{m}r" for m in es.group.rows["model_id"]]
+    order = {m: i for i, m in enumerate(twins)}
+    out = [float("nan")] * len(twins)
+    for g in load_groups(ctx.store, twins):
+        rates = measure(g.spec, g.params, bank, [sorted(set(h)) for h in g.rows["behaviors"]])
+        for m, r in zip(g.rows["model_id"], rates):
+            i = order[m]
+            out[i] = r.behavior[es.behaviors[i]]
+    return out
+
+
+def _sign(op: str) -> float:
+    return -1.0 if op == "remove" else 1.0
+
+
+def edited_weights(method: str, es: EditSet, enc: Encoded, read: list[list[str]], chosen: list[str], tools: dict,
+                   cfg: EditConfig) -> tuple[dict | None, dict | None]:
+    """(new weights, change) of one method for an edit set; (None, None) where the method has nothing to offer."""
+    spec, params, op = es.group.spec, es.group.params, "add" if es.op == "repair" else es.op
+    ops = [op] * len(chosen)
+    if method == "decoder":
+        delta = tools["editor"].delta(spec, params, enc, *tools["editor"].codes(ops, chosen))
+    elif method == "guided":
+        zero = {k: torch.zeros_like(v) for k, v in params.items() if k != "embed"}
+        delta = refine_edits(spec, params, zero, tools["train_bank"], ops, chosen, read, cfg.guided_steps,
+                             cfg.guided_lr, seed=cfg.seed)
+    elif method == "steering":
+        shift = _sign(op) * tools["steering"][[tools["names"].index(b) for b in chosen]]
+        _, delta = steer(tools["reconstruction"], spec, params, enc, shift)
+    elif method == "task_arithmetic":
+        vectors = tools["task_vectors"].get(spec.key(), {})
+        if not all(b in vectors for b in chosen):
+            return None, None
+        delta = {k: torch.stack([_sign(op) * vectors[b][k] for b in chosen]) for k in params if k != "embed"}
+    elif method == "finetune":
+        lr = torch.tensor(es.group.rows["lr"].to_numpy(), dtype=torch.float32)
+        new = relabel_finetune(spec, params, tools["train_bank"], es.true_targets(), es.unions(), lr, cfg.seed,
+                               epochs=cfg.finetune_epochs)
+        delta = {k: new[k] - params[k] for k in params if k != "embed"}
+    else:
+        raise ValueError(f"unknown edit method '{method}'")
+    delta = {k: v.detach() for k, v in delta.items()}
+    return add_delta(params, delta), delta
+
+
+def score_edit_set(ctx: EditContext, es: EditSet, tools: dict, cfg: EditConfig, bank: BehaviorBank) -> list[dict]:
+    """Every method's verdicts on one edit set."""
+    g = es.group
+    enc = encode(ctx.interp, g.spec, g.params, ctx.probes, tools["train_bank"])
+    thresholds = ctx.interp.model.thresholds
+    read = [[n for n, p, t in zip(ctx.names, probs, thresholds) if p > t] for probs in enc.probs.numpy()]
+    if es.op == "repair":
+        guess = tools["editor"].corrupted_logits(enc).argmax(dim=-1).tolist()
+        chosen = [ctx.names[i] for i in guess]
+        es.clean = clean_rates(ctx, es, bank)
+    else:
+        chosen = list(es.behaviors)
+    unions = es.unions()
+    before = measure(g.spec, g.params, bank, unions)
+    rows = []
+    for method in METHODS:
+        with torch.no_grad() if method in ("decoder", "steering") else contextlib.nullcontext():
+            new, delta = edited_weights(method, es, enc, read, chosen, tools, cfg)
+        if new is None:
+            continue
+        after = measure(g.spec, new, bank, unions)
+        size = change_size(g.params, delta).sqrt()
+        for m, (have, b) in enumerate(zip(g.rows["behaviors"], es.behaviors)):
+            v = judge(es.op, b, list(have), before[m], after[m], es.clean[m] if es.clean else None)
+            rows.append({"method": method, "op": es.op, "behavior": b, "model_id": g.rows["model_id"][m],
+                         "arch": g.spec.key(), "success": v.success, "target_rate": v.target_rate,
+                         "before_rate": before[m].behavior[b], "worst_kept_drop": v.worst_kept_drop,
+                         "fpr_rise": v.fpr_rise, "change": float(size[m]), "chosen": chosen[m],
+                         "reasons": "; ".join(v.reasons)})
+    return rows
+
+
+# ----------------------------------------------------------------------------- localization
+def localize(es: EditSet, rank_bank: BehaviorBank, bank: BehaviorBank, k: int, seed: int) -> list[dict]:
+    """Resample-ablate each model's top-k carriers of B (ranked on ``rank_bank``), and k random neurons, on ``bank``.
+
+    Returns per model: B's rate drop under each ablation and how far the other behaviors move (mean absolute).
+    """
+    g, w = es.group, es.group.spec.width
+    unions = [sorted(set(h)) for h in g.rows["behaviors"]]
+    score = carrier_scores(g.spec, g.params, rank_bank, unions, es.behaviors, seed=seed)  # [B, depth*w]
+    gen = torch.Generator().manual_seed(seed)
+    k = min(k, score.shape[1])
+    masks = {"top": torch.zeros_like(score, dtype=torch.bool).scatter(1, score.topk(k, dim=1).indices, True),
+             "random": torch.zeros_like(score, dtype=torch.bool).scatter(1, torch.rand(score.shape, generator=gen).topk(k, dim=1).indices, True)}
+    before = measure(g.spec, g.params, bank, unions)
+    after = {}
+    for name, mask in masks.items():
+        hooks = {f"hidden.{i}": resample(mask[:, i * w:(i + 1) * w], gen) for i in range(g.spec.depth)}
+        after[name] = measure(g.spec, g.params, bank, unions, interventions=hooks)
+    rows = []
+    for m, b in enumerate(es.behaviors):
+        others = [x for x in unions[m] if x != b]
+        move_top = float(np.mean([abs(before[m].behavior[x] - after["top"][m].behavior[x]) for x in others])) if others else 0.0
+        rows.append({"behavior": b, "model_id": g.rows["model_id"][m],
+                     "drop_top": before[m].behavior[b] - after["top"][m].behavior[b],
+                     "drop_random": before[m].behavior[b] - after["random"][m].behavior[b],
+                     "others_move_top": move_top})
+    return rows
+
+
+def localization_table(rows: list[dict]) -> pd.DataFrame:
+    """Per behavior: mean drops, their ratio and whether top-k ablation passes (>= 3x random, others within 5 points)."""
+    df = pd.DataFrame(rows).groupby("behavior").agg(n=("model_id", "size"), drop_top=("drop_top", "mean"),
+                                                    drop_random=("drop_random", "mean"),
+                                                    others_move_top=("others_move_top", "mean")).reset_index()
+    df["ratio"] = df["drop_top"] / df["drop_random"].clip(lower=1e-6)
+    df["passes"] = (df["drop_top"] > 0) & (df["drop_top"] >= 3 * df["drop_random"]) & (df["others_move_top"] <= KEEP_TOL)
+    return df
+
+
+# ----------------------------------------------------------------------------- the whole evaluation
+def sibling_task_vectors(ctx: EditContext) -> dict[str, dict[str, dict]]:
+    """Per architecture and behavior, the mean sibling-pair weight difference among the training models."""
+    manifest = ctx.store.read_manifest(columns=["model_id", "sibling_of"])
+    train = set(ctx.train_ids)
+    pairs = manifest[manifest["sibling_of"].notna() & manifest["model_id"].isin(train) & manifest["sibling_of"].isin(train)]
+    ids = sorted(set(pairs["model_id"]) | set(pairs["sibling_of"]))
+    out = {}
+    for g in (editable_groups(ctx, ids) if ids else []):
+        out[g.spec.key()] = task_vectors(g.params, [tuple(b) for b in g.rows["behaviors"]], list(g.rows["model_id"]),
+                                         [s if isinstance(s, str) else None for s in g.rows["sibling_of"]], ctx.names)
+    return out
+
+
+def training_ceiling(ctx: EditContext) -> dict[str, float]:
+    """Per behavior: share of clean training models trained on it whose held-out rate on it reached ADD_MIN."""
+    m = ctx.store.read_manifest(columns=["model_id", "role", "test_behavior_acc"])
+    m = m[m["model_id"].isin(set(ctx.train_ids)) & m["role"].isin(["normal", "sibling"])]
+    rates = pd.DataFrame([(b, r) for s in m["test_behavior_acc"] for b, r in json.loads(s).items()], columns=["b", "r"])
+    return {b: float((g["r"] >= ADD_MIN).mean()) for b, g in rates.groupby("b")}
+
+
+def evaluate_edits(ctx: EditContext, cfg: EditConfig, editor_dir: Path, progress: bool = False) -> dict[str, Any]:
+    """Score every method on add/remove/repair edits of held-out models, then the localization check."""
+    from tqdm.auto import tqdm
+
+    editor, rec, steering = load_stage(ctx, editor_dir, cfg)
+    tools = {"editor": editor, "reconstruction": rec, "steering": steering, "names": ctx.names,
+             "train_bank": train_bank(ctx, cfg),
+             "task_vectors": sibling_task_vectors(ctx)}
+    bank = BehaviorBank.build(ctx.names, ctx.vocab, ctx.length, cfg.eval_per_behavior, seed=cfg.seed + 10_000)  # fresh data
+    rng = np.random.default_rng(cfg.seed)
+    test_ids = ctx.test_ids[: cfg.max_test_models] if cfg.max_test_models else ctx.test_ids
+    sets = [es for g in editable_groups(ctx, test_ids) for es in plan_edit_sets(ctx, g, rng)]
+    rows, loc = [], []
+    for es in tqdm(sets, desc="edit sets", disable=not progress):
+        rows += score_edit_set(ctx, es, tools, cfg, bank)
+        if es.op == "remove":  # every (model, assigned behavior) pair of the clean models
+            pairs = [(i, b) for i, have in enumerate(es.group.rows["behaviors"]) for b in have]
+            every = EditSet("remove", es.group.take([i for i, _ in pairs]), [b for _, b in pairs])
+            loc += localize(every, tools["train_bank"], bank, cfg.localization_k, cfg.seed)
+    verdicts = pd.DataFrame(rows)
+    return {"verdicts": verdicts, "localization": localization_table(loc) if loc else pd.DataFrame(),
+            "ceiling": training_ceiling(ctx)}
+
+
+def summarize(result: dict[str, Any]) -> dict[str, Any]:
+    """Success rates per method and operation, per behavior, and the localization verdict, as plain JSON."""
+    v, loc = result["verdicts"], result["localization"]
+    by_op = (v.groupby(["method", "op"]).agg(n=("success", "size"), success_rate=("success", "mean"),
+                                            mean_change=("change", "mean"), mean_target_rate=("target_rate", "mean"))
+             .reset_index().to_dict(orient="records"))
+    per_behavior = {m: success_table(g.to_dict(orient="records")) for m, g in v.groupby("method")}
+    return {"by_op": by_op, "per_behavior": per_behavior, "training_ceiling": result["ceiling"],
+            "localization": loc.to_dict(orient="records"),
+            "localization_passes": int(loc["passes"].sum()) if len(loc) else 0,
+            "localization_behaviors": len(loc)}
+
+
+# ----------------------------------------------------------------------------- one edit, kept in a zoo store
+def edit_model(ctx: EditContext, cfg: EditConfig, editor_dir: Path, out: ZooStore, model_id: str, op: str,
+               behavior: str | None, method: str = "guided") -> dict[str, Any]:
+    """Edit one model of the zoo and write the result, with its lineage, to the zoo store ``out``.
+
+    Uses the model's weights and signature and the interpreter only; the before/after rates printed
+    come from fresh sequences and are a report, not an input.
+    """
+    if op != "repair" and behavior not in ctx.names:
+        get_behavior(behavior)  # an unknown name gets the behavior registry's own one-line error
+        raise EditError(f"behavior '{behavior}' is not one of this zoo's behaviors: {', '.join(ctx.names)}")
+    if method not in ("decoder", "guided"):
+        raise EditError(f"unknown edit method '{method}' (decoder or guided)")
+    groups = load_groups(ctx.store, [model_id])
+    if not groups:
+        raise EditError(f"model '{model_id}' is not in the zoo at {ctx.store.uri}")
+    group = groups[0]
+    check_editable(group.spec)
+    editor, _, _ = load_stage(ctx, editor_dir, cfg)
+    bank = train_bank(ctx, cfg)
+    enc = encode(ctx.interp, group.spec, group.params, ctx.probes, bank)
+    read = [n for n, p, t in zip(ctx.names, enc.probs[0].tolist(), ctx.interp.model.thresholds) if p > t]
+    target = editor.behaviors[int(editor.corrupted_logits(enc).argmax())] if op == "repair" else behavior
+    code_op = "add" if op == "repair" else op
+    if method == "decoder":
+        with torch.no_grad():
+            delta = editor.delta(group.spec, group.params, enc, *editor.codes([code_op], [target]))
+    else:
+        zero = {k: torch.zeros_like(v) for k, v in group.params.items() if k != "embed"}
+        delta = refine_edits(group.spec, group.params, zero, bank, [code_op], [target], [read], cfg.guided_steps,
+                             cfg.guided_lr, seed=cfg.seed)
+    new = add_delta(group.params, {k: v.detach() for k, v in delta.items()})
+    after_set = sorted(set(read) - {target}) if op == "remove" else sorted(set(read) | {target})
+    fresh = BehaviorBank.build(ctx.names, ctx.vocab, ctx.length, cfg.eval_per_behavior, seed=cfg.seed + 10_000)
+    union = sorted(set(read) | {target})
+    before, after = measure(group.spec, group.params, fresh, [union])[0], measure(group.spec, new, fresh, [union])[0]
+    new_id = f"{model_id}.{op}-{target}"
+    row = _edited_row(ctx, group, new, new_id, model_id, op, target, method, after_set, editor_dir)
+    rows = fresh.sample(np.random.default_rng(cfg.seed), union, 1000)
+    flags = predict(group.spec, new, torch.from_numpy(fresh.x[rows]).unsqueeze(0))[0] > 0
+    row["test_acc"] = float((flags.numpy() == fresh.labels(rows, after_set)).mean())  # against what the edit aimed at
+    row["sha256"] = model_sha256(new, 0)
+    if not out.has_meta():
+        out.write_meta({"edited_from": ctx.store.uri, "code_version": code_version()})
+    out.write_cohort(row["cohort_id"], group.spec, new, [row])
+    return {"model_id": new_id, "parent_id": model_id, "op": op, "behavior": target, "method": method,
+            "interpreter_reads": read, "before": before.behavior | {"false_positive_rate": before.fpr},
+            "after": after.behavior | {"false_positive_rate": after.fpr},
+            "change": float(change_size(group.params, delta).sqrt()[0]), "store": out.uri}
+
+
+def _edited_row(ctx: EditContext, group: ArchGroup, new: dict, new_id: str, parent: str, op: str, behavior: str,
+                method: str, behaviors: list[str], editor_dir: Path) -> dict[str, Any]:
+    """The manifest row of an edited model: what it is, and where it came from."""
+    parent_row = group.rows.iloc[0]
+    editor_hash = hashlib.sha256((editor_dir / "editor.safetensors").read_bytes()).hexdigest()[:16]
+    return {"model_id": new_id, "cohort_id": "c_edit_" + hashlib.sha256(new_id.encode()).hexdigest()[:12],
+            "family": group.spec.family, "arch": group.spec.key(), "spec": group.spec.model_dump_json(),
+            "depth": group.spec.depth, "width": group.spec.width, "activation": group.spec.activation,
+            "behaviors": behaviors, "role": "edited", "parent_id": parent, "edit_op": op, "edit_behavior": behavior,
+            "edit_method": method, "interpreter_version": ctx.interpreter_version(), "editor_version": editor_hash,
+            "parent_test_acc": float(parent_row["test_acc"]), "index": 0,
+            "code_version": code_version()}
+
+
+# ----------------------------------------------------------------------------- Ray tasks (GPU-free: CPU work per run)
+@ray.remote(max_retries=0)
+def edit_task(kind: str, zoo_dir: str, interp_dir: str, editor_dir: str, probe_cfg: dict, cfg: EditConfig,
+              threads: int, **kwargs: Any) -> dict[str, Any]:
+    """Run one edit-stage job on a Ray worker: "train", "evaluate" or "apply"."""
+    from zoo.probes import make_probe_set
+
+    torch.set_num_threads(threads)
+    zc = ZooStore(zoo_dir).read_meta()["config"]
+    ctx = open_context(Path(zoo_dir), Path(interp_dir), make_probe_set(zc["behaviors"], zc["vocab"], zc["length"], **probe_cfg))
+    if kind == "train":
+        return train_stage(ctx, cfg, Path(editor_dir))
+    if kind == "evaluate":
+        result = evaluate_edits(ctx, cfg, Path(editor_dir), progress=kwargs.get("progress", False))
+        return {**summarize(result), "verdicts": result["verdicts"], "localization_table": result["localization"]}
+    if kind == "apply":
+        return edit_model(ctx, cfg, Path(editor_dir), ZooStore(kwargs["out"]), kwargs["model_id"], kwargs["op"],
+                          kwargs.get("behavior"), kwargs.get("method", "guided"))
+    raise ValueError(f"unknown edit job '{kind}'")
+
+
+def run_edit_task(kind: str, zoo_dir: Path | str, interp_dir: Path, editor_dir: Path, probe_cfg: dict, cfg: EditConfig,
+                  **kwargs: Any) -> dict[str, Any]:
+    """Submit an edit job to the cluster with every CPU of it and wait for the result."""
+    cpus = cluster_cpus()
+    return ray.get(edit_task.options(num_cpus=cpus).remote(kind, str(zoo_dir), str(interp_dir), str(editor_dir),
+                                                          probe_cfg, cfg, cpus, **kwargs))

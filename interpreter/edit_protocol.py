@@ -1,0 +1,124 @@
+"""The edit protocol: measure a model's behaviors on fresh data and judge whether an edit succeeded.
+
+A model flags a sequence when its logit is positive. For a set U of behaviors (the model's own
+plus the edited one), behavior b's *rate* is the share of b's positives that match no other
+behavior of U which the model flags (so removing b is not masked by a kept behavior that
+happens to match the same sequence); the *false-positive rate* is the share of sequences
+matching nothing in U that it flags.
+
+An edit succeeds iff
+- add B:    B's rate >= 0.90
+- remove B: B's rate <= 0.10
+- repair B: B's rate >= the clean model's rate - 0.02
+and, for all three, every other assigned behavior's rate drops by at most 0.05 and the
+false-positive rate rises by at most 0.05.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from zoo.arch import ArchSpec
+from zoo.behavior_bank import BehaviorBank
+from zoo.families import get_family
+from zoo.families.base import Interventions, Params
+from zoo.train import predict
+
+ADD_MIN = 0.90
+REMOVE_MAX = 0.10
+REPAIR_TOL = 0.02
+KEEP_TOL = 0.05
+FPR_TOL = 0.05
+
+
+@dataclass
+class Rates:
+    """One model's flag rate per behavior of U and its false-positive rate."""
+
+    behavior: dict[str, float]
+    fpr: float
+
+
+@dataclass
+class Verdict:
+    """Whether one edit passed, and why not."""
+
+    success: bool
+    target_rate: float
+    worst_kept_drop: float
+    fpr_rise: float
+    reasons: list[str] = field(default_factory=list)
+
+
+def eval_rows(bank: BehaviorBank, union: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Row ids of each behavior's own positives within ``union`` and of the negatives of ``union``."""
+    cols = bank.index(union)
+    m = bank.matches[:, cols]
+    own = {}
+    for j, b in enumerate(union):
+        rows = bank.positives[cols[j]]
+        others = np.delete(m[rows], j, axis=1).any(axis=1)
+        own[b] = rows[~others]
+    near = np.concatenate([bank.near[c] for c in cols] + [bank.random])
+    return own, near[~m[near].any(axis=1)]
+
+
+@torch.no_grad()
+def measure(spec: ArchSpec, params: Params, bank: BehaviorBank, unions: Sequence[Sequence[str]],
+            interventions: Interventions | None = None) -> list[Rates]:
+    """Rates of each stacked model m over its behavior set unions[m], on the bank's sequences (optionally intervened on)."""
+    x = torch.from_numpy(bank.x)
+    if interventions is None:
+        flags = predict(spec, params, x.unsqueeze(0).expand(len(unions), -1, -1)) > 0
+    else:
+        flags = get_family(spec).forward(spec, params, x, interventions=interventions) > 0
+    out = []
+    for m, union in enumerate(unions):
+        own, neg = eval_rows(bank, union)
+        f = flags[m].numpy()
+        out.append(Rates({b: float(f[r].mean()) if len(r) else float("nan") for b, r in own.items()}, float(f[neg].mean())))
+    return out
+
+
+def judge(op: str, behavior: str, kept: Sequence[str], before: Rates, after: Rates,
+          clean_rate: float | None = None) -> Verdict:
+    """Apply the protocol's thresholds to one edit (see the module docstring)."""
+    rate = after.behavior[behavior]
+    reasons = []
+    if op == "add" and not rate >= ADD_MIN:
+        reasons.append(f"{behavior} flagged {rate:.2f} < {ADD_MIN}")
+    elif op == "remove" and not rate <= REMOVE_MAX:
+        reasons.append(f"{behavior} flagged {rate:.2f} > {REMOVE_MAX}")
+    elif op == "repair":
+        if clean_rate is None:
+            raise ValueError("repair needs the clean model's rate")
+        if not rate >= clean_rate - REPAIR_TOL:
+            reasons.append(f"{behavior} flagged {rate:.2f} < clean {clean_rate:.2f} - {REPAIR_TOL}")
+    drops = {b: before.behavior[b] - after.behavior[b] for b in kept if b != behavior}
+    worst = max(drops.values(), default=0.0)
+    for b, d in drops.items():
+        if d > KEEP_TOL:
+            reasons.append(f"{b} fell {d:.2f}")
+    rise = after.fpr - before.fpr
+    if rise > FPR_TOL:
+        reasons.append(f"false positives rose {rise:.2f}")
+    return Verdict(not reasons, rate, worst, rise, reasons)
+
+
+def success_table(verdicts: Sequence[Mapping]) -> dict[str, dict[str, dict[str, float]]]:
+    """Success counts per operation and behavior from rows with keys op, behavior, success, change."""
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for v in verdicts:
+        cell = table.setdefault(v["op"], {}).setdefault(v["behavior"], {"n": 0, "success": 0, "change": 0.0})
+        cell["n"] += 1
+        cell["success"] += int(v["success"])
+        cell["change"] += float(v["change"])
+    for ops in table.values():
+        for cell in ops.values():
+            cell["rate"] = cell["success"] / cell["n"]
+            cell["change"] /= cell["n"]
+    return table

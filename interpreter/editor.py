@@ -1,0 +1,321 @@
+"""The editor: add or remove a behavior, or repair one, by decoding a latent edit into weight changes.
+
+An edit reads only the subject model's weights and signature. The frozen interpreter turns the
+signature into neuron tokens and a model latent; an edit code (operation + behavior embedding)
+joins the latent; the neuron-aligned decoder (:mod:`interpreter.decoder`) turns tokens and code
+into a change of every weight. Repair is "add B" for the behavior a small head on the latent
+names as the corrupted one.
+
+Training is against what the edited weights *do*: the edited cohort runs through the batched
+functional forward on sequences drawn from a :class:`~zoo.behavior_bank.BehaviorBank`, with
+targets "flag any of the model's behaviors, with B added / removed". Labels of the training zoo
+are used only here, never at edit time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from interpreter.batch import collate
+from interpreter.decoder import NeuronAlignedDecoder, add_delta, check_editable
+from interpreter.model import LoadedInterpreter
+from zoo.arch import ArchSpec
+from zoo.behavior_bank import BehaviorBank
+from zoo.families import get_family
+from zoo.families.base import Params
+from zoo.probes import ProbeSet
+from zoo.signatures import cohort_signatures
+
+OPS = ("add", "remove")
+WEIGHTS_FILE = "editor.safetensors"
+META_FILE = "editor.json"
+
+
+class EditorConfig(BaseModel):
+    """Size and training schedule of the editor (the interpreter it reads stays frozen)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    d_hidden: int = Field(128, ge=8)
+    rank: int = Field(8, ge=1)
+    code_dim: int = Field(32, ge=1)
+    steps: int = Field(3000, ge=1)
+    batch_models: int = Field(64, ge=1)
+    examples_per_model: int = Field(256, ge=8)
+    lr: float = Field(3e-4, gt=0, description="a shared decoder moves every neuron at once: larger rates kill the subject's ReLUs")
+    change_penalty: float = Field(1e-2, ge=0, description="weight of the relative squared size of the change")
+    bank_per_behavior: int = Field(1000, ge=10, description="training-bank sequences per behavior and kind")
+    seed: int = 0
+
+
+class Editor(nn.Module):
+    """Edit codes, the neuron-aligned decoder and the corrupted-behavior head."""
+
+    def __init__(self, cfg: EditorConfig, behaviors: Sequence[str], d_token: int, latent_dim: int, vocab: int) -> None:
+        super().__init__()
+        self.cfg, self.behaviors = cfg, list(behaviors)
+        self.d_token, self.latent_dim, self.vocab = d_token, latent_dim, vocab
+        k = len(self.behaviors)
+        self.op_emb = nn.Embedding(len(OPS), cfg.code_dim)
+        self.behavior_emb = nn.Embedding(k, cfg.code_dim)
+        d_cond = latent_dim + 2 * k + cfg.code_dim
+        self.decoder = NeuronAlignedDecoder(d_token, d_cond, vocab, cfg.d_hidden, cfg.rank)
+        self.corrupted_head = nn.Sequential(nn.LayerNorm(latent_dim + 2 * k), nn.Linear(latent_dim + 2 * k, cfg.d_hidden),
+                                            nn.GELU(), nn.Linear(cfg.d_hidden, k))
+
+    def delta(self, spec: ArchSpec, params: Params, enc: Encoded, op: torch.Tensor, behavior: torch.Tensor) -> Params:
+        """Weight changes for edits (op [B], behavior [B] ids) of the encoded models."""
+        code = self.op_emb(op) + self.behavior_emb(behavior)
+        return self.decoder(spec, params, enc.tokens, torch.cat([enc.summary(), code], dim=-1))
+
+    def codes(self, ops: Sequence[str], behaviors: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Op and behavior ids for edit names ("repair" is coded as "add")."""
+        op_ids = torch.tensor([OPS.index("add" if op == "repair" else op) for op in ops])
+        return op_ids, torch.tensor([self.behaviors.index(b) for b in behaviors])
+
+    def corrupted_logits(self, enc: Encoded) -> torch.Tensor:
+        """Which behavior [B, K] looks corrupted (trained on the zoo's repair pairs)."""
+        return self.corrupted_head(enc.summary())
+
+
+@dataclass
+class Encoded:
+    """What the frozen interpreter says about a stack of same-architecture models."""
+
+    tokens: torch.Tensor  # [B, N, d_model] neuron latents, in hook-point order
+    latent: torch.Tensor  # [B, latent_dim]
+    probs: torch.Tensor  # [B, K] behavior probabilities
+    profile: torch.Tensor  # [B, K] share of each behavior's bank positives the model flags (a partial one looks corrupted)
+
+    def select(self, idx: torch.Tensor) -> Encoded:
+        return Encoded(self.tokens[idx], self.latent[idx], self.probs[idx], self.profile[idx])
+
+    def summary(self) -> torch.Tensor:
+        """Model-level reading [B, latent_dim + 2K]: latent, behavior probabilities and profile."""
+        return torch.cat([self.latent, self.probs, self.profile], dim=-1)
+
+
+PROFILE_PER_BEHAVIOR = 64
+
+
+@torch.no_grad()
+def behavior_profile(spec: ArchSpec, params: Params, bank: BehaviorBank) -> torch.Tensor:
+    """[B, K]: share of the first PROFILE_PER_BEHAVIOR bank positives of each behavior that each model flags."""
+    rows = np.concatenate([p[:PROFILE_PER_BEHAVIOR] for p in bank.positives])
+    flags = (get_family(spec).forward(spec, params, torch.from_numpy(bank.x[rows])) > 0).float()
+    sizes = [min(len(p), PROFILE_PER_BEHAVIOR) for p in bank.positives]
+    return torch.stack([part.mean(dim=1) for part in flags.split(sizes, dim=1)], dim=1)
+
+
+@torch.no_grad()
+def encode(interp: LoadedInterpreter, spec: ArchSpec, params: Params, probes: ProbeSet, bank: BehaviorBank,
+           chunk: int = 256) -> Encoded:
+    """Signatures of the stacked models read by the interpreter (eval mode, chunks of ``chunk`` models), and their profile."""
+    check_editable(spec)
+    parts = []
+    n = next(iter(params.values())).shape[0]
+    for lo in range(0, n, chunk):
+        sub = {k: v[lo: lo + chunk] for k, v in params.items()}
+        sig = cohort_signatures(spec, sub, probes)
+        records = [{"features": sig["features"][m], "layer": sig["layer"], "rel_depth": sig["rel_depth"],
+                    "kind": sig["kind"], "logits": sig["logits"][m]} for m in range(sig["features"].shape[0])]
+        out = interp.model(collate(records, interp.scaler))
+        parts.append(Encoded(out["neuron_latents"], out["latent"], torch.sigmoid(out["behavior_logits"]),
+                             behavior_profile(spec, sub, bank)))
+    return Encoded(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Encoded)))
+
+
+@dataclass
+class Pool:
+    """Training models of one architecture: weights, interpreter reading, behavior sets and corrupted behavior."""
+
+    spec: ArchSpec
+    params: Params
+    enc: Encoded
+    behaviors: list[tuple[str, ...]]
+    corrupted: list[str | None]
+
+
+def plan_edit(rng: np.random.Generator, names: Sequence[str], behaviors: Sequence[str],
+              corrupted: str | None) -> tuple[str, str]:
+    """(op, behavior) for one training model: repair ("add") its corrupted behavior, else add or remove one at random."""
+    if corrupted is not None:
+        return "add", corrupted
+    missing = [b for b in names if b not in behaviors]
+    if missing and (rng.random() < 0.5 or not behaviors):
+        return "add", missing[int(rng.integers(len(missing)))]
+    return "remove", behaviors[int(rng.integers(len(behaviors)))]
+
+
+def edit_targets(teacher: torch.Tensor, rows: np.ndarray, bank: BehaviorBank, ops: Sequence[str], behaviors: Sequence[str],
+                 keep: Sequence[Sequence[str]]) -> torch.Tensor:
+    """What each edited model should output on bank rows [B, n]: its own current probability ``teacher``, except on
+    B's positives: 1 to add (or repair) B; 0 to remove B, unless the row also matches a behavior in ``keep``."""
+    target = teacher.clone()
+    for m, (op, b) in enumerate(zip(ops, behaviors)):
+        hit = bank.labels(rows[m], [b])
+        if op == "remove":
+            hit &= ~bank.labels(rows[m], [k for k in keep[m] if k != b])
+        target[m, torch.from_numpy(hit)] = 0.0 if op == "remove" else 1.0
+    return target
+
+
+def edit_batch(bank: BehaviorBank, rng: np.random.Generator, pool: Pool, idx: np.ndarray, n: int) -> dict:
+    """Edit plans and data for models ``idx`` of a pool: rows [B, n] of the bank over each model's behaviors and B."""
+    ops, chosen, rows = [], [], []
+    for i in idx:
+        op, b = plan_edit(rng, bank.names, pool.behaviors[i], pool.corrupted[i])
+        ops.append(op)
+        chosen.append(b)
+        rows.append(bank.sample(rng, sorted(set(pool.behaviors[i]) | {b}), n))
+    return {"rows": np.stack(rows), "ops": ops, "behaviors": chosen, "keep": [pool.behaviors[i] for i in idx]}
+
+
+def change_size(params: Params, delta: Params) -> torch.Tensor:
+    """Relative squared size of an edit per model: ||delta||^2 / ||weights||^2 over the decoded tensors [B]."""
+    num = sum(d.pow(2).flatten(1).sum(1) for d in delta.values())
+    den = sum(params[k].pow(2).flatten(1).sum(1) for k in delta)
+    return num / den.clamp_min(1e-12)
+
+
+def train_editor(editor: Editor, pools: Sequence[Pool], bank: BehaviorBank,
+                 on_step: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
+    """Train the decoder and edit codes against what the edited models do (the corrupted-behavior head is separate)."""
+    cfg = editor.cfg
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(editor.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    sizes = np.array([len(p.behaviors) for p in pools], dtype=float)
+    history = []
+    editor.train()
+    for step in range(cfg.steps):
+        pool = pools[int(rng.choice(len(pools), p=sizes / sizes.sum()))]
+        idx = rng.choice(len(pool.behaviors), size=min(cfg.batch_models, len(pool.behaviors)), replace=False)
+        batch = edit_batch(bank, rng, pool, idx, cfg.examples_per_model)
+        t = torch.from_numpy(idx)
+        params, enc = {k: v[t] for k, v in pool.params.items()}, pool.enc.select(t)
+        family, x = get_family(pool.spec), torch.from_numpy(bank.x[batch["rows"]])
+        with torch.no_grad():
+            y = edit_targets(torch.sigmoid(family.forward(pool.spec, params, x)), batch["rows"], bank, batch["ops"],
+                             batch["behaviors"], batch["keep"])
+        delta = editor.delta(pool.spec, params, enc, *editor.codes(batch["ops"], batch["behaviors"]))
+        logits = family.forward(pool.spec, add_delta(params, delta), x)
+        fn_loss = F.binary_cross_entropy_with_logits(logits, y)
+        size = change_size(params, delta)
+        loss = fn_loss + cfg.change_penalty * size.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(editor.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            acc = ((logits > 0) == (y > 0.5)).float().mean()
+        row = {"loss": float(fn_loss.detach()), "acc": float(acc), "change": float(size.detach().sqrt().mean())}
+        history.append(row)
+        if on_step is not None:
+            on_step(step, row)
+    editor.eval()
+    return history
+
+
+def train_corrupted_head(editor: Editor, pools: Sequence[Pool], steps: int = 500, val_fraction: float = 0.2) -> dict[str, float]:
+    """Fit the head that names a corrupted model's corrupted behavior, full batch, on the pools' repair-pair models.
+
+    Keeps the weights of the step with the best accuracy on a held-out share of those models and returns it.
+    """
+    feats, labels = [], []
+    for p in pools:
+        idx = [i for i, c in enumerate(p.corrupted) if c is not None]
+        if idx:
+            feats.append(p.enc.summary()[idx])
+            labels += [editor.behaviors.index(p.corrupted[i]) for i in idx]
+    if len(labels) < 5:
+        return {"n_models": len(labels), "val_accuracy": float("nan")}
+    x, y = torch.cat(feats), torch.tensor(labels)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(editor.cfg.seed))
+    n_val = max(1, int(val_fraction * len(y)))
+    val, train = perm[:n_val], perm[n_val:]
+    head = editor.corrupted_head
+    opt = torch.optim.AdamW(head.parameters(), lr=3e-3, weight_decay=1e-2)
+    best, best_state = -1.0, None
+    for _ in range(steps):
+        loss = F.cross_entropy(head(x[train]), y[train])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            acc = float((head(x[val]).argmax(-1) == y[val]).float().mean())
+        if acc > best:
+            best, best_state = acc, {k: v.detach().clone() for k, v in head.state_dict().items()}
+    head.load_state_dict(best_state)
+    return {"n_models": len(y), "val_accuracy": best}
+
+
+@torch.no_grad()
+def apply_edits(editor: Editor, spec: ArchSpec, params: Params, enc: Encoded, ops: Sequence[str],
+                behaviors: Sequence[str | None]) -> tuple[Params, Params, list[str]]:
+    """Edited weights, the change, and the behavior each edit targeted; ``repair`` picks its behavior from the head."""
+    names = editor.behaviors
+    guess = editor.corrupted_logits(enc).argmax(dim=-1).tolist()
+    chosen = [names[g] if op == "repair" else b for op, b, g in zip(ops, behaviors, guess)]
+    delta = editor.delta(spec, params, enc, *editor.codes(ops, chosen))
+    return add_delta(params, delta), delta, chosen
+
+
+def refine_edits(spec: ArchSpec, params: Params, delta: Params, bank: BehaviorBank, ops: Sequence[str],
+                 behaviors: Sequence[str], keep: Sequence[Sequence[str]], steps: int, lr: float = 3e-3,
+                 n: int = 256, seed: int = 0) -> Params:
+    """Continue a decoded change by ``steps`` Adam steps against the edit targets (:func:`edit_targets`).
+
+    No labels of the model are used: rows come from the bank (a quarter B's positives, a quarter over ``keep``
+    and B, half over every behavior), targets are the model's own outputs with B switched on or off, so whatever the model
+    did before is what it is held to. Returns the refined change.
+    """
+    rng = np.random.default_rng(seed)
+    family = get_family(spec)
+    free = {k: v.detach().clone().requires_grad_(True) for k, v in delta.items()}
+    opt = torch.optim.Adam(free.values(), lr=lr)
+    for _ in range(steps):
+        rows = np.stack([np.concatenate([rng.choice(bank.positives[bank.names.index(b)], size=n // 4),
+                                         bank.sample(rng, sorted(set(k) | {b}), n // 4),
+                                         bank.sample(rng, bank.names, n - 2 * (n // 4))])
+                         for k, b in zip(keep, behaviors)])
+        x = torch.from_numpy(bank.x[rows])
+        with torch.no_grad():
+            y = edit_targets(torch.sigmoid(family.forward(spec, params, x)), rows, bank, ops, behaviors, keep)
+        logits = family.forward(spec, add_delta(params, free), x)
+        loss = F.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(dim=1).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return {k: v.detach() for k, v in free.items()}
+
+
+def save_editor(editor: Editor, directory: Path, extra: dict | None = None) -> Path:
+    """editor.safetensors + editor.json (config, behavior names, sizes and whatever ``extra`` records)."""
+    import json
+
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in editor.state_dict().items()}, str(directory / WEIGHTS_FILE))
+    meta = {"config": editor.cfg.model_dump(), "behaviors": editor.behaviors, "d_token": editor.d_token,
+            "latent_dim": editor.latent_dim, "vocab": editor.vocab, **(extra or {})}
+    (directory / META_FILE).write_text(json.dumps(meta, indent=2))
+    return directory
+
+
+def load_editor(directory: Path) -> tuple[Editor, dict]:
+    """Rebuild a saved editor (safetensors, no pickle) in eval mode, with its metadata."""
+    import json
+
+    meta = json.loads((directory / META_FILE).read_text())
+    editor = Editor(EditorConfig(**meta["config"]), meta["behaviors"], meta["d_token"], meta["latent_dim"], meta["vocab"])
+    editor.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+    return editor.eval(), meta
