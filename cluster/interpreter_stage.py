@@ -26,6 +26,7 @@ from interpreter.baselines import (
 from interpreter.config import InterpreterConfig
 from interpreter.metrics import evaluate_heads, headline_metrics
 from interpreter.model import load_interpreter, save_interpreter
+from interpreter.parallel import DataParallel
 from interpreter.targets import build_targets, specs_for
 from interpreter.train import predict, train_interpreter
 from zoo.errors import ZoolensError
@@ -71,19 +72,33 @@ def _load_split(zoo_dir: str, sig_dir: str, ids: list[str]) -> tuple[list[dict],
     return records, build_targets(rows, behaviors), behaviors, rows
 
 
+def signature_feature_names(sig_dir: str | Path) -> list[str] | None:
+    """The signature's feature column names (what InterpreterConfig.feature_set selects from)."""
+    return read_signature_meta(Path(sig_dir)).get("feature_names")
+
+
+def resolve_num_workers(num_workers: int | str, gpus: int) -> int:
+    """Ray Train workers for InterpreterConfig.num_workers: 'auto' means one per GPU (at least 1)."""
+    return max(1, gpus) if num_workers == "auto" else int(num_workers)
+
+
 def _subset(records: list[dict], targets: dict[str, np.ndarray], mask: np.ndarray) -> tuple[list[dict], dict[str, np.ndarray]]:
     idx = np.flatnonzero(mask)
     return [records[i] for i in idx], {k: v[idx] for k, v in targets.items()}
 
 
 def _train_loop(config: dict[str, Any]) -> None:
-    """Ray Train worker loop: fit the interpreter, report every epoch, checkpoint the best state at the end."""
+    """Ray Train worker loop: fit the interpreter (data-parallel over the workers), report every epoch, and
+    checkpoint the best state from rank 0 at the end."""
+    import ray.train.torch
     from ray.train import Checkpoint
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one line per report otherwise
     torch.set_num_threads(config["threads"])
     records, targets, behaviors, _ = _load_split(config["zoo_dir"], config["sig_dir"], config["train_ids"])
-    rank0 = ray.train.get_context().get_world_rank() == 0
+    ctx = ray.train.get_context()
+    parallel = DataParallel(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.prepare_model)
+    rank0 = parallel.is_main
     run_id = config.get("run_id")
     if run_id and rank0:
         import mlflow
@@ -102,9 +117,11 @@ def _train_loop(config: dict[str, Any]) -> None:
 
     t0 = time.perf_counter()
     result = train_interpreter(records, targets, config["cfg"], behaviors, on_epoch=on_epoch,
-                               specs=specs_for(targets, behaviors))
+                               specs=specs_for(targets, behaviors), parallel=parallel,
+                               feature_names=signature_feature_names(config["sig_dir"]))
     summary = {"seconds": time.perf_counter() - t0, "best_epoch": result.best_epoch,
-               "epochs_run": len(result.history), "n_train_models": len(records)}
+               "epochs_run": len(result.history), "n_train_models": len(records),
+               "num_workers": parallel.world_size, "models_per_rank": result.models_per_rank}
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank0:
@@ -118,8 +135,9 @@ def train_stage(zoo_dir: Path, sig_dir: Path, out_dir: Path, cfg: InterpreterCon
                 tracking_uri: str | None = None, run_id: str | None = None) -> dict[str, Any]:
     """Split the zoo by model and fit the interpreter with Ray Train on the training side.
 
-    One worker locally; on a cluster with GPUs the worker trains on a GPU. The best state is
-    checkpointed by Ray Train under ``<run dir>/ray_train`` and copied to ``out_dir``.
+    ``cfg.num_workers`` data-parallel workers (DDP: gloo on CPU, nccl on GPU; one worker by default, one per
+    GPU with ``auto``) share the CPUs left beside the Train controller, and a GPU each when the cluster has
+    GPUs. Rank 0's best state is checkpointed by Ray Train under ``<run dir>/ray_train`` and copied to ``out_dir``.
     """
     from ray.train import LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -127,13 +145,16 @@ def train_stage(zoo_dir: Path, sig_dir: Path, out_dir: Path, cfg: InterpreterCon
     ids = list(ZooStore(zoo_dir).read_manifest(columns=["model_id"])["model_id"])
     sig_meta = read_signature_meta(sig_dir)  # fail here, in one line, rather than inside a Train worker
     train_ids, test_ids = split_models(ids, test_fraction, seed)
-    use_gpu = cluster_gpus() >= 1
-    cpus = max(1, cluster_cpus() - 1)  # leave one CPU for the Train controller
+    gpus = cluster_gpus()
+    workers = resolve_num_workers(cfg.num_workers, gpus)
+    if gpus and workers > gpus:
+        raise InterpreterStageError(f"interpreter.num_workers={workers} but the cluster has {gpus} GPUs (one per worker)")
+    cpus = max(1, cluster_cpus() - 1) / workers  # leave one CPU for the Train controller
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config={"zoo_dir": str(zoo_dir), "sig_dir": str(sig_dir), "train_ids": train_ids, "cfg": cfg,
-                           "threads": cpus, "tracking_uri": tracking_uri, "run_id": run_id},
-        scaling_config=ScalingConfig(num_workers=1, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
+                           "threads": max(1, int(cpus)), "tracking_uri": tracking_uri, "run_id": run_id},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus >= 1, resources_per_worker={"CPU": cpus}),
         run_config=RunConfig(name=f"interpreter-{int(time.time())}", storage_path=str(out_dir.parent / "ray_train"),
                              logging_config=LoggingConfig(log_level="WARNING")),
     )
@@ -154,11 +175,12 @@ def train_stage(zoo_dir: Path, sig_dir: Path, out_dir: Path, cfg: InterpreterCon
 
 def score_methods(train: tuple[list[dict], dict], test: tuple[list[dict], dict], model_preds: dict[str, np.ndarray],
                   thresholds: np.ndarray | None, cfg: InterpreterConfig, behaviors: list[str],
-                  slow_baselines: bool = True) -> dict[str, dict[str, Any]]:
+                  slow_baselines: bool = True, feature_names: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """Score the interpreter and every baseline on the same held-out models, head by head.
 
     The interpreter is scored with the per-behavior thresholds it chose on its validation
     split, and also at 0.5 so the comparison with baselines (which use 0.5) is even.
+    `feature_names`: the signature's column names (the shuffled-label control reads cfg.feature_set too).
     """
     (train_records, train_y), (test_records, test_y) = train, test
     specs = specs_for(train_y, behaviors)
@@ -172,7 +194,7 @@ def score_methods(train: tuple[list[dict], dict], test: tuple[list[dict], dict],
     }
     if slow_baselines:
         preds["shuffled_labels"] = shuffled_label_baseline(train_records, train_y, test_records, cfg, behaviors,
-                                                           seed=cfg.seed + 1, specs=specs)
+                                                           seed=cfg.seed + 1, specs=specs, feature_names=feature_names)
     return {m: evaluate_heads(test_y, p, specs, thresholds if m == "interpreter" else None) for m, p in preds.items()}
 
 
@@ -184,21 +206,23 @@ def _evaluate_remote(zoo_dir: str, sig_dir: str, interp_dir: str, cfg: Interpret
     split = json.loads((Path(interp_dir) / "split.json").read_text())
     train_records, train_y, behaviors, train_rows = _load_split(zoo_dir, sig_dir, split["train"])
     test_records, test_y, _, test_rows = _load_split(zoo_dir, sig_dir, split["test"])
+    names = signature_feature_names(sig_dir)
     loaded = load_interpreter(interp_dir)
     model_preds = predict(loaded.model, loaded.scaler, test_records)
     reports = score_methods((train_records, train_y), (test_records, test_y), model_preds,
-                            loaded.model.thresholds, cfg, behaviors)
+                            loaded.model.thresholds, cfg, behaviors, feature_names=names)
     cross: dict[str, Any] = {}
     families = sorted(set(train_rows["family"]) & set(test_rows["family"]))
     if cross_family and len(families) >= 2:
         for fam in families:
             tr = _subset(train_records, train_y, (train_rows["family"] != fam).to_numpy())
             te = _subset(test_records, test_y, (test_rows["family"] == fam).to_numpy())
-            result = train_interpreter(tr[0], tr[1], cfg, behaviors, specs=specs_for(tr[1], behaviors))
+            result = train_interpreter(tr[0], tr[1], cfg, behaviors, specs=specs_for(tr[1], behaviors),
+                                       feature_names=names)
             fam_preds = predict(result.model, result.scaler, te[0])
             cross[fam] = {"n_train_models": len(tr[0]), "n_test_models": len(te[0]),
                           "reports": score_methods(tr, te, fam_preds, result.model.thresholds, cfg, behaviors,
-                                                   slow_baselines=False)}
+                                                   slow_baselines=False, feature_names=names)}
     return {
         "reports": reports,
         "cross_family": cross,

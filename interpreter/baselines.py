@@ -12,7 +12,7 @@ known, a regressor for accuracy over models whose accuracy is known.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
@@ -75,16 +75,20 @@ def shuffled_label_baseline(
     behavior_names: Sequence[str],
     seed: int = 0,
     specs: Sequence[HeadSpec] | None = None,
+    feature_names: Sequence[str] | None = None,
 ) -> np.ndarray | Preds:
     """Same interpreter and budget, trained on target rows permuted across models: the no-signal control.
 
     One permutation for all heads, so the joint label structure survives but its link to the signature does not.
+    `feature_names` are needed when cfg.feature_set is not "all" (as for train_interpreter).
     """
     perm = np.random.default_rng(seed).permutation(len(train_records))
     if not isinstance(train_labels, Mapping):
-        result = train_interpreter(train_records, np.asarray(train_labels)[perm], cfg, behavior_names)
+        result = train_interpreter(train_records, np.asarray(train_labels)[perm], cfg, behavior_names,
+                                   feature_names=feature_names)
         return predict_proba(result.model, result.scaler, test_records)
-    result = train_interpreter(train_records, permute_targets(train_labels, perm), cfg, behavior_names, specs=specs)
+    result = train_interpreter(train_records, permute_targets(train_labels, perm), cfg, behavior_names, specs=specs,
+                               feature_names=feature_names)
     preds = predict(result.model, result.scaler, test_records)
     preds.pop("latent")
     return preds

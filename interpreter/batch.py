@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ class NeuronBatch:
     def __len__(self) -> int:
         return self.features.shape[0]
 
-    def to(self, device: torch.device | str) -> "NeuronBatch":
+    def to(self, device: torch.device | str) -> NeuronBatch:
         """Move every tensor to `device`."""
         return NeuronBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
@@ -36,7 +37,7 @@ class NeuronBatch:
         """Number of real neurons per model, [B]."""
         return self.mask.sum(dim=1)
 
-    def select(self, index: torch.Tensor | np.ndarray | Sequence[int]) -> "NeuronBatch":
+    def select(self, index: torch.Tensor | np.ndarray | Sequence[int]) -> NeuronBatch:
         """Sub-batch of the given models, trimmed to their longest neuron set (cheap per-step batching)."""
         index = torch.as_tensor(index, dtype=torch.long)
         mask = self.mask[index]
@@ -67,11 +68,14 @@ def neuron_shape(x: np.ndarray) -> np.ndarray:
 class FeatureScaler:
     """Raw neuron features -> model inputs: [raw, neuron_shape(raw)] standardized per column with train statistics.
 
+    With ``columns`` (a feature set, see ``interpreter.features``) only those raw columns are read, before the
+    shape channel and scaling; ``n_input`` is then the width of a record's full feature matrix.
     Zero-variance columns get std 1; NaN/inf become 0 and values are clipped to +-clip.
     """
 
     def __init__(self, mean: np.ndarray, std: np.ndarray, clip: float = 10.0, shape_channel: bool = True,
-                 logit_mean: np.ndarray | None = None, logit_std: np.ndarray | None = None) -> None:
+                 logit_mean: np.ndarray | None = None, logit_std: np.ndarray | None = None,
+                 columns: Sequence[int] | None = None, n_input: int | None = None) -> None:
         self.mean = np.asarray(mean, dtype=np.float32)
         self.std = np.asarray(std, dtype=np.float32)
         self.clip = float(clip)
@@ -79,29 +83,39 @@ class FeatureScaler:
         # per-probe statistics of the output logits; empty when the pathway is off
         self.logit_mean = np.asarray([] if logit_mean is None else logit_mean, dtype=np.float32)
         self.logit_std = np.asarray([] if logit_std is None else logit_std, dtype=np.float32)
+        # selected raw columns (None: all of them) and the record width they index into
+        self.columns = None if columns is None else np.asarray(columns, dtype=np.int64)
+        if self.columns is not None and (n_input is None or self.columns.max(initial=-1) >= n_input):
+            raise ValueError(f"selected columns must index a record's {n_input} feature columns")
+        self.n_input = None if self.columns is None else int(n_input)
 
     @staticmethod
-    def _expand(x: np.ndarray, shape_channel: bool) -> np.ndarray:
-        """Sanitize raw features and append the scale-free shape channel."""
-        x = np.nan_to_num(np.asarray(x, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    def _expand(x: np.ndarray, shape_channel: bool, columns: np.ndarray | None = None) -> np.ndarray:
+        """Select `columns`, sanitize raw features and append the scale-free shape channel."""
+        x = np.asarray(x, dtype=np.float32)
+        x = np.nan_to_num(x if columns is None else x[:, columns], nan=0.0, posinf=0.0, neginf=0.0)
         return np.concatenate([x, neuron_shape(x)], axis=1) if shape_channel else x
 
     @classmethod
     def fit(cls, records: Sequence[Record], clip: float = 10.0, shape_channel: bool = True,
-            probe_logits: bool = False) -> "FeatureScaler":
+            probe_logits: bool = False, columns: Sequence[int] | None = None) -> FeatureScaler:
         """Pool all neurons of `records` (training models only) and compute per-column mean/std.
 
         With ``probe_logits`` (and every record read through the same probe set) it also fits
         per-probe statistics of the output logits, which the encoder's probe pathway reads.
+        ``columns`` selects raw feature columns (None: all).
         """
-        x = cls._expand(np.concatenate([r["features"] for r in records], axis=0), shape_channel).astype(np.float64)
+        columns = None if columns is None else np.asarray(columns, dtype=np.int64)
+        raw = np.concatenate([r["features"] for r in records], axis=0)
+        x = cls._expand(raw, shape_channel, columns).astype(np.float64)
         std = x.std(axis=0)
         lm = ls = None
         if probe_logits and len({len(r["logits"]) for r in records}) == 1 and len(records[0]["logits"]):
             logits = np.nan_to_num(np.stack([r["logits"] for r in records]).astype(np.float64))
             lm, ls = logits.mean(axis=0), logits.std(axis=0)
             ls = np.where(ls > 1e-8, ls, 1.0)
-        return cls(x.mean(axis=0), np.where(std > 1e-8, std, 1.0), clip, shape_channel, lm, ls)
+        return cls(x.mean(axis=0), np.where(std > 1e-8, std, 1.0), clip, shape_channel, lm, ls,
+                   columns=columns, n_input=raw.shape[1])
 
     @property
     def n_probes(self) -> int:
@@ -126,23 +140,26 @@ class FeatureScaler:
     @property
     def n_raw_features(self) -> int:
         """Number of raw feature columns a record must have."""
+        if self.n_input is not None:
+            return self.n_input
         return self.n_features // 2 if self.shape_channel else self.n_features
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         """Raw [n, F_raw] -> standardized, clipped model inputs [n, n_features]."""
-        z = (self._expand(x, self.shape_channel) - self.mean) / self.std
+        z = (self._expand(x, self.shape_channel, self.columns) - self.mean) / self.std
         return np.clip(z, -self.clip, self.clip, out=z)
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-friendly state (plain lists)."""
         return {"mean": self.mean.tolist(), "std": self.std.tolist(), "clip": self.clip, "shape_channel": self.shape_channel,
-                "logit_mean": self.logit_mean.tolist(), "logit_std": self.logit_std.tolist()}
+                "logit_mean": self.logit_mean.tolist(), "logit_std": self.logit_std.tolist(),
+                "columns": None if self.columns is None else self.columns.tolist(), "n_input": self.n_input}
 
     @classmethod
-    def from_state_dict(cls, state: Mapping[str, Any]) -> "FeatureScaler":
-        """Inverse of `state_dict` (files written before the shape channel existed load without it)."""
+    def from_state_dict(cls, state: Mapping[str, Any]) -> FeatureScaler:
+        """Inverse of `state_dict` (older files load without the shape channel / with every column)."""
         return cls(np.asarray(state["mean"]), np.asarray(state["std"]), state.get("clip", 10.0), state.get("shape_channel", False),
-                   state.get("logit_mean"), state.get("logit_std"))
+                   state.get("logit_mean"), state.get("logit_std"), state.get("columns"), state.get("n_input"))
 
 
 def collate(records: Sequence[Record], scaler: FeatureScaler) -> NeuronBatch:

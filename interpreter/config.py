@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from interpreter.features import FeatureSet
 
 # Per-head loss weights. The accuracy loss is an MSE divided by the training targets' variance (1.0 = predicting
 # the mean), so it is on the BCE's scale whatever the zoo's accuracy spread; on the synthetic test zoo weights
@@ -45,16 +47,22 @@ class InterpreterConfig(BaseModel):
         "behaviors", description="validation loss that early stopping watches: the behavior head's, or all heads' weighted sum")
     probe_pathway: bool = Field(
         True, description="also read the model's whole output-logit profile over the probe set (architecture-independent)")
+    feature_set: FeatureSet = Field(
+        "all", description="signature columns the encoder reads: all, stats, stats+behavior or no_tokens (interpreter.features)")
+    # data parallelism (read by cluster/interpreter_stage.py; interpreter/ itself takes a DataParallel)
+    num_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        1, description="Ray Train workers; 'auto' = one per GPU in the cluster (at least 1). Each worker takes "
+                       "batch_size models per step, so the global batch is batch_size x workers")
 
     @model_validator(mode="after")
-    def _heads_divide_width(self) -> "InterpreterConfig":
+    def _heads_divide_width(self) -> InterpreterConfig:
         """Reject head counts that do not split d_model evenly."""
         if self.d_model % self.n_heads != 0:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         return self
 
     @model_validator(mode="after")
-    def _weights_non_negative(self) -> "InterpreterConfig":
+    def _weights_non_negative(self) -> InterpreterConfig:
         """A negative loss weight would train a head to be wrong."""
         bad = {k: v for k, v in self.head_weights.items() if not v >= 0}
         if bad:

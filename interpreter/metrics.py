@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.stats import kendalltau, spearmanr
@@ -141,7 +142,7 @@ def regression_report(y: np.ndarray, yhat: np.ndarray) -> dict[str, Any]:
     ss_tot = float(((y - y.mean()) ** 2).sum()) if len(y) else 0.0
     defined = len(y) >= 2 and np.ptp(y) > 0 and np.ptp(yhat) > 0
     return {
-        "n_models": int(len(y)),
+        "n_models": len(y),
         "kendall_tau": kendall_tau(y, yhat),
         "spearman": float(spearmanr(y, yhat).statistic) if defined else float("nan"),
         "mae": float(np.abs(y - yhat).mean()) if len(y) else float("nan"),
@@ -158,7 +159,7 @@ def class_report(y: np.ndarray, prob: np.ndarray) -> dict[str, Any]:
         warnings.simplefilter("ignore", UserWarning)
         ba = float(balanced_accuracy_score(y, pred)) if len(y) else float("nan")
     return {
-        "n_known": int(len(y)),
+        "n_known": len(y),
         "accuracy": float((pred == y).mean()) if len(y) else float("nan"),
         "balanced_accuracy": ba,
         "majority_rate": float(np.bincount(y).max() / len(y)) if len(y) else float("nan"),
@@ -170,7 +171,7 @@ def binary_report(y: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> di
     y, prob = np.asarray(y, dtype=float).ravel() >= 0.5, np.asarray(prob, dtype=float).ravel()
     both = len(y) > 0 and y.min() != y.max()
     return {
-        "n_models": int(len(y)),
+        "n_models": len(y),
         "prevalence": float(y.mean()) if len(y) else float("nan"),
         "auroc": float(roc_auc_score(y, prob)) if both else float("nan"),
         "balanced_accuracy": float(balanced_accuracy_score(y, prob >= threshold)) if both else float("nan"),

@@ -24,8 +24,9 @@ so a zoo with an unexpected family or a missing column still trains the other he
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -50,7 +51,7 @@ class HeadSpec:
         return {**asdict(self), "classes": list(self.classes)}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "HeadSpec":
+    def from_dict(cls, d: Mapping[str, Any]) -> HeadSpec:
         """Inverse of `to_dict`."""
         return cls(str(d["name"]), d["kind"], int(d["n_out"]), tuple(d.get("classes", ())))
 

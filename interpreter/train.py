@@ -3,14 +3,15 @@
 Targets are either the old behaviors-only array [n, K] or a dict from `interpreter.targets.build_targets`
 (one array per head). The loss is a weighted sum over heads (cfg.head_weights): BCE for multi-label and
 binary heads, MSE for the accuracy regression, cross-entropy for class heads with -1 = unknown ignored.
+Training runs in one process, or data-parallel over several when given a `DataParallel` (interpreter/parallel.py).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -18,8 +19,10 @@ import torch.nn.functional as F
 
 from interpreter.batch import FeatureScaler, NeuronBatch, Record, collate
 from interpreter.config import InterpreterConfig
+from interpreter.features import feature_columns
 from interpreter.metrics import evaluate_heads, headline_metrics, mean_balanced_accuracy
 from interpreter.model import Interpreter
+from interpreter.parallel import DataParallel
 from interpreter.targets import HeadSpec, behaviors_spec, output_key, specs_for
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -28,13 +31,32 @@ Targets = np.ndarray | Mapping[str, np.ndarray]
 
 @dataclass
 class TrainResult:
-    """Best model (by validation loss, thresholds tuned), the scaler it expects, per-epoch metrics and the heads."""
+    """Best model (by validation loss, thresholds tuned), the scaler it expects, per-epoch metrics and the heads.
+
+    `models_per_rank`: how many training models each data-parallel worker trained on per epoch.
+    """
 
     model: Interpreter
     scaler: FeatureScaler
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = -1
     specs: list[HeadSpec] = field(default_factory=list)
+    models_per_rank: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Split:
+    """One side of the by-model split, collated once: inputs, targets as tensors and as arrays."""
+
+    data: NeuronBatch
+    y: dict[str, torch.Tensor]
+    y_np: dict[str, np.ndarray]
+
+    @classmethod
+    def of(cls, records: Sequence[Record], y_np: Mapping[str, np.ndarray], idx: np.ndarray, scaler: FeatureScaler) -> _Split:
+        """The models `idx` of `records` with their targets."""
+        return cls(collate([records[i] for i in idx], scaler), {k: torch.from_numpy(v[idx]) for k, v in y_np.items()},
+                   {k: v[idx] for k, v in y_np.items()})
 
 
 def split_by_model(n_models: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -44,8 +66,13 @@ def split_by_model(n_models: int, val_fraction: float, seed: int) -> tuple[np.nd
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def length_bucketed_batches(lengths: torch.Tensor, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """Random batches of similar-size neuron sets: shuffle, sort within chunks of 16 batches, shuffle batches; cuts padding."""
+def length_bucketed_batches(lengths: torch.Tensor, batch_size: int, generator: torch.Generator,
+                            min_size: int = 1) -> list[torch.Tensor]:
+    """Random batches of similar-size neuron sets: shuffle, sort within chunks of 16 batches, shuffle batches; cuts padding.
+
+    A chunk's last batch smaller than `min_size` joins the batch before it (so each of `min_size` workers gets a
+    model of every batch); with the default 1 nothing is ever joined.
+    """
     perm = torch.randperm(len(lengths), generator=generator)
     chunk = batch_size * 16
     batches = []
@@ -53,8 +80,24 @@ def length_bucketed_batches(lengths: torch.Tensor, batch_size: int, generator: t
         idx = perm[start : start + chunk]
         idx = idx[torch.argsort(lengths[idx], stable=True)]
         batches.extend(idx.split(batch_size))
+        if len(batches) > 1 and len(batches[-1]) < min_size:
+            batches[-2:] = [torch.cat(batches[-2:])]
     order = torch.randperm(len(batches), generator=generator)
     return [batches[i] for i in order]
+
+
+def epoch_shards(lengths: torch.Tensor, batch_size: int, generator: torch.Generator, rank: int = 0,
+                 world_size: int = 1) -> list[tuple[torch.Tensor, float]]:
+    """Worker `rank`'s batches for one epoch, each with its loss scale.
+
+    Every worker draws the same global batches of batch_size x W models (same generator state) and keeps
+    positions rank, rank+W, ... of each: an epoch covers every model exactly once, every worker takes the same
+    number of steps (DDP needs that), and a share of a length-sorted batch spans similar neuron-set sizes.
+    The scale len(share) * W / len(batch) makes DDP's average of the workers' gradients equal the gradient of
+    the global batch's mean loss; it is exactly 1.0 with one worker.
+    """
+    batches = length_bucketed_batches(lengths, batch_size * world_size, generator, min_size=world_size)
+    return [(b[rank::world_size], len(b[rank::world_size]) * world_size / len(b)) for b in batches]
 
 
 def as_target_dict(targets: Targets, behavior_names: Sequence[str], specs: Sequence[HeadSpec] | None = None,
@@ -133,13 +176,14 @@ def _init_head_biases(model: Interpreter, y: Mapping[str, torch.Tensor]) -> None
 
 @torch.no_grad()
 def _forward_all(model: Interpreter, data: NeuronBatch, batch_size: int) -> dict[str, torch.Tensor]:
-    """Head outputs and latent over a pre-collated dataset, eval mode, length-sorted batches, original order."""
+    """Head outputs and latent (on the CPU) over a pre-collated dataset, eval mode, length-sorted batches, original order."""
     model.eval()
+    device = next(model.parameters()).device
     order = torch.argsort(data.lengths, stable=True)
-    parts = [model(data.select(idx)) for idx in order.split(batch_size)]
+    parts = [model(data.select(idx).to(device)) for idx in order.split(batch_size)]
     inverse = torch.argsort(order)
     keys = [output_key(s) for s in model.specs] + ["latent"]
-    return {k: torch.cat([p[k] for p in parts])[inverse] for k in keys}
+    return {k: torch.cat([p[k] for p in parts])[inverse].cpu() for k in keys}
 
 
 def outputs_to_preds(out: Mapping[str, torch.Tensor], specs: Sequence[HeadSpec]) -> dict[str, np.ndarray]:
@@ -173,6 +217,70 @@ def tune_thresholds(y_true: np.ndarray, y_prob: np.ndarray) -> np.ndarray:
     return out
 
 
+def _weighted_total(losses: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> torch.Tensor:
+    """The training objective: the heads' losses summed with their weights."""
+    return sum(weights[k] * v for k, v in losses.items())
+
+
+def _train_epoch(net: torch.nn.Module, opt: torch.optim.Optimizer, train: _Split, shards: Sequence[tuple[torch.Tensor, float]],
+                 specs: Sequence[HeadSpec], weights: Mapping[str, float], target_var: Mapping[str, float],
+                 device: torch.device) -> tuple[dict[str, float], int]:
+    """One pass over this worker's shards; returns its per-head loss sums (loss x models) and its model count."""
+    net.train()
+    sums, count = {s.name: 0.0 for s in specs}, 0
+    for idx, scale in shards:
+        y = {k: v[idx].to(device) for k, v in train.y.items()}
+        losses = head_losses(net(train.data.select(idx).to(device)), y, specs, target_var)
+        loss = _weighted_total(losses, weights) * scale
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        for k, v in losses.items():
+            sums[k] += v.item() * len(idx)
+        count += len(idx)
+    return sums, count
+
+
+def _train_metrics(sums: dict[str, float], count: int, weights: Mapping[str, float], per_head: bool,
+                   parallel: DataParallel, device: torch.device) -> tuple[dict[str, float], list[int]]:
+    """Mean training losses over every worker's models, and how many models each worker trained on."""
+    counts = [0] * parallel.world_size
+    counts[parallel.rank] = count
+    reduced = parallel.all_reduce_sum([*sums.values(), *counts], device)
+    n_heads = len(sums)
+    all_sums, counts = dict(zip(sums, reduced[:n_heads])), reduced[n_heads:]
+    total = sum(counts)
+    metrics = {"train_loss": sum(weights[k] * v for k, v in all_sums.items()) / total}
+    if per_head:
+        metrics.update({f"train_loss_{k}": v / total for k, v in all_sums.items()})
+    return metrics, [int(n) for n in counts]
+
+
+def _val_metrics(model: Interpreter, val: _Split, specs: Sequence[HeadSpec], weights: Mapping[str, float],
+                 target_var: Mapping[str, float], batch_size: int, per_head: bool) -> dict[str, float]:
+    """Validation losses (total and per head) and every head's headline metrics (those defined on the split)."""
+    out = _forward_all(model, val.data, batch_size)
+    with torch.no_grad():
+        val_losses = head_losses(out, val.y, specs, target_var)
+    metrics = {"val_loss": _weighted_total(val_losses, weights).item()}
+    if per_head:
+        metrics.update({f"val_loss_{k}": v.item() for k, v in val_losses.items()})
+    preds = outputs_to_preds(out, specs)
+    metrics["val_mean_balanced_accuracy"] = mean_balanced_accuracy(val.y_np["behaviors"], preds["behaviors"] >= 0.5)
+    row = headline_metrics(evaluate_heads(val.y_np, preds, specs))
+    row.pop("behaviors_mean_balanced_accuracy", None)  # same as val_mean_balanced_accuracy
+    metrics.update({f"val_{k}": v for k, v in row.items() if v is not None})
+    return metrics
+
+
+def _monitored_loss(metrics: Mapping[str, float], early_stop_on: str, split: str) -> float:
+    """The loss early stopping watches: the behavior head's (when reported) or the total, on `split`."""
+    if early_stop_on == "behaviors":
+        return metrics.get(f"{split}_loss_behaviors", metrics[f"{split}_loss"])
+    return metrics[f"{split}_loss"]
+
+
 def train_interpreter(
     train_records: Sequence[Record],
     targets: Targets,
@@ -180,6 +288,8 @@ def train_interpreter(
     behavior_names: Sequence[str],
     on_epoch: EpochCallback | None = None,
     specs: Sequence[HeadSpec] | None = None,
+    feature_names: Sequence[str] | None = None,
+    parallel: DataParallel | None = None,
 ) -> TrainResult:
     """Fit an Interpreter (weighted multi-task loss + AdamW; regression MSE relative to the target variance), early-stopping on the total loss of a by-model
     validation split; returns the best state with behavior thresholds tuned on that split (cfg.threshold_tuning).
@@ -187,81 +297,62 @@ def train_interpreter(
     `targets`: behaviors-only array [n, K] or a dict of per-head arrays (build_targets); `specs` picks heads
     (default: every head the dict has). `on_epoch(epoch, metrics)` gets train/val total and per-head losses and
     per-head validation metrics (those undefined on the split are left out; all values are floats).
+    `feature_names` (the signature's column names) are needed when cfg.feature_set is not "all".
+
+    With `parallel` (several workers, torch.distributed initialized) every worker calls this with the same
+    arguments: each trains on its share of every batch, rank 0 validates and its metrics reach every worker,
+    so all stop at the same epoch; every worker returns the same model.
     """
+    parallel = parallel or DataParallel()
     y_np, specs = as_target_dict(targets, behavior_names, specs, n_models=len(train_records))
     tr_idx, va_idx = split_by_model(len(train_records), cfg.val_fraction, cfg.seed)
-    scaler = FeatureScaler.fit([train_records[i] for i in tr_idx], probe_logits=cfg.probe_pathway)
-    train_data = collate([train_records[i] for i in tr_idx], scaler)
-    train_y = {k: torch.from_numpy(v[tr_idx]) for k, v in y_np.items()}
-    has_val = len(va_idx) > 0
-    if has_val:
-        val_data = collate([train_records[i] for i in va_idx], scaler)
-        val_y = {k: torch.from_numpy(v[va_idx]) for k, v in y_np.items()}
-        val_np = {k: v[va_idx] for k, v in y_np.items()}
-    lengths = train_data.lengths
+    if len(tr_idx) < parallel.world_size:
+        raise ValueError(f"{len(tr_idx)} training models cannot be shared by {parallel.world_size} workers")
+    scaler = FeatureScaler.fit([train_records[i] for i in tr_idx], probe_logits=cfg.probe_pathway,
+                               columns=feature_columns(cfg.feature_set, feature_names))
+    train = _Split.of(train_records, y_np, tr_idx, scaler)
+    val = _Split.of(train_records, y_np, va_idx, scaler) if len(va_idx) else None
+    lengths = train.data.lengths
     weights = {s.name: cfg.head_weight(s.name) for s in specs}
     target_var = {s.name: _target_variance(y_np[s.name][tr_idx]) for s in specs if s.kind == "regression"}
     multi = len(specs) > 1
 
-    def total(losses: dict[str, torch.Tensor]) -> torch.Tensor:
-        return sum(weights[k] * v for k, v in losses.items())
-
     with torch.random.fork_rng(devices=[]):  # seed init + dropout without touching the caller's RNG
         torch.manual_seed(cfg.seed)
         model = Interpreter(cfg, scaler.n_features, len(behavior_names), specs, n_probes=scaler.n_probes)
-        _init_head_biases(model, train_y)
+        _init_head_biases(model, train.y)
+        net = parallel.prepare_model(model)  # moves `model` to its device; with several workers wraps it in DDP
+        device = next(model.parameters()).device
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         gen = torch.Generator().manual_seed(cfg.seed)
         history: list[dict[str, float]] = []
         best_loss, best_epoch, best_state, bad_epochs = math.inf, -1, None, 0
         for epoch in range(cfg.epochs):
-            model.train()
-            sums, count = {s.name: 0.0 for s in specs}, 0
-            for idx in length_bucketed_batches(lengths, cfg.batch_size, gen):
-                losses = head_losses(model(train_data.select(idx)), {k: v[idx] for k, v in train_y.items()}, specs, target_var)
-                loss = total(losses)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                for k, v in losses.items():
-                    sums[k] += v.item() * len(idx)
-                count += len(idx)
-            metrics = {"train_loss": sum(weights[k] * v for k, v in sums.items()) / count}
-            if multi:
-                metrics.update({f"train_loss_{k}": v / count for k, v in sums.items()})
-            if has_val:
-                out = _forward_all(model, val_data, 4 * cfg.batch_size)
-                with torch.no_grad():
-                    val_losses = head_losses(out, val_y, specs, target_var)
-                metrics["val_loss"] = total(val_losses).item()
-                if multi:
-                    metrics.update({f"val_loss_{k}": v.item() for k, v in val_losses.items()})
-                preds = outputs_to_preds(out, specs)
-                metrics["val_mean_balanced_accuracy"] = mean_balanced_accuracy(val_np["behaviors"], preds["behaviors"] >= 0.5)
-                row = headline_metrics(evaluate_heads(val_np, preds, specs))
-                row.pop("behaviors_mean_balanced_accuracy", None)  # same as val_mean_balanced_accuracy
-                metrics.update({f"val_{k}": v for k, v in row.items() if v is not None})
+            shards = epoch_shards(lengths, cfg.batch_size, gen, parallel.rank, parallel.world_size)
+            sums, count = _train_epoch(net, opt, train, shards, specs, weights, target_var, device)
+            metrics, models_per_rank = _train_metrics(sums, count, weights, multi, parallel, device)
+            if val is not None and parallel.is_main:
+                metrics.update(_val_metrics(model, val, specs, weights, target_var, 4 * cfg.batch_size, multi))
+            metrics = parallel.broadcast(metrics, device)  # rank 0's numbers everywhere: every worker stops together
             history.append({"epoch": float(epoch), **metrics})
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
-            split = "val" if has_val else "train"
-            monitored = metrics.get(f"{split}_loss_behaviors", metrics[f"{split}_loss"]) \
-                if cfg.early_stop_on == "behaviors" else metrics[f"{split}_loss"]
+            monitored = _monitored_loss(metrics, cfg.early_stop_on, "val" if val is not None else "train")
             if monitored < best_loss - 1e-6:
                 best_loss, best_epoch, bad_epochs = monitored, epoch, 0
                 best_state = copy.deepcopy(model.state_dict())
             else:
                 bad_epochs += 1
-                if has_val and bad_epochs >= cfg.patience:
+                if val is not None and bad_epochs >= cfg.patience:
                     break
     if best_state is not None:
         model.load_state_dict(best_state)
-    if has_val and cfg.threshold_tuning:
-        probs = outputs_to_preds(_forward_all(model, val_data, 4 * cfg.batch_size), specs)["behaviors"]
-        model.thresholds = tune_thresholds(val_np["behaviors"], probs)
+    if val is not None and cfg.threshold_tuning:
+        probs = outputs_to_preds(_forward_all(model, val.data, 4 * cfg.batch_size), specs)["behaviors"]
+        model.thresholds = tune_thresholds(val.y_np["behaviors"], probs)
     model.eval()
-    return TrainResult(model=model, scaler=scaler, history=history, best_epoch=best_epoch, specs=list(specs))
+    return TrainResult(model=model, scaler=scaler, history=history, best_epoch=best_epoch, specs=list(specs),
+                       models_per_rank=models_per_rank)
 
 
 @torch.no_grad()

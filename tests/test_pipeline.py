@@ -94,7 +94,8 @@ def test_interpreter_sweep_nests_trials_and_registers_the_best(tiny_run: Path, t
     sweep = yaml.safe_load((REPO / "tune_configs" / "interpreter.yaml").read_text())
     sweep.update(num_samples=2, storage_path=str(tmp_path / "tune"), experiment="sweep-test")
     sweep["scheduler"] = {"max_t": 4, "grace_period": 2, "reduction_factor": 2}
-    sweep["search_space"].update(run_dir=str(tiny_run / "run"), epochs=3, test_fraction=0.25)
+    sweep["search_space"].update(run_dir=str(tiny_run / "run"), epochs=3, test_fraction=0.25,
+                                 feature_set={"choice": ["stats", "no_tokens"]})  # column selection end to end
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -106,6 +107,7 @@ def test_interpreter_sweep_nests_trials_and_registers_the_best(tiny_run: Path, t
     assert len(children) == 2
     after = summary["after_sweep"]
     assert after["registered"] and client.get_model_version("zoolens-interpreter", str(after["version"]))
+    assert after["trial_config"]["feature_set"] in ("stats", "no_tokens")
 
 
 def test_interpreter_records_the_probe_set_it_reads(tiny_run: Path):
