@@ -5,7 +5,8 @@ Methods scored on the same edits (see :mod:`interpreter.edit_protocol` for pass/
 - ``decoder``: the latent edit decoded to a weight change in one forward pass (no data at edit time);
 - ``guided``: the edit decoded by optimization: Adam steps on generated sequences whose targets are
   the model's own outputs with B switched on or off, the kept behaviors being those the interpreter
-  reads and, for repair, B the one its corrupted-behavior head names (no labels of the model);
+  reads and, for repair, B the one that looks corrupted (read as trained, yet not flagged; no labels
+  of the model);
 - ``steering``: mean-latent steering vector through a reconstruction decoder (the public method);
 - ``task_arithmetic``: mean sibling-pair weight difference for B;
 - ``finetune``: a few epochs on data labelled with the true target set (uses the model's labels:
@@ -32,7 +33,7 @@ from interpreter.decoder import NeuronAlignedDecoder, add_delta, check_editable
 from interpreter.edit_baselines import relabel_finetune, steer, steering_vectors, task_vectors, train_reconstruction
 from interpreter.edit_protocol import ADD_MIN, KEEP_TOL, judge, measure, success_table
 from interpreter.editor import (Editor, Encoded, Pool, change_size, encode, load_editor, refine_edits, save_editor,
-                                train_corrupted_head, train_editor)
+                                train_editor)
 from interpreter.localization import carrier_scores
 from interpreter.model import LoadedInterpreter, load_interpreter
 from zoo.behavior_bank import BehaviorBank
@@ -121,7 +122,6 @@ def train_stage(ctx: EditContext, cfg: EditConfig, out_dir: Path,
     mcfg = ctx.interp.model.cfg
     editor = Editor(cfg.editor, ctx.names, mcfg.d_model, mcfg.latent_dim, ctx.vocab)
     history = train_editor(editor, pools, bank, on_step)
-    head = train_corrupted_head(editor, pools)
     rec = train_reconstruction(pools, cfg.editor.d_hidden, cfg.editor.rank, ctx.vocab, cfg.reconstruction_steps,
                                cfg.editor.batch_models, cfg.seed)
     latent = torch.cat([p.enc.latent for p in pools])
@@ -130,7 +130,7 @@ def train_stage(ctx: EditContext, cfg: EditConfig, out_dir: Path,
     summary = {"seconds": time.perf_counter() - t0, "n_train_models": int(sum(len(p.behaviors) for p in pools)),
                "final_loss": float(np.mean([h["loss"] for h in tail])), "final_acc": float(np.mean([h["acc"] for h in tail])),
                "final_change": float(np.mean([h["change"] for h in tail])),
-               "corrupted_head_models": head["n_models"], "corrupted_head_val_accuracy": head["val_accuracy"],
+               "corrupted_named_right": _corrupted_named_right(pools, ctx.names),
                "interpreter_version": ctx.interpreter_version(),
                "code_version": code_version()}
     save_editor(editor, out_dir, extra={"summary": summary})
@@ -140,6 +140,12 @@ def train_stage(ctx: EditContext, cfg: EditConfig, out_dir: Path,
               str(out_dir / "steering.safetensors"))
     atomic_write_json(out_dir / "history.json", history)
     return summary
+
+
+def _corrupted_named_right(pools: list[Pool], names: list[str]) -> float:
+    """Share of the training repair pairs' corrupted models whose corrupted behavior the reading names."""
+    hits = [names[g] == c for p in pools for g, c in zip(p.enc.corrupted_behavior().tolist(), p.corrupted) if c is not None]
+    return float(np.mean(hits)) if hits else float("nan")
 
 
 def load_stage(ctx: EditContext, out_dir: Path, cfg: EditConfig) -> tuple[Editor, NeuronAlignedDecoder, torch.Tensor]:
@@ -253,7 +259,7 @@ def score_edit_set(ctx: EditContext, es: EditSet, tools: dict, cfg: EditConfig, 
     thresholds = ctx.interp.model.thresholds
     read = [[n for n, p, t in zip(ctx.names, probs, thresholds) if p > t] for probs in enc.probs.numpy()]
     if es.op == "repair":
-        guess = tools["editor"].corrupted_logits(enc).argmax(dim=-1).tolist()
+        guess = enc.corrupted_behavior().tolist()
         chosen = [ctx.names[i] for i in guess]
         es.clean = clean_rates(ctx, es, bank)
     else:
@@ -398,7 +404,7 @@ def edit_model(ctx: EditContext, cfg: EditConfig, editor_dir: Path, out: ZooStor
     bank = train_bank(ctx, cfg)
     enc = encode(ctx.interp, group.spec, group.params, ctx.probes, bank)
     read = [n for n, p, t in zip(ctx.names, enc.probs[0].tolist(), ctx.interp.model.thresholds) if p > t]
-    target = editor.behaviors[int(editor.corrupted_logits(enc).argmax())] if op == "repair" else behavior
+    target = ctx.names[int(enc.corrupted_behavior()[0])] if op == "repair" else behavior
     code_op = "add" if op == "repair" else op
     if method == "decoder":
         with torch.no_grad():
@@ -452,7 +458,14 @@ def edit_task(kind: str, zoo_dir: str, interp_dir: str, editor_dir: str, probe_c
     zc = ZooStore(zoo_dir).read_meta()["config"]
     ctx = open_context(Path(zoo_dir), Path(interp_dir), make_probe_set(zc["behaviors"], zc["vocab"], zc["length"], **probe_cfg))
     if kind == "train":
-        return train_stage(ctx, cfg, Path(editor_dir))
+        from tqdm.auto import tqdm
+
+        with tqdm(total=cfg.editor.steps, desc="editor", disable=not kwargs.get("progress", False)) as bar:
+            def on_step(step: int, row: dict[str, float]) -> None:
+                bar.update(1)
+                if step % 50 == 0:
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", agree=f"{row['acc']:.3f}")
+            return train_stage(ctx, cfg, Path(editor_dir), on_step)
     if kind == "evaluate":
         result = evaluate_edits(ctx, cfg, Path(editor_dir), progress=kwargs.get("progress", False))
         return {**summarize(result), "verdicts": result["verdicts"], "localization_table": result["localization"]}

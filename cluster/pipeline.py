@@ -169,7 +169,7 @@ class Pipeline:
         ec = self.cfg.edit
         self._require_interpreter()
         with stage_run("edit_train", params=ec.model_dump(mode="json")):
-            summary = self._edit_task("train")
+            summary = self._edit_task("train", progress=self.progress)
             mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, float) and math.isfinite(v)})
             mlflow.log_artifacts(str(self.paths.editor), artifact_path="editor")
             return self._finish("edit_train", summary)

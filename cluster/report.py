@@ -116,7 +116,7 @@ def print_edit_summary(kind: str, summary: dict, report_path: Path) -> None:
     console = Console(width=None if sys.stdout.isatty() else 160)
     if kind == "train":
         console.print(f"editor trained on {summary['n_train_models']} models in {summary['seconds']:.0f}s "
-                      f"(corrupted-behavior head: {summary['corrupted_head_val_accuracy']:.2f} on held-out repair pairs)")
+                      f"(the reading names the corrupted behavior of {summary['corrupted_named_right']:.0%} of the training repair pairs)")
     elif kind == "evaluate":
         _print_edit_table(console, summary)
     else:

@@ -1,0 +1,148 @@
+"""Behavior editing: the decoder's symmetry, a guided edit of a small model, and the edit stages through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from interpreter.decoder import IncompatibleArchitecture, NeuronAlignedDecoder, check_editable
+from interpreter.edit_protocol import judge, measure
+from interpreter.editor import refine_edits
+from zoo.arch import ArchSpec
+from zoo.behavior_bank import BehaviorBank
+from zoo.data import make_cohort_data
+from zoo.families import get_family
+from zoo.store import ZooStore
+from zoo.train import train_cohort
+
+REPO = Path(__file__).resolve().parent.parent
+NAMES = ["all_same", "palindrome", "starts_with", "contains_abc"]
+
+
+def test_decoder_is_permutation_equivariant() -> None:
+    """Reordering a layer's neurons (and their tokens) reorders the decoded change the same way."""
+    torch.manual_seed(0)
+    spec = ArchSpec(family="mlp", depth=2, width=6, embed_dim=8)
+    params = get_family(spec).init(spec, [1])
+    n = spec.depth * spec.width + 1
+    tokens, cond = torch.randn(1, n, 12), torch.randn(1, 5)
+    dec = NeuronAlignedDecoder(12, 5, spec.vocab, d_hidden=16, rank=3, zero_init=False).eval()
+    perm = torch.randperm(spec.width)
+    permuted = dict(params, w0=params["w0"][:, :, perm], b0=params["b0"][:, perm], w1=params["w1"][:, perm, :])
+    order = torch.cat([perm, torch.arange(spec.width, n)])
+    with torch.no_grad():
+        a = dec(spec, params, tokens, cond)
+        b = dec(spec, permuted, tokens[:, order], cond)
+    torch.testing.assert_close(b["w0"], a["w0"][:, :, perm])
+    torch.testing.assert_close(b["b0"], a["b0"][:, perm])
+    torch.testing.assert_close(b["w1"], a["w1"][:, perm, :])
+    torch.testing.assert_close(b["w_out"], a["w_out"])
+
+
+def test_only_the_mlp_family_is_editable() -> None:
+    check_editable(ArchSpec(family="mlp"))
+    with pytest.raises(IncompatibleArchitecture, match="gru"):
+        check_editable(ArchSpec(family="gru"))
+
+
+def test_guided_edit_adds_and_removes_a_behavior_in_a_small_model(single_thread) -> None:
+    """Two MLPs trained on all_same; a guided edit adds starts_with to one and removes all_same from the other."""
+    spec = ArchSpec(family="mlp", depth=2, width=24, embed_dim=8)
+    data = make_cohort_data([["all_same"]] * 2, 7, 7, 600, 100, [11, 12])
+    params = get_family(spec).init(spec, [11, 12])
+    train_cohort(spec, params, torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"]),
+                 torch.full((2,), 1e-2), 15, 64, [11, 12])
+    train_bank = BehaviorBank.build(NAMES, 7, 7, 200, seed=0)
+    fresh = BehaviorBank.build(NAMES, 7, 7, 200, seed=1)
+    ops, targets, keep = ["add", "remove"], ["starts_with", "all_same"], [["all_same"], ["all_same"]]
+    zero = {k: torch.zeros_like(v) for k, v in params.items() if k != "embed"}
+    delta = refine_edits(spec, params, zero, train_bank, ops, targets, keep, steps=150, lr=1e-2)
+    edited = {k: v + delta[k] if k in delta else v for k, v in params.items()}
+    unions = [["all_same", "starts_with"], ["all_same"]]
+    before, after = measure(spec, params, fresh, unions), measure(spec, edited, fresh, unions)
+    assert before[0].behavior["starts_with"] < 0.5 and before[1].behavior["all_same"] > 0.9  # a real change to make
+    assert judge("add", "starts_with", ["all_same"], before[0], after[0]).success, after[0]
+    assert judge("remove", "all_same", ["all_same"], before[1], after[1]).success, after[1]
+
+
+@pytest.fixture(scope="module")
+def edit_config(tiny_run, tmp_path_factory):
+    """The tiny run's config with small edit settings (same zoo, so the run is reused)."""
+    cfg = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
+    cfg["output_dir"] = str(tiny_run / "run")
+    cfg["edit"] = {"editor": {"steps": 30, "batch_models": 16, "bank_per_behavior": 100}, "eval_per_behavior": 40,
+                   "guided_steps": 20, "finetune_epochs": 1, "reconstruction_steps": 10, "max_test_models": 12}
+    path = tmp_path_factory.mktemp("edit") / "tiny_edit.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_edit_evaluate_scores_every_method_and_logs(edit_config, tiny_run) -> None:
+    from cluster.cli import main
+
+    uri = f"sqlite:///{tiny_run / 'mlflow.db'}"
+    assert main(["edit", "evaluate", str(edit_config), "--tracking-uri", uri, "--no-progress"]) == 0
+    report = json.loads((tiny_run / "run" / "report.json").read_text())
+    ev = report["stages"]["edit_evaluate"]
+    methods = {row["method"] for row in ev["by_op"]}
+    assert {"decoder", "guided", "steering", "finetune"} <= methods
+    assert {row["op"] for row in ev["by_op"]} == {"add", "remove"}  # the tiny zoo has no repair pairs
+    for row in ev["by_op"]:
+        assert 0.0 <= row["success_rate"] <= 1.0 and row["n"] > 0
+    assert ev["localization_behaviors"] > 0
+    assert report["stages"]["edit_train"]["interpreter_version"]
+    for plot in ("edit_success.png", "edit_per_behavior.png", "edit_localization.png"):
+        assert (tiny_run / "run" / "plots" / plot).stat().st_size > 0
+
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["zoolens"], filter_string="tags.mlflow.runName = 'edit_evaluate'")
+    assert len(runs) >= 1
+    assert "metrics.guided.add.success_rate" in runs.columns
+
+
+def test_edit_one_model_writes_it_with_lineage(edit_config, tiny_run, capsys) -> None:
+    from cluster.cli import main
+
+    uri = f"sqlite:///{tiny_run / 'mlflow.db'}"
+    store = ZooStore(tiny_run / "run" / "zoo")
+    row = store.read_manifest().iloc[0]
+    behavior = next(b for b in NAMES if b not in row["behaviors"])
+    assert main(["edit", row["model_id"], "--add", behavior, "--config", str(edit_config), "--tracking-uri", uri,
+                 "--no-progress"]) == 0
+    edited = ZooStore(tiny_run / "run" / "edited").read_manifest().set_index("model_id")
+    new = edited.loc[f"{row['model_id']}.add-{behavior}"]
+    assert new["parent_id"] == row["model_id"] and new["edit_op"] == "add" and new["edit_behavior"] == behavior
+    assert new["role"] == "edited" and new["interpreter_version"] and new["editor_version"]
+    assert behavior in list(new["behaviors"])
+    spec, params, _ = ZooStore(tiny_run / "run" / "edited").load_cohort(new["cohort_id"])  # hash-verified
+    assert not np.allclose(params["w0"].numpy(), store.load_cohort(row["cohort_id"])[1]["w0"][int(row["index"])].numpy())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--add", "telepathy"], "unknown behavior 'telepathy'"),
+    (["--remove", "sorted_descending"], "not one of this zoo's behaviors"),
+    ([], "say what to do to the model"),
+])
+def test_edit_bad_input_is_one_line(edit_config, tiny_run, capsys, argv, message) -> None:
+    from cluster.cli import main
+
+    uri = f"sqlite:///{tiny_run / 'mlflow.db'}"
+    code = main(["edit", "m0000000", *argv, "--config", str(edit_config), "--tracking-uri", uri, "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and message in err[0]
+
+
+def test_edit_unknown_model_is_one_line(edit_config, tiny_run, capsys) -> None:
+    from cluster.cli import main
+
+    uri = f"sqlite:///{tiny_run / 'mlflow.db'}"
+    assert main(["edit", "nosuch", "--add", "palindrome", "--config", str(edit_config), "--tracking-uri", uri]) == 2
+    assert "model 'nosuch' is not in the zoo" in capsys.readouterr().err
