@@ -59,7 +59,7 @@ class NeuronAlignedDecoder(nn.Module):
         self.rank, self.vocab = rank, vocab
         self.ctx = _mlp(d_cond, d_hidden, d_hidden)
         # per neuron: out factor (its incoming weights), in factor (its outgoing weights), bias, readout weight
-        self.neuron = _mlp(d_token + d_hidden + 1, d_hidden, 2 * rank + 2)
+        self.neuron = _mlp(d_token + d_hidden + 1, d_hidden, 2 * rank + 4)
         self.pos_emb = nn.Embedding(MAX_LENGTH, d_hidden)
         self.token_emb = nn.Embedding(vocab, d_hidden)
         self.input_unit = _mlp(3 * d_hidden, d_hidden, rank)
@@ -73,6 +73,7 @@ class NeuronAlignedDecoder(nn.Module):
             nn.init.zeros_(last.bias[:rank])
             nn.init.zeros_(last.weight[2 * rank:])
             nn.init.zeros_(last.bias[2 * rank:])
+        self.gains = zero_init  # only edits scale existing weights; a reconstruction decoder writes them
 
     def forward(self, spec: ArchSpec, params: Params, tokens: torch.Tensor, cond: torch.Tensor) -> Params:
         """Decoded tensors for every MLP parameter but ``embed``; ``params`` supplies biases and the embedding table."""
@@ -82,9 +83,10 @@ class NeuronAlignedDecoder(nn.Module):
         hidden = tokens[:, : depth * w]
         bias = torch.cat([params[f"b{i}"] for i in range(depth)], dim=1).unsqueeze(-1)  # [B, depth*w, 1]
         per = self.neuron(torch.cat([hidden, ctx.unsqueeze(1).expand(-1, hidden.shape[1], -1), bias], dim=-1))
-        per = per.view(b, depth, w, 2 * self.rank + 2)
+        per = per.view(b, depth, w, 2 * self.rank + 4)
         out_f, in_f = per[..., : self.rank], per[..., self.rank: 2 * self.rank]
         d_bias, d_read = per[..., 2 * self.rank], per[..., 2 * self.rank + 1]
+        gain_in, gain_out = per[..., 2 * self.rank + 2], per[..., 2 * self.rank + 3]  # scale a neuron's own weights
         s_first, s_hidden, s_bias, s_read = self.log_scale.exp()
 
         # First layer in one-hot space: the change G[(p, t), n] of neuron n's pre-activation when token t sits at
@@ -104,6 +106,11 @@ class NeuronAlignedDecoder(nn.Module):
         for i in range(depth):
             out[f"b{i}"] = s_bias * d_bias[:, i] / math.sqrt(w)
         out["w_out"] = (s_read * d_read[:, -1] / math.sqrt(w)).unsqueeze(-1)
+        if self.gains:  # multiplicative part: relative to the model's own weights, so well scaled for every model
+            for i in range(depth):
+                out[f"w{i}"] = out[f"w{i}"] + params[f"w{i}"] * gain_in[:, i].unsqueeze(1)
+                out[f"b{i}"] = out[f"b{i}"] + params[f"b{i}"] * gain_in[:, i]
+            out["w_out"] = out["w_out"] + params["w_out"] * gain_out[:, -1].unsqueeze(-1)
         out["b_out"] = s_bias * self.out_bias(torch.cat([tokens[:, depth * w], ctx], dim=-1))
         return out
 
