@@ -18,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ import numpy as np
 import pandas as pd
 import ray
 import torch
+from safetensors.torch import load_file, save_file
 
 from interpreter.decoder import NeuronAlignedDecoder, add_delta, check_editable
 from interpreter.edit_baselines import relabel_finetune, steer, steering_vectors, task_vectors, train_reconstruction
@@ -133,12 +136,15 @@ def train_stage(ctx: EditContext, cfg: EditConfig, out_dir: Path,
                "corrupted_named_right": _corrupted_named_right(pools, ctx.names),
                "interpreter_version": ctx.interpreter_version(),
                "code_version": code_version()}
-    save_editor(editor, out_dir, extra={"summary": summary})
-    from safetensors.torch import save_file
-
-    save_file({"steering": steering_vectors(latent, has).contiguous(), **{f"rec.{k}": v.detach().contiguous() for k, v in rec.state_dict().items()}},
-              str(out_dir / "steering.safetensors"))
-    atomic_write_json(out_dir / "history.json", history)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp"  # written whole, then renamed into place
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_editor(editor, tmp, extra={"summary": summary})
+    steering = {"steering": steering_vectors(latent, has).contiguous(),
+                **{f"rec.{k}": v.detach().contiguous() for k, v in rec.state_dict().items()}}
+    save_file(steering, str(tmp / "steering.safetensors"))
+    atomic_write_json(tmp / "history.json", history)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
     return summary
 
 
@@ -150,8 +156,6 @@ def _corrupted_named_right(pools: list[Pool], names: list[str]) -> float:
 
 def load_stage(ctx: EditContext, out_dir: Path, cfg: EditConfig) -> tuple[Editor, NeuronAlignedDecoder, torch.Tensor]:
     """The trained editor, the steering decoder and the steering vectors [K, latent_dim]."""
-    from safetensors.torch import load_file
-
     if not (out_dir / "editor.json").exists():
         raise EditError(f"no trained editor in {out_dir} (run 'zoolens edit train' first)")
     editor, _ = load_editor(out_dir)

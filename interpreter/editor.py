@@ -14,6 +14,7 @@ are used only here, never at edit time.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -229,17 +230,6 @@ def train_editor(editor: Editor, pools: Sequence[Pool], bank: BehaviorBank,
     return history
 
 
-@torch.no_grad()
-def apply_edits(editor: Editor, spec: ArchSpec, params: Params, enc: Encoded, ops: Sequence[str],
-                behaviors: Sequence[str | None]) -> tuple[Params, Params, list[str]]:
-    """Edited weights, the change, and the behavior each edit targeted; ``repair`` picks its behavior from the head."""
-    names = editor.behaviors
-    guess = enc.corrupted_behavior().tolist()
-    chosen = [names[g] if op == "repair" else b for op, b, g in zip(ops, behaviors, guess)]
-    delta = editor.delta(spec, params, enc, *editor.codes(ops, chosen))
-    return add_delta(params, delta), delta, chosen
-
-
 def refine_edits(spec: ArchSpec, params: Params, delta: Params, bank: BehaviorBank, ops: Sequence[str],
                  behaviors: Sequence[str], keep: Sequence[Sequence[str]], steps: int, lr: float = 3e-3,
                  n: int = 256, seed: int = 0) -> Params:
@@ -273,8 +263,6 @@ def refine_edits(spec: ArchSpec, params: Params, delta: Params, bank: BehaviorBa
 
 def save_editor(editor: Editor, directory: Path, extra: dict | None = None) -> Path:
     """editor.safetensors + editor.json (config, behavior names, sizes and whatever ``extra`` records)."""
-    import json
-
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous() for k, v in editor.state_dict().items()}, str(directory / WEIGHTS_FILE))
     meta = {"config": editor.cfg.model_dump(), "behaviors": editor.behaviors, "d_token": editor.d_token,
@@ -285,8 +273,6 @@ def save_editor(editor: Editor, directory: Path, extra: dict | None = None) -> P
 
 def load_editor(directory: Path) -> tuple[Editor, dict]:
     """Rebuild a saved editor (safetensors, no pickle) in eval mode, with its metadata."""
-    import json
-
     meta = json.loads((directory / META_FILE).read_text())
     editor = Editor(EditorConfig(**meta["config"]), meta["behaviors"], meta["d_token"], meta["latent_dim"], meta["vocab"])
     editor.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
