@@ -101,9 +101,9 @@ class Encoded:
     def corrupted_behavior(self) -> torch.Tensor:
         """Per model, the behavior [B] that looks corrupted: read as trained by the interpreter, yet not flagged.
 
-        argmax of P(trained on B) x (1 - share of B's positives flagged); no parameters, so nothing to overfit
-        (on the edit zoo's training repair pairs it names the corrupted behavior 84% of the time, a learned head
-        on the same readings 50%).
+        argmax of P(trained on B) x (1 - share of B's positives flagged), with no parameters. On the edit zoo it
+        names the corrupted behavior of 84% of the interpreter's training repair pairs and 54% of held-out ones
+        (a learned head on the same readings: 50% of its own held-out share of the training pairs).
         """
         return (self.probs * (1 - self.profile)).argmax(dim=-1)
 
