@@ -101,11 +101,11 @@ class Encoded:
     def corrupted_behavior(self) -> torch.Tensor:
         """Per model, the behavior [B] that looks corrupted: read as trained by the interpreter, yet not flagged.
 
-        argmax of P(trained on B) x (1 - share of B's positives flagged), with no parameters. On the edit zoo it
-        names the corrupted behavior of 84% of the interpreter's training repair pairs and 54% of held-out ones
-        (a learned head on the same readings: 50% of its own held-out share of the training pairs).
+        argmax of P(trained on B) x (1 - share of B's positives flagged)^2, with no parameters. The square was
+        chosen on the interpreter's training repair pairs of the edit zoo (88% named right, against 84% for the
+        plain product); held out, it names 60%. A learned head on the same readings reached 50%.
         """
-        return (self.probs * (1 - self.profile)).argmax(dim=-1)
+        return (self.probs * (1 - self.profile).pow(2)).argmax(dim=-1)
 
 
 PROFILE_PER_BEHAVIOR = 64
