@@ -58,7 +58,7 @@ OPTIONAL_MANIFEST_COLUMNS = ["core_fraction"]  # only zoos built since the antit
 
 def _manifest_columns(store: ZooStore) -> list[str]:
     """MANIFEST_COLUMNS plus whichever optional columns this zoo's manifest has."""
-    present = set(store.read_manifest().columns)
+    present = set(store.manifest_columns())
     return MANIFEST_COLUMNS + [c for c in OPTIONAL_MANIFEST_COLUMNS if c in present]
 
 

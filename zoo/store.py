@@ -234,14 +234,24 @@ class ZooStore:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ZooStoreError(f"zoo metadata corrupted: {self._where('zoo.json')}: {e}") from None
 
-    def read_manifest(self, columns: list[str] | None = None) -> pd.DataFrame:
-        """All finished cohorts' manifest rows as one table."""
-        cohorts = self.require()
-        files = [self._path(f"cohorts/{c}.parquet") for c in cohorts]
+    def _manifest_dataset(self) -> pads.Dataset:
+        files = [self._path(f"cohorts/{c}.parquet") for c in self.require()]
         try:
-            return pads.dataset(files, format="parquet", filesystem=self.fs).to_table(columns=columns).to_pandas()
+            return pads.dataset(files, format="parquet", filesystem=self.fs)
         except (pa.ArrowInvalid, OSError) as e:
             raise ZooStoreError(f"zoo manifest corrupted in {self._where('cohorts')}: {e}") from None
+
+    def read_manifest(self, columns: list[str] | None = None) -> pd.DataFrame:
+        """All finished cohorts' manifest rows as one table."""
+        dataset = self._manifest_dataset()
+        try:
+            return dataset.to_table(columns=columns).to_pandas()
+        except (pa.ArrowInvalid, OSError) as e:
+            raise ZooStoreError(f"zoo manifest corrupted in {self._where('cohorts')}: {e}") from None
+
+    def manifest_columns(self) -> list[str]:
+        """Names of the manifest's columns, read from the Parquet schema (no rows are read)."""
+        return list(self._manifest_dataset().schema.names)
 
     def read_cohort_manifest(self, cohort_id: str) -> pd.DataFrame:
         rel = f"cohorts/{cohort_id}.parquet"
