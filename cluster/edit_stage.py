@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from interpreter.decoder import NeuronAlignedDecoder, add_delta, check_editable
 from interpreter.edit_baselines import relabel_finetune, steer, steering_vectors, task_vectors, train_reconstruction
 from interpreter.edit_protocol import ADD_MIN, KEEP_TOL, judge, measure, success_table
-from interpreter.editor import (Editor, Encoded, Pool, change_size, encode, load_editor, refine_edits, save_editor,
+from interpreter.editor import (Editor, Encoded, Pool, change_size, encode, load_editor, guided_edit, save_editor,
                                 train_editor)
 from interpreter.localization import carrier_scores
 from interpreter.model import LoadedInterpreter, load_interpreter
@@ -94,6 +94,11 @@ def _pool(ctx: EditContext, group: ArchGroup, bank: BehaviorBank) -> Pool:
     corrupted = [c if r == "corrupted" else None for c, r in zip(rows["corrupted_behavior"], rows["role"])]
     return Pool(group.spec, group.params, encode(ctx.interp, group.spec, group.params, ctx.probes, bank),
                 [tuple(b) for b in rows["behaviors"]], corrupted)
+
+
+def read_sets(ctx: EditContext, enc: Encoded) -> list[list[str]]:
+    """The behaviors the interpreter reads in each model (its tuned per-behavior thresholds)."""
+    return [[n for n, p, t in zip(ctx.names, probs, ctx.interp.model.thresholds) if p > t] for probs in enc.probs.tolist()]
 
 
 def editable_groups(ctx: EditContext, ids: list[str]) -> list[ArchGroup]:
@@ -234,9 +239,8 @@ def edited_weights(method: str, es: EditSet, enc: Encoded, read: list[list[str]]
     if method == "decoder":
         delta = tools["editor"].delta(spec, params, enc, *tools["editor"].codes(ops, chosen))
     elif method == "guided":
-        zero = {k: torch.zeros_like(v) for k, v in params.items() if k != "embed"}
-        delta = refine_edits(spec, params, zero, tools["train_bank"], ops, chosen, read, cfg.guided_steps,
-                             cfg.guided_lr, seed=cfg.seed)
+        delta = guided_edit(spec, params, tools["train_bank"], ops, chosen, read, cfg.guided_steps, cfg.guided_lr,
+                            seed=cfg.seed)
     elif method == "steering":
         shift = _sign(op) * tools["steering"][[tools["names"].index(b) for b in chosen]]
         _, delta = steer(tools["reconstruction"], spec, params, enc, shift)
@@ -260,8 +264,7 @@ def score_edit_set(ctx: EditContext, es: EditSet, tools: dict, cfg: EditConfig, 
     """Every method's verdicts on one edit set."""
     g = es.group
     enc = encode(ctx.interp, g.spec, g.params, ctx.probes, tools["train_bank"])
-    thresholds = ctx.interp.model.thresholds
-    read = [[n for n, p, t in zip(ctx.names, probs, thresholds) if p > t] for probs in enc.probs.numpy()]
+    read = read_sets(ctx, enc)
     if es.op == "repair":
         guess = enc.corrupted_behavior().tolist()
         chosen = [ctx.names[i] for i in guess]
@@ -407,16 +410,15 @@ def edit_model(ctx: EditContext, cfg: EditConfig, editor_dir: Path, out: ZooStor
     editor, _, _ = load_stage(ctx, editor_dir, cfg)
     bank = train_bank(ctx, cfg)
     enc = encode(ctx.interp, group.spec, group.params, ctx.probes, bank)
-    read = [n for n, p, t in zip(ctx.names, enc.probs[0].tolist(), ctx.interp.model.thresholds) if p > t]
+    read = read_sets(ctx, enc)[0]
     target = ctx.names[int(enc.corrupted_behavior()[0])] if op == "repair" else behavior
     code_op = "add" if op == "repair" else op
     if method == "decoder":
         with torch.no_grad():
             delta = editor.delta(group.spec, group.params, enc, *editor.codes([code_op], [target]))
     else:
-        zero = {k: torch.zeros_like(v) for k, v in group.params.items() if k != "embed"}
-        delta = refine_edits(group.spec, group.params, zero, bank, [code_op], [target], [read], cfg.guided_steps,
-                             cfg.guided_lr, seed=cfg.seed)
+        delta = guided_edit(group.spec, group.params, bank, [code_op], [target], [read], cfg.guided_steps,
+                            cfg.guided_lr, seed=cfg.seed)
     new = add_delta(group.params, {k: v.detach() for k, v in delta.items()})
     after_set = sorted(set(read) - {target}) if op == "remove" else sorted(set(read) | {target})
     fresh = BehaviorBank.build(ctx.names, ctx.vocab, ctx.length, cfg.eval_per_behavior, seed=cfg.seed + 10_000)

@@ -6,8 +6,7 @@
 - task arithmetic: the mean weight difference over sibling pairs (same initialization, differing
   in B), added (or, to remove B, subtracted);
 - fine-tuning on relabeled data: a few epochs on freshly generated sequences labelled with the
-  target behavior set. With the true set it uses the model's labels (an upper bound, not a
-  competitor); with the set the interpreter reads it is the data-free "refine" step.
+  true target behavior set (it uses the model's labels: an upper bound, not a competitor).
 """
 
 from __future__ import annotations

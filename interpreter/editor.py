@@ -230,18 +230,18 @@ def train_editor(editor: Editor, pools: Sequence[Pool], bank: BehaviorBank,
     return history
 
 
-def refine_edits(spec: ArchSpec, params: Params, delta: Params, bank: BehaviorBank, ops: Sequence[str],
-                 behaviors: Sequence[str], keep: Sequence[Sequence[str]], steps: int, lr: float = 3e-3,
-                 n: int = 256, seed: int = 0) -> Params:
-    """Continue a decoded change by ``steps`` Adam steps against the edit targets (:func:`edit_targets`).
+def guided_edit(spec: ArchSpec, params: Params, bank: BehaviorBank, ops: Sequence[str], behaviors: Sequence[str],
+                keep: Sequence[Sequence[str]], steps: int, lr: float = 3e-3, n: int = 256, seed: int = 0) -> Params:
+    """Decode edits by optimization: a change of every weight but the embedding, found by ``steps`` Adam steps
+    against the edit targets (:func:`edit_targets`). Returns the change.
 
     No labels of the model are used: rows come from the bank (a quarter B's positives, a quarter over ``keep``
-    and B, half over every behavior), targets are the model's own outputs with B switched on or off, so whatever the model
-    did before is what it is held to. Returns the refined change.
+    and B, half over every behavior), targets are the model's own outputs with B switched on or off, so
+    whatever the model did before is what it is held to.
     """
     rng = np.random.default_rng(seed)
     family = get_family(spec)
-    free = {k: v.detach().clone().requires_grad_(True) for k, v in delta.items()}
+    free = {k: torch.zeros_like(v, requires_grad=True) for k, v in params.items() if k != "embed"}
     opt = torch.optim.Adam(free.values(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)  # large moves first, then settle
     for _ in range(steps):

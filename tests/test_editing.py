@@ -12,7 +12,7 @@ import yaml
 
 from interpreter.decoder import IncompatibleArchitecture, NeuronAlignedDecoder, check_editable
 from interpreter.edit_protocol import judge, measure
-from interpreter.editor import refine_edits
+from interpreter.editor import guided_edit
 from zoo.arch import ArchSpec
 from zoo.behavior_bank import BehaviorBank
 from zoo.data import make_cohort_data
@@ -60,8 +60,7 @@ def test_guided_edit_adds_and_removes_a_behavior_in_a_small_model(single_thread)
     train_bank = BehaviorBank.build(NAMES, 7, 7, 200, seed=0)
     fresh = BehaviorBank.build(NAMES, 7, 7, 200, seed=1)
     ops, targets, keep = ["add", "remove"], ["starts_with", "all_same"], [["all_same"], ["all_same"]]
-    zero = {k: torch.zeros_like(v) for k, v in params.items() if k != "embed"}
-    delta = refine_edits(spec, params, zero, train_bank, ops, targets, keep, steps=150, lr=1e-2)
+    delta = guided_edit(spec, params, train_bank, ops, targets, keep, steps=150, lr=1e-2)
     edited = {k: v + delta[k] if k in delta else v for k, v in params.items()}
     unions = [["all_same", "starts_with"], ["all_same"]]
     before, after = measure(spec, params, fresh, unions), measure(spec, edited, fresh, unions)
