@@ -104,10 +104,14 @@ def read_signature_meta(sig_dir: Path) -> dict[str, Any]:
 
 
 def read_signatures(sig_dir: Path, model_ids: list[str] | None = None) -> list[dict[str, Any]]:
-    """Load signature rows (optionally a subset of models) as interpreter records."""
+    """Load signature rows (optionally a subset of models) as interpreter records, sorted by model id.
+
+    The sort matters: Ray Data names its Parquet files after the write, so their order (and the rows'
+    order without the sort) changes from one extraction to the next, and with it the interpreter's batches.
+    """
     read_signature_meta(sig_dir)
     flt = pads.field("model_id").isin(model_ids) if model_ids is not None else None
-    table = _dataset(sig_dir).to_table(filter=flt)
+    table = _dataset(sig_dir).to_table(filter=flt).sort_by("model_id")
     if table.num_rows == 0:
         raise SignatureError(f"no signatures in {sig_dir}")
     return [row_to_record(r) for r in table.to_pylist()]

@@ -116,3 +116,19 @@ def test_interpreter_records_the_probe_set_it_reads(tiny_run: Path):
     assert json.loads((run_dir / "interpreter" / "provenance.json").read_text())["probe_sha256"] == probe
     version = MlflowClient(f"sqlite:///{tiny_run / 'mlflow.db'}").get_model_version_by_alias("zoolens-interpreter", "champion")
     assert version.tags["probe_sha256"] == probe
+
+
+def test_signatures_read_back_in_model_order_whatever_the_file_order(tiny_run: Path, tmp_path: Path):
+    """Ray Data's file names change per extraction; records must not (they fix the interpreter's batches)."""
+    import shutil
+
+    from cluster.signature_stage import read_signatures
+
+    copy = tmp_path / "signatures"
+    shutil.copytree(tiny_run / "run" / "signatures", copy)
+    files = sorted(copy.glob("*.parquet"))
+    for i, f in enumerate(reversed(files)):  # reverse the files' lexical order
+        f.rename(copy / f"{i:03d}_{f.name}")
+    ids = [r["model_id"] for r in read_signatures(copy)]
+    assert ids == sorted(ids)
+    assert ids == [r["model_id"] for r in read_signatures(tiny_run / "run" / "signatures")]
