@@ -58,8 +58,10 @@ def test_init_depends_only_on_each_models_seed():
         assert not torch.equal(a[k][0], a[k][2])
 
 
-def test_forward_matches_reference_and_hooks_address_neurons(cohort):
+@pytest.mark.parametrize("embed_dim", [4, 2], ids=["one-hot first layer", "gathered first layer"])
+def test_forward_matches_reference_and_hooks_address_neurons(cohort, embed_dim):
     spec, seeds, data = cohort
+    spec = spec.model_copy(update={"embed_dim": embed_dim})  # vocabulary 7: one-hot table if 7 <= 2 * embed_dim
     fam = get_family(spec)
     params = fam.init(spec, seeds)
     x = torch.from_numpy(data["x_test"])
