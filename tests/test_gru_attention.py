@@ -143,7 +143,7 @@ def test_forward_matches_reference_module(family, data):
                 params[k].add_(0.1 * torch.randn_like(params[k]))
     x = torch.from_numpy(data["x_test"])
     logits = fam.forward(spec, params, x)
-    cached = fam.forward(spec, params, x, cache={})  # the hook path (per-head contributions) agrees too
+    cached = fam.forward(spec, params, x, cache={})  # the hook path (per-head contributions, stacked GRU states) agrees
     torch.testing.assert_close(cached, logits, rtol=1e-5, atol=1e-5)
     assert logits.shape == (3, 32)
     for m in range(3):
