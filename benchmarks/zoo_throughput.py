@@ -9,7 +9,10 @@ For each family the same models (same seeds, behaviors, learning rates and data,
 
 It prints models/s for both (wall clock, and per CPU-second, which is steadier on a shared
 machine), their ratio, peak memory, and the held-out accuracy distributions of both; the
-models trained both ways are compared one to one. The last line is one JSON object.
+models trained both ways are compared one to one. It also places both on a roofline: the
+FLOPs of one model's training (counted with ``torch.utils.flop_counter`` on the per-model
+module), the GFLOP/s each path reaches, and the most models/s this process could train at
+the dense-matmul rate it measures on the same core. The last line is one JSON object.
 
     .venv/bin/python benchmarks/zoo_throughput.py --families mlp,gru,attention --cohort 256
     .venv/bin/python benchmarks/zoo_throughput.py --quick      # < 60 s (5 epochs: speeds, not accuracies)
@@ -38,6 +41,7 @@ from zoo.data import make_cohort_data  # noqa: E402
 from zoo.families import get_family  # noqa: E402
 from zoo.families.attention import MLP_RATIO  # noqa: E402
 from zoo.train import accuracy_report, batch_orders, predict, train_cohort  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 # the standard cohort: embedding + MLP 2 x 32, vocab 7, length 7; GRU and attention at comparable size
 ARCHS = {
@@ -147,6 +151,26 @@ def quantiles(acc: np.ndarray) -> dict[str, float]:
     return {"mean": float(acc.mean()), "q10": float(q[0]), "q50": float(q[1]), "q90": float(q[2])}
 
 
+def matmul_peak_gflops(size: int = 512, seconds: float = 1.0) -> float:
+    """Dense FP32 matmul rate of this process (square ``torch.mm``), the roofline's ceiling."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        torch.mm(a, b)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        torch.mm(a, b)
+        n += 1
+    return 2 * size**3 * n / (time.perf_counter() - t0) / 1e9
+
+
+def step_flops(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    """FLOPs of one training step (forward and backward) of one per-model module on one batch."""
+    with FlopCounterMode(display=False) as counter:
+        F.binary_cross_entropy_with_logits(model(x), y).backward()
+    model.zero_grad()
+    return counter.get_total_flops()
+
+
 def _warm_up(spec: ArchSpec, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, lr: torch.Tensor,
              seeds: list[int], batch_size: int) -> None:
     """Run both paths once on throwaway copies, so one-off start-up costs (kernels, allocator) are not timed."""
@@ -174,6 +198,8 @@ def bench_family(family: str, cohort: int, n_baseline: int, epochs: int, n_train
     params = get_family(spec).init(spec, seeds)
     k = min(n_baseline, cohort)
     _warm_up(spec, params, x, y, lr, seeds, batch_size)
+    steps = epochs * -(-n_train // batch_size)
+    flops_per_model = steps * step_flops(REFERENCES[family](spec, params, 0), x[0, :batch_size], y[0, :batch_size])
 
     # (a) plain per-model loop over the first k models, from the same initial weights
     base_acc = []
@@ -200,6 +226,7 @@ def bench_family(family: str, cohort: int, n_baseline: int, epochs: int, n_train
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     acc = accuracy_report(predict(spec, params, x_test), y_test, data["match_test"])["acc"]
     base_acc_arr = np.array(base_acc)
+    peak = matmul_peak_gflops()
     return {
         "arch": spec.key(),
         "cohort": cohort,
@@ -210,6 +237,13 @@ def bench_family(family: str, cohort: int, n_baseline: int, epochs: int, n_train
         "models_per_cpu_s": cohort / cpu,
         "baseline_models_per_cpu_s": k / base_cpu,
         "cpu_speedup": (cohort / cpu) / (k / base_cpu),
+        # roofline: useful FLOPs (the per-model module's) per second, against this process's dense-matmul rate
+        "train_gflop_per_model": flops_per_model / 1e9,
+        "gflops": cohort * flops_per_model / wall / 1e9,
+        "baseline_gflops": k * flops_per_model / base_wall / 1e9,
+        "matmul_peak_gflops": peak,
+        "ceiling_models_per_s": peak * 1e9 / flops_per_model,
+        "ceiling_speedup": (peak * 1e9 / flops_per_model) / (k / base_wall),
         "peak_rss_mb_after_baseline": base_rss,
         "peak_rss_mb_after_batched": rss_mb(),
         "test_acc": quantiles(acc),
@@ -229,6 +263,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads (1: steadiest; on a shared 2-core machine more threads can be far slower)")
+    ap.add_argument("--width", type=int, default=None,
+                    help="hidden width of the GRU and attention models (default 32; the zoo configs use 16-32)")
     ap.add_argument("--quick", action="store_true", help="cohort 64, 2 per-model runs, 5 epochs (< 60 s)")
     ap.add_argument("--processes", type=int, default=1,
                     help="run this many copies at once (one per core, as the zoo build's actors do) and add up models/s")
@@ -236,6 +272,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.quick:
         args.cohort, args.baseline_models, args.epochs = min(args.cohort, 64), min(args.baseline_models, 2), 5
     torch.set_num_threads(args.threads)
+    if args.width is not None:
+        for family in ("gru", "attention"):
+            ARCHS[family] = ARCHS[family].model_copy(update={"width": args.width})
     results = {}
     for family in [f.strip() for f in args.families.split(",") if f.strip()]:
         bench_args = (family, args.cohort, args.baseline_models, args.epochs, args.n_train, 200, args.batch_size)
@@ -251,7 +290,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ta, ba = r["test_acc"], r["baseline_test_acc"]
         print(f"{'':9s} test acc batched mean {ta['mean']:.3f} q10/50/90 {ta['q10']:.3f}/{ta['q50']:.3f}/{ta['q90']:.3f}"
               f"  per-model mean {ba['mean']:.3f} q10/50/90 {ba['q10']:.3f}/{ba['q50']:.3f}/{ba['q90']:.3f}"
-              f"  same models max |diff| {r['same_models_max_abs_acc_diff']:.3f}", flush=True)
+              f"  same models max |diff| {r['same_models_max_abs_acc_diff']:.3f}")
+        print(f"{'':9s} roofline: {r['train_gflop_per_model']:.3f} GFLOP per model; batched {r['gflops']:.1f} GFLOP/s, "
+              f"per-model {r['baseline_gflops']:.1f} GFLOP/s, dense matmul {r['matmul_peak_gflops']:.1f} GFLOP/s "
+              f"-> at most {r['ceiling_models_per_s']:.1f} models/s = {r['ceiling_speedup']:.1f}x the per-model loop",
+              flush=True)
     print(json.dumps(results))
     return results
 
@@ -272,9 +315,11 @@ def _in_processes(bench_args: tuple, processes: int, threads: int) -> list[dict[
 def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Sum throughput over concurrent processes; keep the first process's accuracy figures."""
     out = dict(runs[0])
-    for key in ("models_per_s", "baseline_models_per_s"):
+    for key in ("models_per_s", "baseline_models_per_s", "gflops", "baseline_gflops", "matmul_peak_gflops",
+                "ceiling_models_per_s"):
         out[key] = sum(r[key] for r in runs)
     out["speedup"] = out["models_per_s"] / out["baseline_models_per_s"]
+    out["ceiling_speedup"] = out["ceiling_models_per_s"] / out["baseline_models_per_s"]
     out["processes"] = len(runs)
     return out
 

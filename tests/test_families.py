@@ -153,7 +153,7 @@ def test_training_does_not_depend_on_chunking(cohort, monkeypatch):
     lr = torch.tensor([3e-3, 1e-2, 5e-3])
     runs = []
     for chunk in (64, 2):
-        monkeypatch.setattr(zoo.train, "CHUNK", chunk)
+        monkeypatch.setitem(zoo.train.CPU_CHUNK, spec.family, chunk)
         params = fam.init(spec, seeds)
         hist = train_cohort(spec, params, x, y, lr, 2, 32, seeds)
         runs.append((params, hist))
