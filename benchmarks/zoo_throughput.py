@@ -183,10 +183,11 @@ def _warm_up(spec: ArchSpec, params: dict[str, torch.Tensor], x: torch.Tensor, y
     train_cohort(spec, few, x[:2, : 2 * batch_size], y[:2, : 2 * batch_size], lr[:2], 1, batch_size, seeds[:2])
 
 
-def bench_family(family: str, cohort: int, n_baseline: int, epochs: int, n_train: int, n_test: int,
+def bench_family(arch: ArchChoice, cohort: int, n_baseline: int, epochs: int, n_train: int, n_test: int,
                  batch_size: int) -> dict[str, Any]:
     """Train one family's cohort both ways; return speeds, memory and accuracy distributions."""
-    cfg = ZooConfig(n_models=cohort, cohort_size=cohort, architectures=[ARCHS[family]], n_train=n_train,
+    family = arch.family
+    cfg = ZooConfig(n_models=cohort, cohort_size=cohort, architectures=[arch], n_train=n_train,
                     n_test=n_test, epochs=epochs, batch_size=batch_size)
     plan = plan_zoo(cfg)[0]
     spec, seeds = plan.spec, [mp.seed for mp in plan.models]
@@ -277,7 +278,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ARCHS[family] = ARCHS[family].model_copy(update={"width": args.width})
     results = {}
     for family in [f.strip() for f in args.families.split(",") if f.strip()]:
-        bench_args = (family, args.cohort, args.baseline_models, args.epochs, args.n_train, 200, args.batch_size)
+        bench_args = (ARCHS[family], args.cohort, args.baseline_models, args.epochs, args.n_train, 200, args.batch_size)
         if args.processes > 1:
             r = _aggregate([*_in_processes(bench_args, args.processes, args.threads)])
         else:
