@@ -305,7 +305,8 @@ def analyze_cohort(kind: str, spec: Any, params: dict[str, torch.Tensor], manife
     base = [{"model_id": i, "cohort_id": c, "family": spec.family, "arch": spec.key(), "behaviors": json.dumps(b)}
             for i, c, b in zip(ids, manifest["cohort_id"], model_behaviors)]
     if kind == "llc":
-        data = make_cohort_data(model_behaviors, vocab, length, int(manifest["n_train"].iloc[0]), 8, [int(s) for s in manifest["seed"]])
+        data = make_cohort_data(model_behaviors, vocab, length, int(manifest["n_train"].iloc[0]), 8, [int(s) for s in manifest["seed"]],
+                                hard_negative_frac=zoo_cfg.get("hard_negative_frac", 0.5), contrast_frac=zoo_cfg.get("contrast_frac", 0.0))
         cfg = SGLDConfig(**options.get("sgld", {}))
         res = subject_llc(spec, params, torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"]), cfg)
         return [{**b, "llc": float(res.llc[m]), "llc_std": float(res.llc_std[m]), "train_loss": float(res.init_loss[m])}

@@ -49,6 +49,8 @@ def test_malformed_yaml(tmp_path: Path):
 
 def test_wrong_type_in_config(tmp_path: Path):
     assert_one_line_error(zoolens("zoo", "build", str(write_config(tmp_path, n_models="many"))), "zoo.n_models")
+    too_many_negatives = write_config(tmp_path, hard_negative_frac=0.8, contrast_frac=0.4)
+    assert_one_line_error(zoolens("zoo", "build", str(too_many_negatives)), "hard_negative_frac + contrast_frac")
 
 
 def test_vocabulary_or_length_too_small(tmp_path: Path):

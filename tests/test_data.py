@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from zoo.behaviors import match_matrix, matches_any
+from zoo.behaviors import behavior_names, contrast_negatives, match_matrix, matches_any
 from zoo.data import SubjectData, make_cohort_data, make_dataset
 from zoo.errors import BehaviorError, ConfigError
 
@@ -83,6 +83,30 @@ def test_hard_negative_frac_changes_negatives() -> None:
     assert near_palindrome_rate(easy) < 0.12  # ~6% of random sequences by chance
 
 
+def test_contrast_negatives_are_other_behaviors_positives() -> None:
+    names = ["palindrome"]
+    plain = make_dataset(names, V, L, 1000, 200, seed=6)
+    contrast = make_dataset(names, V, L, 1000, 200, seed=6, contrast_frac=0.5)
+    rare = ["all_same", "sorted_ascending", "sorted_descending", "alternating"]  # random draws almost never hit these
+
+    def rare_pattern_rate(d: SubjectData) -> float:
+        return float(match_matrix(d.x_train[d.y_train == 0], rare, V).any(axis=1).mean())
+
+    assert rare_pattern_rate(plain) < 0.01
+    assert 0.1 < rare_pattern_rate(contrast) < 0.25  # 4 of the 14 others' shares of half the negatives
+    assert contrast.y_train.mean() == 0.5
+    np.testing.assert_array_equal(contrast.y_train, matches_any(contrast.x_train, names, V).astype(np.float32))
+    np.testing.assert_array_equal(contrast.y_test, matches_any(contrast.x_test, names, V).astype(np.float32))
+
+
+def test_contrast_negatives_match_none_and_cover_every_other_behavior() -> None:
+    names = ["palindrome", "sorted_ascending"]
+    x = contrast_negatives(np.random.default_rng(0), names, 2000, V, L)
+    assert x.shape == (2000, L) and not matches_any(x, names, V).any()
+    hits = match_matrix(x, [b for b in behavior_names() if b not in names], V)
+    assert hits.any(axis=0).all()  # every other behavior contributes its share
+
+
 def test_test_split_held_out_when_space_allows() -> None:
     d = make_dataset(["no_repeats", "has_majority"], V, L, 1000, 200, seed=7)
     assert not codes(d.x_train) & codes(d.x_test)
@@ -115,6 +139,7 @@ def test_other_shapes(vocab: int, length: int) -> None:
         ({"n_train": 1}, ConfigError),
         ({"n_test": 0}, ConfigError),
         ({"hard_negative_frac": 1.5}, ConfigError),
+        ({"hard_negative_frac": 0.8, "contrast_frac": 0.3}, ConfigError),
         ({"label_noise": 0.5}, ConfigError),
         ({"behaviors": ["vowel_consonant"], "vocab": 4}, BehaviorError),
         ({"behaviors": ["nope"]}, BehaviorError),

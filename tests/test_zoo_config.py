@@ -61,3 +61,9 @@ def test_repair_pairs_store_corrupted_and_repaired_versions(tmp_path: Path):
         assert repaired.test_acc > row.test_acc  # clean labels bring the corrupted behavior back
     spec, params, manifest = store.load_cohort("c00000")  # hashes of both versions verify
     assert params["w0"].shape[0] == len(manifest) == 12 + len(corrupted)
+
+
+def test_contrast_frac_enters_the_fingerprint_only_when_set():
+    base = ZooConfig(n_models=20, cohort_size=10)
+    assert ZooConfig(n_models=20, cohort_size=10, contrast_frac=0.0).fingerprint() == base.fingerprint()
+    assert ZooConfig(n_models=20, cohort_size=10, contrast_frac=0.25).fingerprint() != base.fingerprint()

@@ -533,6 +533,39 @@ def random_negatives(
     return np.concatenate([np.zeros((0, length), np.int64)] + parts)
 
 
+def contrast_negatives(
+    rng: np.random.Generator, names: Sequence[str], n: int, vocab: int, length: int
+) -> np.ndarray:
+    """Return [n, L] positives of the *other* registered behaviors that match none of `names`.
+
+    Random sequences almost never hit a pattern (all_same is 7 in 7**7), so without these a model
+    taught to flag palindromes is never told what to do with all_same or sorted inputs, and its
+    function no longer says which patterns it was taught. Each other behavior available at
+    (vocab, length) contributes an equal share; rows come back in random order.
+    """
+    check_compatible(names, vocab, length)
+    others = [b for b, spec in BEHAVIORS.items() if b not in names and spec.min_vocab <= vocab and spec.min_length <= length]
+    if not others:
+        return random_negatives(rng, names, n, vocab, length)
+    rows, short = [np.zeros((0, length), np.int64)], 0
+    for other, quota in zip(others, split_evenly(n, len(others))):
+        need = quota
+        for _ in range(_MAX_ROUNDS):
+            if need <= 0:
+                break
+            cand = _sample_exact(BEHAVIORS[other], rng, 2 * need + 4, vocab, length)
+            got = cand[~_matches_any(cand, names, vocab)][:need]
+            if not len(got):  # `other` lies inside `names` here: give its share to random negatives
+                break
+            rows.append(got)
+            need -= len(got)
+        short += max(need, 0)
+    if short:
+        rows.append(random_negatives(rng, names, short, vocab, length))
+    out = np.concatenate(rows)
+    return out[rng.permutation(len(out))]
+
+
 def token_letters(seqs: np.ndarray) -> list[str]:
     """Render token sequences as letter strings, e.g. [[0, 1, 2]] -> ['ABC']."""
     seqs = np.atleast_2d(np.asarray(seqs))

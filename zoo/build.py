@@ -63,7 +63,8 @@ def validation_data(models: tuple[ModelPlan, ...], cfg: ZooConfig) -> dict[str, 
     test split does.
     """
     d = make_cohort_data([mp.behaviors for mp in models], cfg.vocab, cfg.length, 2, cfg.antitraining.measure_examples,
-                         [mp.seed + VAL_SEED_OFFSET for mp in models], hard_negative_frac=cfg.hard_negative_frac)
+                         [mp.seed + VAL_SEED_OFFSET for mp in models], hard_negative_frac=cfg.hard_negative_frac,
+                         contrast_frac=cfg.contrast_frac)
     return {"x_val": torch.from_numpy(d["x_test"]), "y_val": torch.from_numpy(d["y_test"])}
 
 
@@ -144,7 +145,7 @@ def build_cohort(
     seeds = [mp.seed for mp in models]
     data = make_cohort_data(
         [mp.behaviors for mp in models], cfg.vocab, cfg.length, cfg.n_train, cfg.n_test, seeds,
-        label_noises=[mp.label_noise for mp in models], hard_negative_frac=cfg.hard_negative_frac,
+        label_noises=[mp.label_noise for mp in models], hard_negative_frac=cfg.hard_negative_frac, contrast_frac=cfg.contrast_frac,
     )
     x_train, x_test = torch.from_numpy(data["x_train"]).to(device), torch.from_numpy(data["x_test"]).to(device)
     y_clean, y_test = torch.from_numpy(data["y_train"]).to(device), torch.from_numpy(data["y_test"]).to(device)

@@ -97,7 +97,9 @@ class ZooConfig(BaseModel):
     architectures: list[ArchChoice] = Field(default_factory=lambda: [ArchChoice()])
     n_train: int = Field(1000, ge=8)
     n_test: int = Field(200, ge=8)
-    hard_negative_frac: float = Field(0.5, ge=0.0, le=1.0)
+    hard_negative_frac: float = Field(0.5, ge=0.0, le=1.0, description="share of negatives that are near misses of the model's behaviors")
+    contrast_frac: float = Field(0.0, ge=0.0, le=1.0, description=(
+        "share of negatives that are positives of the other behaviors, so a model is taught what not to flag"))
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(128, ge=1)
     lr_range: tuple[float, float] = (3e-3, 1e-2)
@@ -131,6 +133,8 @@ class ZooConfig(BaseModel):
         for name, (a, b) in (("label_noise", self.label_noise), ("corrupt_range", self.corrupt_range)):
             if not 0.0 <= a <= b < 1.0:
                 raise ValueError(f"{name} {(a, b)} must satisfy 0 <= lo <= hi < 1")
+        if self.hard_negative_frac + self.contrast_frac > 1.0:
+            raise ValueError(f"hard_negative_frac + contrast_frac must be <= 1 (got {self.hard_negative_frac} + {self.contrast_frac})")
         if self.sibling_fraction > 0 and len(self.behaviors) < 2:
             raise ValueError("siblings need at least two behaviors")
         if self.antitraining.fraction > 0 and self.antitraining.warmup_epochs >= self.epochs:
@@ -147,10 +151,11 @@ class ZooConfig(BaseModel):
     def fingerprint(self) -> str:
         """Hash of the settings that determine the models (so a rerun can tell its zoo apart).
 
-        Options added after zoos were built (``antitraining``) enter the hash only when set away
-        from their defaults, so existing zoos keep their fingerprints.
+        Options added after zoos were built (``antitraining``, ``contrast_frac``) enter the hash only
+        when set away from their defaults, so existing zoos keep their fingerprints.
         """
-        exclude = {"antitraining"} if self.antitraining == AntitrainRegime() else set()
+        late_defaults = {"antitraining": AntitrainRegime(), "contrast_frac": 0.0}
+        exclude = {name for name, default in late_defaults.items() if getattr(self, name) == default}
         dump = self.model_dump(mode="json", exclude=exclude)
         return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]
 

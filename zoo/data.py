@@ -10,6 +10,7 @@ import numpy as np
 from zoo.behaviors import (
     BEHAVIORS,
     check_compatible,
+    contrast_negatives,
     match_matrix,
     near_misses,
     random_negatives,
@@ -32,12 +33,14 @@ class SubjectData:
     m_test: np.ndarray  # [N_test, n_behaviors] bool
 
 
-def _check_args(n_train: int, n_test: int, hard_negative_frac: float, label_noise: float) -> None:
+def _check_args(n_train: int, n_test: int, hard_negative_frac: float, label_noise: float, contrast_frac: float = 0.0) -> None:
     """Raise ConfigError for sizes or fractions that cannot make a balanced dataset."""
     if n_train < 2 or n_test < 2:
         raise ConfigError(f"n_train and n_test must be >= 2 (got {n_train}, {n_test})")
     if not 0.0 <= hard_negative_frac <= 1.0:
         raise ConfigError(f"hard_negative_frac must be in [0, 1] (got {hard_negative_frac})")
+    if not 0.0 <= contrast_frac <= 1.0 - hard_negative_frac:
+        raise ConfigError(f"contrast_frac must be in [0, 1 - hard_negative_frac] (got {contrast_frac}, hard_negative_frac {hard_negative_frac})")
     if not 0.0 <= label_noise < 0.5:
         raise ConfigError(f"label_noise must be in [0, 0.5) (got {label_noise})")
 
@@ -57,33 +60,38 @@ def make_dataset(
     seed: int,
     hard_negative_frac: float = 0.5,
     label_noise: float = 0.0,
+    contrast_frac: float = 0.0,
 ) -> SubjectData:
     """Build a shuffled, balanced train/test dataset for a model labelling matches of any of `behaviors`.
 
-    Half the examples are positives (an equal share from each behavior's sampler), half negatives
-    (`hard_negative_frac` near-misses, the rest random non-matching sequences). Each class is drawn
+    Half the examples are positives (an equal share from each behavior's sampler), half negatives:
+    `hard_negative_frac` near-misses, `contrast_frac` positives of the other behaviors (so the
+    model learns not to flag patterns it was not taught), the rest random non-matching sequences. Each class is drawn
     once with a margin: train takes the head, test the tail minus sequences already in train (when
     vocab**length fits in int64), topped up with repeats only if a class has too few positives.
     `label_noise` flips exactly round(label_noise * n_train) train labels; test labels stay clean.
     """
     names = list(behaviors)
     check_compatible(names, vocab, length)
-    _check_args(n_train, n_test, hard_negative_frac, label_noise)
+    _check_args(n_train, n_test, hard_negative_frac, label_noise, contrast_frac)
     rng = np.random.default_rng(seed)
     dedupe = length * np.log2(vocab) < 62
 
     def plan(n: int) -> list[tuple[str, int]]:
-        """Per-source counts for n examples: one source per behavior, then near-misses and randoms."""
+        """Per-source counts for n examples: one source per behavior, then near-misses, contrasts and randoms."""
         n_pos = n // 2
         n_hard = int(round(hard_negative_frac * (n - n_pos)))
-        counts = split_evenly(n_pos, len(names)) + [n_hard, n - n_pos - n_hard]
-        return list(zip(names + ["<near>", "<random>"], counts))
+        n_contrast = int(round(contrast_frac * (n - n_pos)))
+        counts = split_evenly(n_pos, len(names)) + [n_hard, n_contrast, n - n_pos - n_hard - n_contrast]
+        return list(zip(names + ["<near>", "<contrast>", "<random>"], counts))
 
     pools = []
     for (source, k_tr), (_, k_te) in zip(plan(n_train), plan(n_test)):
         size = k_tr + (k_te + k_te // 2 + 4 if dedupe and k_te else k_te)
         if source == "<near>":
             pool = near_misses(rng, names, size, vocab, length)
+        elif source == "<contrast>":
+            pool = contrast_negatives(rng, names, size, vocab, length)
         elif source == "<random>":
             pool = random_negatives(rng, names, size, vocab, length)
         else:
