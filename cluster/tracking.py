@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -79,9 +80,15 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def log_dataframe_input(df: pd.DataFrame, source: str, name: str, context: str) -> None:
-    """Record a table (zoo manifest, signatures) as an MLflow dataset input of the active run."""
-    dataset = mlflow.data.from_pandas(df, source=source, name=name)
-    mlflow.log_input(dataset, context=context)
+    """Record a table (zoo manifest, signatures) as an MLflow dataset input of the active run.
+
+    MLflow's hint that integer columns cannot hold missing values is silenced: these tables are
+    written by zoolens, never have missing values, and the hint only cluttered every run's output.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Integer columns in Python cannot represent missing values.*")
+        dataset = mlflow.data.from_pandas(df, source=source, name=name)
+        mlflow.log_input(dataset, context=context)
 
 
 def log_epoch_metrics(run_id: str, metrics: dict[str, float], step: int) -> None:
