@@ -131,7 +131,8 @@ def as_target_dict(targets: Targets, behavior_names: Sequence[str], specs: Seque
 
 def head_losses(out: Mapping[str, torch.Tensor], y: Mapping[str, torch.Tensor], specs: Sequence[HeadSpec],
                 target_var: Mapping[str, float] | None = None) -> dict[str, torch.Tensor]:
-    """Unweighted loss per head: BCE (multilabel, binary), MSE on known targets (regression), CE ignoring -1 (classes).
+    """Unweighted loss per head: BCE (multilabel, binary), MSE plus a pairwise ranking term on known targets
+    (regression), CE ignoring -1 (classes).
 
     A regression MSE is divided by `target_var[name]` (the training targets' variance) when given, so it reads as
     "share of variance unexplained" (1.0 = predicting the mean) whatever the zoo's accuracy spread: a zoo whose
@@ -147,11 +148,27 @@ def head_losses(out: Mapping[str, torch.Tensor], y: Mapping[str, torch.Tensor], 
         elif spec.kind == "regression":
             known = torch.isfinite(t)
             mse = F.mse_loss(pred[known], t[known]) if known.any() else pred.sum() * 0.0
-            losses[spec.name] = mse / target_var.get(spec.name, 1.0)
+            var = target_var.get(spec.name, 1.0)
+            losses[spec.name] = mse / var + pairwise_rank_loss(pred[known], t[known], var ** 0.5)
         else:
             known = t >= 0
             losses[spec.name] = F.cross_entropy(pred, t, ignore_index=-1) if known.any() else pred.sum() * 0.0
     return losses
+
+
+def pairwise_rank_loss(pred: torch.Tensor, target: torch.Tensor, scale: float) -> torch.Tensor:
+    """RankNet loss over the batch's ordered pairs: softplus(-(pred_i - pred_j) / scale) for every target_i > target_j.
+
+    MSE spends its effort on the few far-off models (corrupted ones near 0.6); this term asks every pair to be in the
+    right order, which is what Kendall tau scores. `scale` (the targets' std) puts differences on a unit scale.
+    """
+    if len(pred) < 2:
+        return pred.sum() * 0.0
+    ordered = (target[:, None] - target[None, :]) > 1e-6
+    if not ordered.any():
+        return pred.sum() * 0.0
+    diff = (pred[:, None] - pred[None, :]) / scale
+    return F.softplus(-diff[ordered]).mean()
 
 
 def _target_variance(y: np.ndarray) -> float:

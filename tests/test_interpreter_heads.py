@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from interpreter.baselines import (
     majority_baseline,
@@ -20,7 +21,7 @@ from interpreter.config import InterpreterConfig
 from interpreter.metrics import evaluate_heads, expected_calibration_error, kendall_tau
 from interpreter.model import META_FILE, load_interpreter, save_interpreter
 from interpreter.targets import FAMILY_CLASSES, HeadSpec, build_targets, head_specs, specs_for
-from interpreter.train import predict, predict_proba, train_interpreter, tune_thresholds
+from interpreter.train import pairwise_rank_loss, predict, predict_proba, train_interpreter, tune_thresholds
 
 NAMES = [f"b{k}" for k in range(4)]
 # The synthetic generator's probe logits carry no signal about accuracy or corruption, so at 360 models the
@@ -301,3 +302,15 @@ def test_head_weights_config():
     assert InterpreterConfig().threshold_tuning is True
     with pytest.raises(ValueError):
         InterpreterConfig(head_weights={"accuracy": -1.0})
+
+
+def test_pairwise_rank_loss_prefers_the_right_order():
+    target = torch.tensor([0.9, 0.7, 0.95, 0.6])
+    right = pairwise_rank_loss(target * 100, target, 1.0)
+    wrong = pairwise_rank_loss(-target * 100, target, 1.0)
+    assert right < 0.01 < 5 < wrong
+    ties = torch.full((4,), 0.8)
+    assert pairwise_rank_loss(torch.randn(4), ties, 1.0) == 0  # no ordered pair: nothing to rank
+    pred = torch.zeros(4, requires_grad=True)
+    pairwise_rank_loss(pred, target, 1.0).backward()
+    assert pred.grad[2] < 0 < pred.grad[3]  # the best model is pushed up, the worst down
