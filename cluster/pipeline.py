@@ -115,7 +115,8 @@ class Pipeline:
             summary["seconds"] = time.perf_counter() - t0
             mlflow.log_params({"probe_sha256": summary["probe_sha256"], "probe_version": summary["probe_version"],
                                "n_probes": summary["n_probes"]})
-            mlflow.log_metric("models_per_s", summary["n_models"] / summary["seconds"])
+            if not summary.get("resumed"):  # a rerun that found them current did no work to time
+                mlflow.log_metric("models_per_s", summary["n_models"] / summary["seconds"])
             mlflow.log_dict({"feature_names": summary["feature_names"]}, "signature_schema.json")
             index = pd.DataFrame({"model_id": ZooStore(self.zoo_dir).read_manifest(columns=["model_id"])["model_id"]})
             log_dataframe_input(index, source=str(self.paths.signatures),

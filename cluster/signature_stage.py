@@ -6,6 +6,8 @@ cohort at a time and the stream never holds the whole zoo.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +58,49 @@ def probe_set_for(zoo_meta: dict[str, Any], probe_cfg: ProbeConfig) -> ProbeSet:
     return make_probe_set(zc["behaviors"], zc["vocab"], zc["length"], **probe_cfg.model_dump())
 
 
+def extractor_sha256() -> str:
+    """Hash of the source that turns weights into signatures (features, probes, the families' forward passes)."""
+    zoo_pkg = Path(__file__).resolve().parent.parent / "zoo"
+    files = [zoo_pkg / "signatures.py", zoo_pkg / "probes.py", zoo_pkg / "behaviors.py", zoo_pkg / "arch.py",
+             *sorted((zoo_pkg / "families").glob("*.py"))]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def finished_signatures(out_dir: Path, store: ZooStore, probes: ProbeSet) -> dict[str, Any] | None:
+    """The summary of signatures already in `out_dir` when they are exactly what extraction would write, else None.
+
+    They must come from this zoo (fingerprint), this probe set, the same extraction code and cover every model.
+    """
+    path = Path(out_dir) / SIGNATURE_META
+    if not path.exists():
+        return None
+    meta = json.loads(path.read_text())
+    if (meta.get("zoo_fingerprint") != store.read_meta().get("fingerprint") or meta.get("probe_sha256") != probes.sha256
+            or meta.get("extractor_sha256") != extractor_sha256()):
+        return None
+    n_rows = _dataset(out_dir).count_rows()
+    if n_rows != len(store.read_manifest(columns=["model_id"])):
+        return None
+    info = {k: meta[k] for k in ("probe_sha256", "probe_version", "n_probes", "feature_names")}
+    return {"signatures_dir": str(out_dir), "n_models": n_rows, "resumed": True, **info}
+
+
 def extract_signatures(zoo_dir: Path | str, out_dir: Path, probe_cfg: ProbeConfig, num_actors: int) -> dict[str, Any]:
-    """Run the Ray Data pipeline; the output directory is overwritten, never appended to."""
+    """Run the Ray Data pipeline; the output directory is overwritten, never appended to.
+
+    A rerun whose signatures are already complete and current (see `finished_signatures`) returns at once.
+    """
     store = ZooStore(zoo_dir)
     cohorts = store.require()
     meta = store.read_meta()
     zc = meta["config"]
     probes = probe_set_for(meta, probe_cfg)
+    done = finished_signatures(out_dir, store, probes)
+    if done is not None:
+        return done
     ds = ray.data.from_items([{"cohort_id": c} for c in cohorts], override_num_blocks=len(cohorts))
     ds = ds.map_batches(
         SignatureExtractor,
@@ -85,7 +123,7 @@ def extract_signatures(zoo_dir: Path | str, out_dir: Path, probe_cfg: ProbeConfi
         **info, "behaviors": list(probes.behaviors), "vocab": probes.vocab, "length": probes.length,
         "probe_tokens": probes.tokens.tolist(), "probe_behavior": probes.behavior.tolist(),
         "probe_is_positive": probes.is_positive.tolist(), "zoo_dir": store.uri,
-        "zoo_fingerprint": meta.get("fingerprint"), "code_version": code_version(),
+        "zoo_fingerprint": meta.get("fingerprint"), "code_version": code_version(), "extractor_sha256": extractor_sha256(),
     })
     return {"signatures_dir": str(out_dir), "n_models": n_rows, **info}
 
@@ -95,8 +133,6 @@ def _dataset(sig_dir: Path) -> pads.Dataset:
 
 
 def read_signature_meta(sig_dir: Path) -> dict[str, Any]:
-    import json
-
     path = Path(sig_dir) / SIGNATURE_META
     if not path.exists():
         raise SignatureError(f"signatures not found: {sig_dir} (run 'zoolens signatures extract' first)")

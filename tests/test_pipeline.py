@@ -132,3 +132,29 @@ def test_signatures_read_back_in_model_order_whatever_the_file_order(tiny_run: P
     ids = [r["model_id"] for r in read_signatures(copy)]
     assert ids == sorted(ids)
     assert ids == [r["model_id"] for r in read_signatures(tiny_run / "run" / "signatures")]
+
+
+def test_signature_rerun_resumes_unless_zoo_probes_or_code_changed(tiny_run: Path, tmp_path: Path, ray_local):
+    """A rerun keeps current signatures untouched; another probe set re-extracts them."""
+    import shutil
+
+    import yaml
+
+    run_dir = tmp_path / "run"
+    for part in ("zoo", "signatures"):
+        shutil.copytree(tiny_run / "run" / part, run_dir / part)
+    before = {p.name: p.stat().st_mtime_ns for p in (run_dir / "signatures").iterdir()}
+    args = ["--output-dir", str(run_dir), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--no-progress"]
+    assert main(["signatures", "extract", str(REPO / "configs" / "tiny.yaml"), *args]) == 0
+    summary = json.loads((run_dir / "stages" / "signatures.json").read_text())
+    assert summary["resumed"] and summary["n_models"] == len(ZooStore(run_dir / "zoo").read_manifest(columns=["model_id"]))
+    assert {p.name: p.stat().st_mtime_ns for p in (run_dir / "signatures").iterdir()} == before
+
+    cfg = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
+    cfg.setdefault("signatures", {})["probes"] = {"n_pos": 3, "n_near": 2, "n_random": 10}
+    other = tmp_path / "other_probes.yaml"
+    other.write_text(yaml.safe_dump(cfg))
+    assert main(["signatures", "extract", str(other), *args]) == 0
+    summary = json.loads((run_dir / "stages" / "signatures.json").read_text())
+    assert "resumed" not in summary and summary["n_probes"] != json.loads(
+        (tiny_run / "run" / "stages" / "signatures.json").read_text())["n_probes"]
