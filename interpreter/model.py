@@ -37,7 +37,7 @@ class Interpreter(nn.Module):
     """
 
     def __init__(self, cfg: InterpreterConfig, n_features: int, n_behaviors: int, specs: Sequence[HeadSpec] | None = None,
-                 n_probes: int = 0) -> None:
+                 n_probes: int = 0, probe_skip: bool = True) -> None:
         super().__init__()
         specs = list(specs) if specs is not None else [behaviors_spec([f"b{k}" for k in range(n_behaviors)])]
         by_name = {s.name: s for s in specs}
@@ -51,6 +51,12 @@ class Interpreter(nn.Module):
         self.thresholds = np.full(n_behaviors, 0.5, dtype=np.float32)
         self.encoder = SignatureEncoder(cfg, n_features, n_probes)
         self.heads = nn.ModuleDict({output_key(s): mlp_head(cfg.latent_dim, s.n_out) for s in specs})
+        # a linear path from the probe logits straight to the behavior logits (zero at start): the encoder then
+        # only has to add to what a linear probe of the output already reads
+        self.probe_skip = nn.Linear(n_probes, n_behaviors) if n_probes and probe_skip else None
+        if self.probe_skip is not None:
+            nn.init.zeros_(self.probe_skip.weight)
+            nn.init.zeros_(self.probe_skip.bias)
 
     def forward(self, batch: NeuronBatch) -> dict[str, torch.Tensor]:
         """Return latent [B,latent_dim], neuron_latents [B,N,d_model] and one entry per head (see the class doc)."""
@@ -59,6 +65,8 @@ class Interpreter(nn.Module):
         for spec in self.specs:
             key = output_key(spec)
             y = self.heads[key](latent)
+            if spec.name == "behaviors" and self.probe_skip is not None:
+                y = y + self.probe_skip(batch.probe_logits)
             if spec.kind in ("regression", "binary"):
                 y = y.squeeze(-1)
             out[key] = torch.sigmoid(y) if spec.kind == "regression" else y
@@ -87,6 +95,7 @@ def save_interpreter(model: Interpreter, scaler: FeatureScaler, behavior_names: 
         "n_features": model.n_features,
         "n_behaviors": model.n_behaviors,
         "n_probes": model.n_probes,
+        "probe_skip": model.probe_skip is not None,
         "behavior_names": list(behavior_names),
         "heads": [spec.to_dict() for spec in model.specs],
         "thresholds": [float(t) for t in model.thresholds],
@@ -108,7 +117,8 @@ def load_interpreter(directory: str | Path, device: torch.device | str = "cpu") 
     cfg = InterpreterConfig(**meta["config"])
     names = list(meta["behavior_names"])
     specs = [HeadSpec.from_dict(d) for d in meta["heads"]] if "heads" in meta else [behaviors_spec(names)]
-    model = Interpreter(cfg, meta["n_features"], meta["n_behaviors"], specs, n_probes=meta.get("n_probes", 0))
+    model = Interpreter(cfg, meta["n_features"], meta["n_behaviors"], specs, n_probes=meta.get("n_probes", 0),
+                        probe_skip=meta.get("probe_skip", False))  # files from before the skip path have none
     model.load_state_dict(load_file(str(directory / WEIGHTS_FILE), device="cpu"))
     if "thresholds" in meta:
         model.thresholds = np.asarray(meta["thresholds"], dtype=np.float32)

@@ -19,7 +19,7 @@ from interpreter.baselines import (
 )
 from interpreter.config import InterpreterConfig
 from interpreter.metrics import evaluate_heads, expected_calibration_error, kendall_tau
-from interpreter.model import META_FILE, load_interpreter, save_interpreter
+from interpreter.model import META_FILE, Interpreter, load_interpreter, save_interpreter
 from interpreter.targets import FAMILY_CLASSES, HeadSpec, build_targets, head_specs, specs_for
 from interpreter.train import pairwise_rank_loss, predict, predict_proba, train_interpreter, tune_thresholds
 
@@ -270,6 +270,24 @@ def test_save_load_heads_round_trip(tmp_path, zoo, trained):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     np.testing.assert_array_equal(a["behaviors"], predict_proba(loaded.model, loaded.scaler, test_records))
     assert np.all((a["accuracy"] >= 0) & (a["accuracy"] <= 1))
+
+
+def test_probe_skip_trains_round_trips_and_older_files_load_without_it(tmp_path, zoo):
+    train_records, train_targets, test_records, _ = zoo
+    cfg = CFG.model_copy(update={"probe_pathway": True, "epochs": 3})
+    result = train_interpreter(train_records[:100], {k: v[:100] for k, v in train_targets.items()}, cfg, NAMES)
+    assert result.model.probe_skip is not None and result.model.probe_skip.weight.abs().sum() > 0  # the linear probe path trained
+    save_interpreter(result.model, result.scaler, NAMES, tmp_path / "new")
+    np.testing.assert_array_equal(predict_proba(load_interpreter(tmp_path / "new").model, result.scaler, test_records),
+                                  predict_proba(result.model, result.scaler, test_records))
+    old = Interpreter(cfg, result.scaler.n_features, len(NAMES), result.model.specs, n_probes=result.scaler.n_probes, probe_skip=False)
+    save_interpreter(old, result.scaler, NAMES, tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / META_FILE).read_text())
+    meta.pop("probe_skip")  # written before the skip path existed
+    (tmp_path / "old" / META_FILE).write_text(json.dumps(meta))
+    loaded = load_interpreter(tmp_path / "old")
+    assert loaded.model.probe_skip is None
+    np.testing.assert_array_equal(predict_proba(loaded.model, loaded.scaler, test_records), predict_proba(old, result.scaler, test_records))
 
 
 def test_old_behavior_only_targets_and_files(tmp_path, zoo):
