@@ -69,7 +69,7 @@ def extractor_sha256() -> str:
     return h.hexdigest()
 
 
-def finished_signatures(out_dir: Path, store: ZooStore, probes: ProbeSet) -> dict[str, Any] | None:
+def finished_signatures(out_dir: Path, store: ZooStore, zoo_meta: dict[str, Any], probes: ProbeSet) -> dict[str, Any] | None:
     """The summary of signatures already in `out_dir` when they are exactly what extraction would write, else None.
 
     They must come from this zoo (fingerprint), this probe set, the same extraction code and cover every model.
@@ -78,7 +78,7 @@ def finished_signatures(out_dir: Path, store: ZooStore, probes: ProbeSet) -> dic
     if not path.exists():
         return None
     meta = json.loads(path.read_text())
-    if (meta.get("zoo_fingerprint") != store.read_meta().get("fingerprint") or meta.get("probe_sha256") != probes.sha256
+    if (meta.get("zoo_fingerprint") != zoo_meta.get("fingerprint") or meta.get("probe_sha256") != probes.sha256
             or meta.get("extractor_sha256") != extractor_sha256()):
         return None
     n_rows = _dataset(out_dir).count_rows()
@@ -98,7 +98,7 @@ def extract_signatures(zoo_dir: Path | str, out_dir: Path, probe_cfg: ProbeConfi
     meta = store.read_meta()
     zc = meta["config"]
     probes = probe_set_for(meta, probe_cfg)
-    done = finished_signatures(out_dir, store, probes)
+    done = finished_signatures(out_dir, store, meta, probes)
     if done is not None:
         return done
     ds = ray.data.from_items([{"cohort_id": c} for c in cohorts], override_num_blocks=len(cohorts))
