@@ -78,11 +78,13 @@ def test_rerun_skips_finished_cohorts_and_keeps_weights(tiny_run: Path, ray_loca
     run_dir = tiny_run / "run"
     store = ZooStore(run_dir / "zoo")
     before = {p.name: p.stat().st_mtime_ns for p in store.cohort_dir.iterdir()}
+    built = json.loads((run_dir / "stages" / "zoo.json").read_text())
     code = main(["zoo", "build", str(REPO / "configs" / "tiny.yaml"), "--output-dir", str(run_dir),
                  "--tracking-uri", f"sqlite:///{tiny_run / 'mlflow.db'}", "--no-progress"])
     assert code == 0
     summary = json.loads((run_dir / "stages" / "zoo.json").read_text())
     assert summary["cohorts_skipped"] == 3 and summary["models_trained"] == 0
+    assert summary["resumed"] and summary["models_per_s"] == built["models_per_s"] > 0  # the build's own timing survives
     assert {p.name: p.stat().st_mtime_ns for p in store.cohort_dir.iterdir()} == before
 
 
