@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from interpreter.decoder import NeuronAlignedDecoder, add_delta, check_editable
 from interpreter.edit_baselines import relabel_finetune, steer, steering_vectors, task_vectors, train_reconstruction
 from interpreter.edit_protocol import ADD_MIN, KEEP_TOL, judge, measure, success_table
-from interpreter.editor import (Editor, Encoded, Pool, change_size, encode, load_editor, guided_edit, save_editor,
+from interpreter.editor import (Editor, Encoded, Pool, change_size, encode, guided_edit, load_editor, save_editor,
                                 train_editor)
 from interpreter.localization import carrier_scores
 from interpreter.model import LoadedInterpreter, load_interpreter

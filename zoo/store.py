@@ -16,10 +16,12 @@ always takes the URI code path, which is how the tests exercise it without a clo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -234,24 +236,24 @@ class ZooStore:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ZooStoreError(f"zoo metadata corrupted: {self._where('zoo.json')}: {e}") from None
 
-    def _manifest_dataset(self) -> pads.Dataset:
+    @contextlib.contextmanager
+    def _manifest(self) -> Iterator[pads.Dataset]:
+        """All finished cohorts' manifests as one Parquet dataset; unreadable files become one ZooStoreError."""
         files = [self._path(f"cohorts/{c}.parquet") for c in self.require()]
         try:
-            return pads.dataset(files, format="parquet", filesystem=self.fs)
+            yield pads.dataset(files, format="parquet", filesystem=self.fs)
         except (pa.ArrowInvalid, OSError) as e:
             raise ZooStoreError(f"zoo manifest corrupted in {self._where('cohorts')}: {e}") from None
 
     def read_manifest(self, columns: list[str] | None = None) -> pd.DataFrame:
         """All finished cohorts' manifest rows as one table."""
-        dataset = self._manifest_dataset()
-        try:
+        with self._manifest() as dataset:
             return dataset.to_table(columns=columns).to_pandas()
-        except (pa.ArrowInvalid, OSError) as e:
-            raise ZooStoreError(f"zoo manifest corrupted in {self._where('cohorts')}: {e}") from None
 
     def manifest_columns(self) -> list[str]:
         """Names of the manifest's columns, read from the Parquet schema (no rows are read)."""
-        return list(self._manifest_dataset().schema.names)
+        with self._manifest() as dataset:
+            return list(dataset.schema.names)
 
     def read_cohort_manifest(self, cohort_id: str) -> pd.DataFrame:
         rel = f"cohorts/{cohort_id}.parquet"
