@@ -53,6 +53,14 @@ def test_corrupted_weights_are_named(tmp_path: Path):
         store.load_cohort("c00000")
 
 
+def test_corrupted_manifest_is_one_store_error(tmp_path: Path):
+    store = _build(tmp_path / "z")
+    (store.cohort_dir / "c00000.parquet").write_bytes(b"not parquet")  # the file the schema is read from
+    for read in (store.read_manifest, store.manifest_columns):
+        with pytest.raises(ZooStoreError, match="manifest corrupted"):
+            read()
+
+
 def test_missing_and_empty_zoo(tmp_path: Path):
     with pytest.raises(ZooStoreError, match="zoo not found"):
         ZooStore(tmp_path / "nope").require()
