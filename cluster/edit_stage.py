@@ -36,7 +36,7 @@ from interpreter.decoder import NeuronAlignedDecoder, add_delta, check_editable
 from interpreter.edit_baselines import relabel_finetune, steer, steering_vectors, task_vectors, train_reconstruction
 from interpreter.edit_protocol import ADD_MIN, KEEP_TOL, judge, measure, success_table
 from interpreter.editor import (Editor, Encoded, Pool, change_size, encode, guided_edit, load_editor, save_editor,
-                                train_editor)
+                                train_editor, typical_profile)
 from interpreter.localization import carrier_scores
 from interpreter.model import LoadedInterpreter, load_interpreter
 from zoo.behavior_bank import BehaviorBank
@@ -129,6 +129,8 @@ def train_stage(ctx: EditContext, cfg: EditConfig, out_dir: Path,
     pools = [_pool(ctx, g, bank) for g in editable_groups(ctx, ctx.train_ids)]
     mcfg = ctx.interp.model.cfg
     editor = Editor(cfg.editor, ctx.names, mcfg.d_model, mcfg.latent_dim, ctx.vocab)
+    clean = [(p.enc.profile[i], p.behaviors[i]) for p in pools for i, c in enumerate(p.corrupted) if c is None]
+    editor.typical_profile = typical_profile(torch.stack([f for f, _ in clean]), [b for _, b in clean], ctx.names)
     history = train_editor(editor, pools, bank, on_step)
     rec = train_reconstruction(pools, cfg.editor.d_hidden, cfg.editor.rank, ctx.vocab, cfg.reconstruction_steps,
                                cfg.editor.batch_models, cfg.seed)
@@ -138,7 +140,7 @@ def train_stage(ctx: EditContext, cfg: EditConfig, out_dir: Path,
     summary = {"seconds": time.perf_counter() - t0, "n_train_models": int(sum(len(p.behaviors) for p in pools)),
                "final_loss": float(np.mean([h["loss"] for h in tail])), "final_acc": float(np.mean([h["acc"] for h in tail])),
                "final_change": float(np.mean([h["change"] for h in tail])),
-               "corrupted_named_right": _corrupted_named_right(pools, ctx.names),
+               "corrupted_named_right": _corrupted_named_right(pools, ctx.names, editor.typical_profile),
                "interpreter_version": ctx.interpreter_version(),
                "code_version": code_version()}
     tmp = out_dir.parent / f".{out_dir.name}.tmp"  # written whole, then renamed into place
@@ -153,9 +155,10 @@ def train_stage(ctx: EditContext, cfg: EditConfig, out_dir: Path,
     return summary
 
 
-def _corrupted_named_right(pools: list[Pool], names: list[str]) -> float:
+def _corrupted_named_right(pools: list[Pool], names: list[str], typical: torch.Tensor) -> float:
     """Share of the training repair pairs' corrupted models whose corrupted behavior the reading names."""
-    hits = [names[g] == c for p in pools for g, c in zip(p.enc.corrupted_behavior().tolist(), p.corrupted) if c is not None]
+    hits = [names[g] == c for p in pools for g, c in zip(p.enc.corrupted_behavior(typical).tolist(), p.corrupted)
+            if c is not None]
     return float(np.mean(hits)) if hits else float("nan")
 
 
@@ -266,7 +269,7 @@ def score_edit_set(ctx: EditContext, es: EditSet, tools: dict, cfg: EditConfig, 
     enc = encode(ctx.interp, g.spec, g.params, ctx.probes, tools["train_bank"])
     read = read_sets(ctx, enc)
     if es.op == "repair":
-        guess = enc.corrupted_behavior().tolist()
+        guess = enc.corrupted_behavior(tools["editor"].typical_profile).tolist()
         chosen = [ctx.names[i] for i in guess]
         es.clean = clean_rates(ctx, es, bank)
     else:
@@ -411,7 +414,7 @@ def edit_model(ctx: EditContext, cfg: EditConfig, editor_dir: Path, out: ZooStor
     bank = train_bank(ctx, cfg)
     enc = encode(ctx.interp, group.spec, group.params, ctx.probes, bank)
     read = read_sets(ctx, enc)[0]
-    target = ctx.names[int(enc.corrupted_behavior()[0])] if op == "repair" else behavior
+    target = ctx.names[int(enc.corrupted_behavior(editor.typical_profile)[0])] if op == "repair" else behavior
     code_op = "add" if op == "repair" else op
     if method == "decoder":
         with torch.no_grad():

@@ -70,6 +70,8 @@ class Editor(nn.Module):
         self.behavior_emb = nn.Embedding(k, cfg.code_dim)
         d_cond = latent_dim + 2 * k + cfg.code_dim
         self.decoder = NeuronAlignedDecoder(d_token, d_cond, vocab, cfg.d_hidden, cfg.rank)
+        # what models trained on each behavior typically flag (set from the training models; see corrupted_behavior)
+        self.register_buffer("typical_profile", torch.ones(k), persistent=False)
 
     def delta(self, spec: ArchSpec, params: Params, enc: Encoded, op: torch.Tensor, behavior: torch.Tensor) -> Params:
         """Weight changes for edits (op [B], behavior [B] ids) of the encoded models."""
@@ -98,14 +100,31 @@ class Encoded:
         """Model-level reading [B, latent_dim + 2K]: latent, behavior probabilities and profile."""
         return torch.cat([self.latent, self.probs, self.profile], dim=-1)
 
-    def corrupted_behavior(self) -> torch.Tensor:
-        """Per model, the behavior [B] that looks corrupted: read as trained by the interpreter, yet not flagged.
+    def corrupted_behavior(self, typical: torch.Tensor | None = None) -> torch.Tensor:
+        """Per model, the behavior [B] that looks corrupted: read as trained by the interpreter, yet flagged less
+        than models trained on it typically flag.
 
-        argmax of P(trained on B) x (1 - share of B's positives flagged)^2, with no parameters. The square was
-        chosen on the interpreter's training repair pairs of the edit zoo (88% named right, against 84% for the
-        plain product); held out, it names 60%. A learned head on the same readings reached 50%.
+        argmax of P(trained on B) x max(0, typical_B - share of B's positives flagged), where ``typical`` [K] is
+        :func:`typical_profile` of the training models (all ones when not given). On the edit zoo's training repair
+        pairs this names 97% right (held out: 88%); the earlier P x (1 - share)^2 named 96% (held out: 83%): it
+        kept naming behaviors no model flags fully, such as no_repeats.
         """
-        return (self.probs * (1 - self.profile).pow(2)).argmax(dim=-1)
+        typical = torch.ones_like(self.profile[0]) if typical is None else typical
+        return (self.probs * (typical - self.profile).clamp_min(0)).argmax(dim=-1)
+
+
+def typical_profile(profiles: torch.Tensor, behaviors: Sequence[Sequence[str]], names: Sequence[str]) -> torch.Tensor:
+    """[K]: per behavior, the median share of its bank positives flagged by the models trained on it (1 if none).
+
+    ``profiles`` [B, K] and ``behaviors`` (each model's set) should be clean models: a model with corrupted labels
+    flags less, which is what the typical share is the yardstick for.
+    """
+    out = torch.ones(len(names))
+    for k, name in enumerate(names):
+        trained = [i for i, have in enumerate(behaviors) if name in have]
+        if trained:
+            out[k] = profiles[trained, k].median()
+    return out
 
 
 PROFILE_PER_BEHAVIOR = 64
@@ -266,7 +285,8 @@ def save_editor(editor: Editor, directory: Path, extra: dict | None = None) -> P
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous() for k, v in editor.state_dict().items()}, str(directory / WEIGHTS_FILE))
     meta = {"config": editor.cfg.model_dump(), "behaviors": editor.behaviors, "d_token": editor.d_token,
-            "latent_dim": editor.latent_dim, "vocab": editor.vocab, **(extra or {})}
+            "latent_dim": editor.latent_dim, "vocab": editor.vocab,
+            "typical_profile": dict(zip(editor.behaviors, editor.typical_profile.tolist())), **(extra or {})}
     (directory / META_FILE).write_text(json.dumps(meta, indent=2))
     return directory
 
@@ -276,4 +296,6 @@ def load_editor(directory: Path) -> tuple[Editor, dict]:
     meta = json.loads((directory / META_FILE).read_text())
     editor = Editor(EditorConfig(**meta["config"]), meta["behaviors"], meta["d_token"], meta["latent_dim"], meta["vocab"])
     editor.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+    if "typical_profile" in meta:  # editors saved before it was kept name every behavior against 1
+        editor.typical_profile.copy_(torch.tensor([meta["typical_profile"][b] for b in editor.behaviors]))
     return editor.eval(), meta

@@ -12,7 +12,7 @@ import yaml
 
 from interpreter.decoder import IncompatibleArchitecture, NeuronAlignedDecoder, check_editable
 from interpreter.edit_protocol import judge, measure
-from interpreter.editor import guided_edit
+from interpreter.editor import Editor, EditorConfig, Encoded, guided_edit, load_editor, save_editor, typical_profile
 from zoo.arch import ArchSpec
 from zoo.behavior_bank import BehaviorBank
 from zoo.data import make_cohort_data
@@ -79,6 +79,24 @@ def edit_config(tiny_run, tmp_path_factory):
     path = tmp_path_factory.mktemp("edit") / "tiny_edit.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def test_repair_names_the_behavior_flagged_furthest_below_its_typical_share(tmp_path: Path) -> None:
+    """A behavior no model flags fully (typical share 0.6) is not named just because it is flagged little."""
+    names = ["all_same", "no_repeats"]
+    profiles = torch.tensor([[1.0, 0.6], [1.0, 0.0], [0.98, 0.5]])
+    typical = typical_profile(profiles, [["all_same", "no_repeats"], ["all_same"], ["all_same", "no_repeats"]], names)
+    torch.testing.assert_close(typical, torch.tensor([1.0, 0.5]))  # median (lower middle), over models trained on B
+    # read as trained on both; all_same flagged 0.55 (far below 1.0), no_repeats 0.3 (0.2 below 0.5)
+    enc = Encoded(torch.zeros(1, 3, 4), torch.zeros(1, 2), torch.tensor([[0.9, 0.9]]), torch.tensor([[0.55, 0.3]]))
+    assert enc.corrupted_behavior(typical).tolist() == [0]
+    assert enc.corrupted_behavior().tolist() == [1]  # against a share of 1 for every behavior, no_repeats looks worse
+
+    editor = Editor(EditorConfig(d_hidden=8, rank=1, code_dim=4), names, d_token=4, latent_dim=2, vocab=7)
+    editor.typical_profile = typical
+    loaded, meta = load_editor(save_editor(editor, tmp_path / "editor"))
+    torch.testing.assert_close(loaded.typical_profile, typical)
+    assert meta["typical_profile"] == {"all_same": 1.0, "no_repeats": 0.5}
 
 
 def test_edit_evaluate_scores_every_method_and_logs(edit_config, tiny_run) -> None:
