@@ -48,7 +48,7 @@ class EditConfig(BaseModel):
     guided_lr: float = Field(1e-2, gt=0)
     finetune_epochs: int = Field(5, ge=1, description="epochs of the relabeled-data upper bound")
     reconstruction_steps: int = Field(1000, ge=1, description="training steps of the steering baseline's decoder")
-    localization_k: int = Field(2, ge=1, description="neurons ablated per model in the localization check")
+    localization_k: int = Field(1, ge=1, description="neurons ablated per model in the localization check (chosen on training models)")
     max_test_models: int | None = Field(None, ge=1, description="cap on held-out models scored (None: all)")
     seed: int = 0
 

@@ -37,7 +37,7 @@ from interpreter.edit_baselines import relabel_finetune, steer, steering_vectors
 from interpreter.edit_protocol import ADD_MIN, KEEP_TOL, judge, measure, success_table
 from interpreter.editor import (Editor, Encoded, Pool, change_size, encode, guided_edit, load_editor, save_editor,
                                 train_editor, typical_profile)
-from interpreter.localization import carrier_scores
+from interpreter.localization import greedy_carriers
 from interpreter.model import LoadedInterpreter, load_interpreter
 from zoo.behavior_bank import BehaviorBank
 from zoo.behaviors import get_behavior
@@ -302,11 +302,11 @@ def localize(es: EditSet, rank_bank: BehaviorBank, bank: BehaviorBank, k: int, s
     """
     g, w = es.group, es.group.spec.width
     unions = [sorted(set(h)) for h in g.rows["behaviors"]]
-    score = carrier_scores(g.spec, g.params, rank_bank, unions, es.behaviors, seed=seed)  # [B, depth*w]
+    top = greedy_carriers(g.spec, g.params, rank_bank, unions, es.behaviors, k, seed=seed)  # [B, depth*w]
     gen = torch.Generator().manual_seed(seed)
-    k = min(k, score.shape[1])
-    masks = {"top": torch.zeros_like(score, dtype=torch.bool).scatter(1, score.topk(k, dim=1).indices, True),
-             "random": torch.zeros_like(score, dtype=torch.bool).scatter(1, torch.rand(score.shape, generator=gen).topk(k, dim=1).indices, True)}
+    k = int(top[0].sum())
+    masks = {"top": top,
+             "random": torch.zeros_like(top).scatter(1, torch.rand(top.shape, generator=gen).topk(k, dim=1).indices, True)}
     before = measure(g.spec, g.params, bank, unions)
     after = {}
     for name, mask in masks.items():

@@ -1,11 +1,10 @@
-"""Which neurons carry a behavior: rank them, then check the ranking causally by ablation.
+"""Which neurons carry a behavior: choose them, then check the choice causally by ablation.
 
-The ranking is the first-order effect of resampling each neuron (attribution patching): its
-activation minus its usual value, times the gradient of the output logit, on B's own positives;
-minus the same magnitude on
-everything the model must keep flagging or not flagging (the other behaviors' positives and the
-negatives, counted twice), so a neuron that also serves the kept behaviors ranks low. It needs the model's
-weights and bank sequences, no labels of the model.
+Carriers are chosen greedily by what resample-ablating them does: each step adds the neuron whose
+ablation (together with those already chosen) turns off most of B's own positives, minus
+KEEP_WEIGHT times the share of flags it flips on the other behaviors' positives (the rates the
+check holds still). Ablated values come from random bank sequences, as in the check. It needs
+the model's weights and bank sequences, no labels of the model.
 """
 
 from __future__ import annotations
@@ -21,44 +20,48 @@ from zoo.behavior_bank import BehaviorBank
 from zoo.families import get_family
 from zoo.families.base import Params
 
-KEEP_WEIGHT = 2.0  # how much serving the rest counts against a neuron
+KEEP_WEIGHT = 2.0  # how much disturbing the other behaviors counts against a neuron
 
 
-def _acts_and_grads(spec: ArchSpec, params: Params, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hidden activations and d(logit)/d(activation), each [M, n, depth*width], on per-model inputs x [M, n, L]."""
-    leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-    acts: dict[str, torch.Tensor] = {}
-
-    def keep(name: str):
-        def fn(a: torch.Tensor) -> torch.Tensor:
-            a.retain_grad()
-            acts[name] = a
-            return a
-        return fn
-
-    names = [f"hidden.{i}" for i in range(spec.depth)]
-    logits = get_family(spec).forward(spec, leaves, x, interventions={n: keep(n) for n in names})
-    logits.sum().backward()
-    return torch.cat([acts[n].detach() for n in names], dim=2), torch.cat([acts[n].grad for n in names], dim=2)
+def _rows(bank: BehaviorBank, union: Sequence[str], behavior: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n of B's own positives, then n rows the check holds still: the other behaviors' own positives
+    in equal shares (the negatives when B is the model's only behavior)."""
+    own, negatives = eval_rows(bank, union)
+    others = [r for b, r in own.items() if b != behavior and len(r)]
+    rest = (np.concatenate([rng.choice(r, size=n // len(others) + 1) for r in others])[:n] if others
+            else rng.choice(negatives, size=n))
+    mine = own[behavior] if len(own[behavior]) else rest
+    return np.concatenate([rng.choice(mine, size=n), rest])
 
 
-def carrier_scores(spec: ArchSpec, params: Params, bank: BehaviorBank, unions: Sequence[Sequence[str]],
-                   behaviors: Sequence[str], n: int = 128, seed: int = 0) -> torch.Tensor:
-    """How much each hidden neuron [M, depth*width] pushes model m to flag behaviors[m] and nothing else.
-
-    Attribution of resampling the neuron: (activation - its mean elsewhere) x gradient, averaged over B's own
-    positives, minus KEEP_WEIGHT times its mean magnitude over the other behaviors' positives and the negatives.
-    """
+@torch.no_grad()
+def greedy_carriers(spec: ArchSpec, params: Params, bank: BehaviorBank, unions: Sequence[Sequence[str]],
+                    behaviors: Sequence[str], k: int, n: int = 256, seed: int = 0) -> torch.Tensor:
+    """Mask [M, depth*width] of the k hidden neurons of model m that carry behaviors[m] (see the module docstring)."""
     rng = np.random.default_rng(seed)
-    own_rows, rest_rows = [], []
-    for union, b in zip(unions, behaviors):
-        own, negatives = eval_rows(bank, union)
-        rest = np.concatenate([negatives] + [r for x, r in own.items() if x != b])
-        own_rows.append(rng.choice(own[b], size=n) if len(own[b]) else rng.choice(rest, size=n))
-        rest_rows.append(rng.choice(rest, size=n))
-    a_rest, g_rest = _acts_and_grads(spec, params, torch.from_numpy(bank.x[np.stack(rest_rows)]))
-    a_own, g_own = _acts_and_grads(spec, params, torch.from_numpy(bank.x[np.stack(own_rows)]))
-    baseline = a_rest.mean(dim=1, keepdim=True)
-    on_b = ((a_own - baseline) * g_own).mean(dim=1)
-    elsewhere = ((a_rest - baseline) * g_rest).abs().mean(dim=1)
-    return on_b - KEEP_WEIGHT * elsewhere
+    family, w = get_family(spec), spec.width
+    rows = np.stack([_rows(bank, u, b, n, rng) for u, b in zip(unions, behaviors)])  # [M, 2n]: own, rest
+    reference = rng.integers(0, len(bank.x), size=rows.shape)  # where ablated values come from
+    x = torch.from_numpy(bank.x[np.concatenate([rows, reference], axis=1)])
+    base = family.forward(spec, params, x)[:, : 2 * n] > 0
+    take = torch.from_numpy(rng.permutation(2 * n))
+
+    def flags(mask: torch.Tensor) -> torch.Tensor:
+        def ablate(i: int):
+            layer = mask[:, None, i * w:(i + 1) * w]
+            return lambda a: torch.cat([torch.where(layer, a[:, 2 * n:][:, take], a[:, : 2 * n]), a[:, 2 * n:]], dim=1)
+        hooks = {f"hidden.{i}": ablate(i) for i in range(spec.depth)}
+        return family.forward(spec, params, x, interventions=hooks)[:, : 2 * n] > 0
+
+    chosen = torch.zeros(len(behaviors), spec.depth * w, dtype=torch.bool)
+    for _ in range(min(k, chosen.shape[1])):
+        score = torch.full(chosen.shape, -torch.inf)
+        for j in range(chosen.shape[1]):
+            mask = chosen.clone()
+            mask[:, j] = True
+            f = flags(mask)
+            turned_off = (base[:, :n] & ~f[:, :n]).float().mean(1) - (~base[:, :n] & f[:, :n]).float().mean(1)
+            flipped = (base[:, n:] != f[:, n:]).float().mean(1)
+            score[:, j] = torch.where(chosen[:, j], -torch.inf, turned_off - KEEP_WEIGHT * flipped)
+        chosen[torch.arange(len(behaviors)), score.argmax(1)] = True
+    return chosen

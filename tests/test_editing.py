@@ -13,10 +13,12 @@ import yaml
 from interpreter.decoder import IncompatibleArchitecture, NeuronAlignedDecoder, check_editable
 from interpreter.edit_protocol import judge, measure
 from interpreter.editor import Editor, EditorConfig, Encoded, guided_edit, load_editor, save_editor, typical_profile
+from interpreter.localization import greedy_carriers
 from zoo.arch import ArchSpec
 from zoo.behavior_bank import BehaviorBank
 from zoo.data import make_cohort_data
 from zoo.families import get_family
+from zoo.interventions import resample
 from zoo.store import ZooStore
 from zoo.train import train_cohort
 
@@ -67,6 +69,31 @@ def test_guided_edit_adds_and_removes_a_behavior_in_a_small_model(single_thread)
     assert before[0].behavior["starts_with"] < 0.5 and before[1].behavior["all_same"] > 0.9  # a real change to make
     assert judge("add", "starts_with", ["all_same"], before[0], after[0]).success, after[0]
     assert judge("remove", "all_same", ["all_same"], before[1], after[1]).success, after[1]
+
+
+def test_greedy_carriers_find_the_neuron_that_carries_the_behavior(single_thread) -> None:
+    """In a model trained on two behaviors, the chosen carrier of one is (on fresh data) the neuron whose ablation
+    hurts it most, while the other behavior holds; greedy choices nest (the best pair starts with the best one)."""
+    spec = ArchSpec(family="mlp", depth=1, width=16, embed_dim=8)
+    have = ["all_same", "contains_abc"]
+    data = make_cohort_data([have], 7, 7, 2000, 100, [5])
+    params = get_family(spec).init(spec, [5])
+    train_cohort(spec, params, torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"]),
+                 torch.full((1,), 1e-2), 20, 64, [5])
+    rank_bank, fresh = BehaviorBank.build(NAMES, 7, 7, 200, seed=0), BehaviorBank.build(NAMES, 7, 7, 200, seed=1)
+    one = greedy_carriers(spec, params, rank_bank, [have], ["contains_abc"], k=1)
+    two = greedy_carriers(spec, params, rank_bank, [have], ["contains_abc"], k=2)
+    assert one.sum() == 1 and two.sum() == 2 and (two & one).sum() == 1
+
+    def rates(mask: torch.Tensor) -> dict[str, float]:
+        hooks = {"hidden.0": resample(mask, torch.Generator().manual_seed(0))}
+        return measure(spec, params, fresh, [have], interventions=hooks)[0].behavior
+
+    before = measure(spec, params, fresh, [have])[0].behavior
+    drops = [before["contains_abc"] - rates(torch.eye(16, dtype=torch.bool)[j : j + 1])["contains_abc"] for j in range(16)]
+    after = rates(one)
+    assert before["contains_abc"] - after["contains_abc"] >= max(drops) - 0.02 > 1.5 * np.mean(drops), drops
+    assert abs(before["all_same"] - after["all_same"]) <= 0.05
 
 
 @pytest.fixture(scope="module")
