@@ -15,9 +15,14 @@ from zoo.store import ZooStore
 from cluster import plots
 
 
+def _console() -> Console:
+    """A terminal console; logs (not a TTY) get 160 columns, so tables are not cut at rich's default 80."""
+    return Console(width=None if sys.stdout.isatty() else 160)
+
+
 def print_summary(report_path: Path, tracking_uri: str) -> None:
     """Held-out results table, then where the report and the MLflow runs are."""
-    console = Console(width=None if sys.stdout.isatty() else 160)  # logs get the whole table, not 80 columns
+    console = _console()
     report = json.loads(report_path.read_text())
     ev = report["stages"].get("interpreter_evaluate")
     if ev:
@@ -84,9 +89,9 @@ def show_zoo(zoo_dir: Path | str) -> None:
     """
     store = ZooStore(zoo_dir)
     manifest = store.read_manifest()
-    console = Console()
+    console = _console()
     console.print(f"zoo {store.uri}: {len(manifest)} models in {manifest['cohort_id'].nunique()} cohorts, "
-                  f"{store.size_bytes() / 1e6:.1f} MB on disk")
+                  f"{store.size_bytes() / 1e6:.1f} MB on disk", soft_wrap=True)  # one line, however long the path
     by_arch = Table(title="by architecture")
     for col in ("family", "architecture", "models", "mean held-out acc"):
         by_arch.add_column(col)
@@ -113,7 +118,7 @@ def show_zoo(zoo_dir: Path | str) -> None:
 
 def print_edit_summary(kind: str, summary: dict, report_path: Path) -> None:
     """What an edit command did: editor training figures, the success table, or one edit's before and after."""
-    console = Console(width=None if sys.stdout.isatty() else 160)
+    console = _console()
     if kind == "train":
         console.print(f"editor trained on {summary['n_train_models']} models in {summary['seconds']:.0f}s "
                       f"(the reading names the corrupted behavior of {summary['corrupted_named_right']:.0%} of the training repair pairs)")
