@@ -1,4 +1,4 @@
-"""Behavior editing: the decoder's symmetry, a guided edit of a small model, and the edit stages through the CLI."""
+"""Behavior editing: the decoder's symmetry, a guided edit of a small model, carriers, repair naming, and the edit stages through the CLI."""
 
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ def edit_config(tiny_run, tmp_path_factory):
 
 
 def test_repair_names_the_behavior_flagged_furthest_below_its_typical_share(tmp_path: Path) -> None:
-    """A behavior no model flags fully (typical share 0.6) is not named just because it is flagged little."""
+    """A behavior no model flags fully (typical share 0.5) is not named just because it is flagged little."""
     names = ["all_same", "no_repeats"]
     profiles = torch.tensor([[1.0, 0.6], [1.0, 0.0], [0.98, 0.5]])
     typical = typical_profile(profiles, [["all_same", "no_repeats"], ["all_same"], ["all_same", "no_repeats"]], names)
