@@ -46,6 +46,7 @@ class EditConfig(BaseModel):
     eval_per_behavior: int = Field(300, ge=10, description="fresh evaluation sequences per behavior and kind")
     guided_steps: int = Field(1000, ge=1, description="Adam steps of the guided edit (success rises steeply up to ~1,000)")
     guided_lr: float = Field(1e-2, gt=0)
+    guided_rounds: int = Field(8, ge=0, description="refinement rounds of the guided edit after its self-check (0: none)")
     finetune_epochs: int = Field(5, ge=1, description="epochs of the relabeled-data upper bound")
     reconstruction_steps: int = Field(1000, ge=1, description="training steps of the steering baseline's decoder")
     localization_k: int = Field(1, ge=1, description="neurons ablated per model in the localization check (chosen on training models)")

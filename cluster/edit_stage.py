@@ -121,6 +121,11 @@ def train_bank(ctx: EditContext, cfg: EditConfig) -> BehaviorBank:
     return BehaviorBank.build(ctx.names, ctx.vocab, ctx.length, cfg.editor.bank_per_behavior, seed=cfg.seed)
 
 
+def check_bank(ctx: EditContext, cfg: EditConfig) -> BehaviorBank:
+    """The sequences the guided edit checks itself on: neither its training rows nor the evaluation's."""
+    return BehaviorBank.build(ctx.names, ctx.vocab, ctx.length, cfg.eval_per_behavior, seed=cfg.seed + 20_000)
+
+
 def train_stage(ctx: EditContext, cfg: EditConfig, out_dir: Path,
                 on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
     """Train the editor and the steering baseline's decoder on the interpreter's training models; save both."""
@@ -243,7 +248,7 @@ def edited_weights(method: str, es: EditSet, enc: Encoded, read: list[list[str]]
         delta = tools["editor"].delta(spec, params, enc, *tools["editor"].codes(ops, chosen))
     elif method == "guided":
         delta = guided_edit(spec, params, tools["train_bank"], ops, chosen, read, cfg.guided_steps, cfg.guided_lr,
-                            seed=cfg.seed)
+                            seed=cfg.seed, check=tools["check_bank"], rounds=cfg.guided_rounds)
     elif method == "steering":
         shift = _sign(op) * tools["steering"][[tools["names"].index(b) for b in chosen]]
         _, delta = steer(tools["reconstruction"], spec, params, enc, shift)
@@ -361,7 +366,7 @@ def evaluate_edits(ctx: EditContext, cfg: EditConfig, editor_dir: Path, progress
 
     editor, rec, steering = load_stage(ctx, editor_dir, cfg)
     tools = {"editor": editor, "reconstruction": rec, "steering": steering, "names": ctx.names,
-             "train_bank": train_bank(ctx, cfg),
+             "train_bank": train_bank(ctx, cfg), "check_bank": check_bank(ctx, cfg),
              "task_vectors": sibling_task_vectors(ctx)}
     bank = BehaviorBank.build(ctx.names, ctx.vocab, ctx.length, cfg.eval_per_behavior, seed=cfg.seed + 10_000)  # fresh data
     rng = np.random.default_rng(cfg.seed)
@@ -421,7 +426,7 @@ def edit_model(ctx: EditContext, cfg: EditConfig, editor_dir: Path, out: ZooStor
             delta = editor.delta(group.spec, group.params, enc, *editor.codes([code_op], [target]))
     else:
         delta = guided_edit(group.spec, group.params, bank, [code_op], [target], [read], cfg.guided_steps,
-                            cfg.guided_lr, seed=cfg.seed)
+                            cfg.guided_lr, seed=cfg.seed, check=check_bank(ctx, cfg), rounds=cfg.guided_rounds)
     new = add_delta(group.params, {k: v.detach() for k, v in delta.items()})
     after_set = sorted(set(read) - {target}) if op == "remove" else sorted(set(read) | {target})
     fresh = BehaviorBank.build(ctx.names, ctx.vocab, ctx.length, cfg.eval_per_behavior, seed=cfg.seed + 10_000)

@@ -52,6 +52,7 @@ class Verdict:
     worst_kept_drop: float
     fpr_rise: float
     reasons: list[str] = field(default_factory=list)
+    target_missed: bool = False  # the edited behavior's own bar (the first reason, if any) was missed
 
 
 def eval_rows(bank: BehaviorBank, union: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -85,28 +86,30 @@ def measure(spec: ArchSpec, params: Params, bank: BehaviorBank, unions: Sequence
 
 
 def judge(op: str, behavior: str, kept: Sequence[str], before: Rates, after: Rates,
-          clean_rate: float | None = None) -> Verdict:
-    """Apply the protocol's thresholds to one edit (see the module docstring)."""
+          clean_rate: float | None = None, margin: float = 0.0) -> Verdict:
+    """Apply the protocol's thresholds to one edit (see the module docstring); ``margin`` makes every bar that
+    much stricter (the guided edit's self-check)."""
     rate = after.behavior[behavior]
     reasons = []
-    if op == "add" and not rate >= ADD_MIN:
+    if op == "add" and not rate >= ADD_MIN + margin:
         reasons.append(f"{behavior} flagged {rate:.2f} < {ADD_MIN}")
-    elif op == "remove" and not rate <= REMOVE_MAX:
+    elif op == "remove" and not rate <= REMOVE_MAX - margin:
         reasons.append(f"{behavior} flagged {rate:.2f} > {REMOVE_MAX}")
     elif op == "repair":
         if clean_rate is None:
             raise ValueError("repair needs the clean model's rate")
-        if not rate >= clean_rate - REPAIR_TOL:
+        if not rate >= clean_rate - REPAIR_TOL + margin:
             reasons.append(f"{behavior} flagged {rate:.2f} < clean {clean_rate:.2f} - {REPAIR_TOL}")
+    missed = bool(reasons)
     drops = {b: before.behavior[b] - after.behavior[b] for b in kept if b != behavior}
     worst = max(drops.values(), default=0.0)
     for b, d in drops.items():
-        if d > KEEP_TOL:
+        if d > KEEP_TOL - margin:
             reasons.append(f"{b} fell {d:.2f}")
     rise = after.fpr - before.fpr
-    if rise > FPR_TOL:
+    if rise > FPR_TOL - margin:
         reasons.append(f"false positives rose {rise:.2f}")
-    return Verdict(not reasons, rate, worst, rise, reasons)
+    return Verdict(not reasons, rate, worst, rise, reasons, missed)
 
 
 def success_table(verdicts: Sequence[Mapping]) -> dict[str, dict[str, dict[str, float]]]:

@@ -28,6 +28,7 @@ from torch import nn
 
 from interpreter.batch import collate
 from interpreter.decoder import NeuronAlignedDecoder, add_delta, check_editable
+from interpreter.edit_protocol import FPR_TOL, KEEP_TOL, judge, measure
 from interpreter.model import LoadedInterpreter
 from zoo.arch import ArchSpec
 from zoo.behavior_bank import BehaviorBank
@@ -249,20 +250,54 @@ def train_editor(editor: Editor, pools: Sequence[Pool], bank: BehaviorBank,
     return history
 
 
+REFINE_UP = 2.0  # weight multiplier per refinement round on the part of an edit that missed its bar
+CHECK_MARGIN = 0.01  # the self-check asks this much more than the protocol, so edits pass on fresh sequences too
+
+
 def guided_edit(spec: ArchSpec, params: Params, bank: BehaviorBank, ops: Sequence[str], behaviors: Sequence[str],
-                keep: Sequence[Sequence[str]], steps: int, lr: float = 3e-3, n: int = 256, seed: int = 0) -> Params:
+                keep: Sequence[Sequence[str]], steps: int, lr: float = 3e-3, n: int = 256, seed: int = 0,
+                check: BehaviorBank | None = None, rounds: int = 0) -> Params:
     """Decode edits by optimization: a change of every weight but the embedding, found by ``steps`` Adam steps
     against the edit targets (:func:`edit_targets`). Returns the change.
 
     No labels of the model are used: rows come from the bank (a quarter B's positives, a quarter over ``keep``
     and B, half over every behavior), targets are the model's own outputs with B switched on or off, so
     whatever the model did before is what it is held to.
+
+    With a ``check`` bank (other sequences than ``bank``), up to ``rounds`` refinement rounds follow. Each
+    measures every edit against the protocol's bars on ``check``, taking the model's own flags before the edit
+    as the reference (:func:`failing_parts`); the models that miss them continue from their change for half as
+    many steps at half the step size, with REFINE_UP times the weight on each part they missed (B's positives,
+    the kept behaviors' positives, the negatives).
     """
     rng = np.random.default_rng(seed)
+    delta = {k: torch.zeros_like(v) for k, v in params.items() if k != "embed"}
+    delta = _optimize_edit(spec, params, delta, bank, ops, behaviors, keep, steps, lr, n, rng)
+    weights = torch.ones(len(ops), 3)
+    for _ in range(rounds if check is not None else 0):
+        fails = failing_parts(spec, params, delta, check, ops, behaviors, keep)
+        bad = fails.any(dim=1).nonzero().flatten()
+        if not len(bad):
+            break
+        weights[fails] *= REFINE_UP
+        idx = bad.tolist()
+        refined = _optimize_edit(spec, {k: v[bad] for k, v in params.items()}, {k: v[bad] for k, v in delta.items()},
+                                 bank, [ops[i] for i in idx], [behaviors[i] for i in idx], [keep[i] for i in idx],
+                                 max(1, steps // 2), lr / 2, n, rng, weights[bad])
+        for k, v in refined.items():
+            delta[k] = delta[k].index_copy(0, bad, v)
+    return delta
+
+
+def _optimize_edit(spec: ArchSpec, params: Params, delta: Params, bank: BehaviorBank, ops: Sequence[str],
+                   behaviors: Sequence[str], keep: Sequence[Sequence[str]], steps: int, lr: float, n: int,
+                   rng: np.random.Generator, weights: torch.Tensor | None = None) -> Params:
+    """``steps`` Adam steps (cosine-annealed: large moves first, then settle) on the change ``delta`` from
+    ``params``; ``weights`` [B, 3] scales the loss on B's positives, the kept behaviors' positives and the rest."""
     family = get_family(spec)
-    free = {k: torch.zeros_like(v, requires_grad=True) for k, v in params.items() if k != "embed"}
+    free = {k: v.clone().requires_grad_(True) for k, v in delta.items()}
     opt = torch.optim.Adam(free.values(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)  # large moves first, then settle
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for _ in range(steps):
         rows = np.stack([np.concatenate([rng.choice(bank.positives[bank.names.index(b)], size=n // 4),
                                          bank.sample(rng, sorted(set(k) | {b}), n // 4),
@@ -271,13 +306,39 @@ def guided_edit(spec: ArchSpec, params: Params, bank: BehaviorBank, ops: Sequenc
         x = torch.from_numpy(bank.x[rows])
         with torch.no_grad():
             y = edit_targets(torch.sigmoid(family.forward(spec, params, x)), rows, bank, ops, behaviors, keep)
+            w = 1.0 if weights is None else row_weights(rows, bank, behaviors, keep, weights)
         logits = family.forward(spec, add_delta(params, free), x)
-        loss = F.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(dim=1).sum()
+        loss = (w * F.binary_cross_entropy_with_logits(logits, y, reduction="none")).mean(dim=1).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
     return {k: v.detach() for k, v in free.items()}
+
+
+def row_weights(rows: np.ndarray, bank: BehaviorBank, behaviors: Sequence[str], keep: Sequence[Sequence[str]],
+                weights: torch.Tensor) -> torch.Tensor:
+    """Per-row loss weights [B, n]: weights[m, 0] on B's positives, [m, 1] on other kept behaviors' positives,
+    [m, 2] on rows matching none of them."""
+    part = np.full(rows.shape, 2)
+    for m, (k, b) in enumerate(zip(keep, behaviors)):
+        part[m, bank.labels(rows[m], [c for c in k if c != b])] = 1
+        part[m, bank.labels(rows[m], [b])] = 0
+    return weights.gather(1, torch.from_numpy(part))
+
+
+def failing_parts(spec: ArchSpec, params: Params, delta: Params, check: BehaviorBank, ops: Sequence[str],
+                  behaviors: Sequence[str], keep: Sequence[Sequence[str]]) -> torch.Tensor:
+    """Which part of each edit misses the protocol's bars on ``check`` (by CHECK_MARGIN) [B, 3] bool: B's rate,
+    a kept behavior's drop, the false-positive rise. The reference is the model's own flags before the edit."""
+    unions = [sorted(set(k) | {b}) for k, b in zip(keep, behaviors)]
+    before, after = measure(spec, params, check, unions), measure(spec, add_delta(params, delta), check, unions)
+    fails = torch.zeros(len(ops), 3, dtype=torch.bool)
+    for m, (op, b, k) in enumerate(zip(ops, behaviors, keep)):
+        v = judge(op, b, k, before[m], after[m], margin=CHECK_MARGIN)
+        fails[m] = torch.tensor([v.target_missed, v.worst_kept_drop > KEEP_TOL - CHECK_MARGIN,
+                                 v.fpr_rise > FPR_TOL - CHECK_MARGIN])
+    return fails
 
 
 def save_editor(editor: Editor, directory: Path, extra: dict | None = None) -> Path:

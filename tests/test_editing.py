@@ -12,7 +12,8 @@ import yaml
 
 from interpreter.decoder import IncompatibleArchitecture, NeuronAlignedDecoder, check_editable
 from interpreter.edit_protocol import judge, measure
-from interpreter.editor import Editor, EditorConfig, Encoded, guided_edit, load_editor, save_editor, typical_profile
+from interpreter.editor import (Editor, EditorConfig, Encoded, failing_parts, guided_edit, load_editor, row_weights,
+                                save_editor, typical_profile)
 from interpreter.localization import greedy_carriers
 from zoo.arch import ArchSpec
 from zoo.behavior_bank import BehaviorBank
@@ -69,6 +70,50 @@ def test_guided_edit_adds_and_removes_a_behavior_in_a_small_model(single_thread)
     assert before[0].behavior["starts_with"] < 0.5 and before[1].behavior["all_same"] > 0.9  # a real change to make
     assert judge("add", "starts_with", ["all_same"], before[0], after[0]).success, after[0]
     assert judge("remove", "all_same", ["all_same"], before[1], after[1]).success, after[1]
+
+
+def _constant_models(spec: ArchSpec, logits: list[float]) -> dict[str, torch.Tensor]:
+    """Models whose output logit is a constant (zero readout weights): they flag everything or nothing."""
+    params = get_family(spec).init(spec, list(range(len(logits))))
+    params["w_out"].zero_()
+    params["b_out"].copy_(torch.tensor(logits).view(-1, 1))
+    return params
+
+
+def test_self_check_names_the_part_of_an_edit_that_misses_its_bar() -> None:
+    """An unchanged model misses the add's or removal's own bar; flagging everything adds B but raises false
+    positives; flagging nothing removes B but drops the kept behavior. Row weights follow the same parts."""
+    spec = ArchSpec(family="mlp", depth=1, width=4, embed_dim=8)
+    params = _constant_models(spec, [-5.0, 5.0])  # flags nothing / flags everything
+    check = BehaviorBank.build(NAMES, 7, 7, 100, seed=3)
+    ops, targets, keep = ["add", "remove"], ["starts_with", "all_same"], [[], ["all_same", "palindrome"]]
+    zero = {k: torch.zeros_like(v) for k, v in params.items() if k != "embed"}
+    flip = dict(zero, b_out=torch.tensor([[10.0], [-10.0]]))
+    assert failing_parts(spec, params, zero, check, ops, targets, keep).tolist() == [[True, False, False], [True, False, False]]
+    assert failing_parts(spec, params, flip, check, ops, targets, keep).tolist() == [[False, False, True], [False, True, False]]
+
+    rows = np.stack([check.sample(np.random.default_rng(0), ["all_same", "palindrome"], 64)] * 2)
+    w = row_weights(rows, check, ["all_same", "all_same"], [["all_same", "palindrome"], []], torch.tensor([[1.0, 2, 3]] * 2))
+    is_b, is_kept = check.labels(rows[0], ["all_same"]), check.labels(rows[0], ["palindrome"])
+    assert w[0].tolist() == np.where(is_b, 1.0, np.where(is_kept, 2.0, 3.0)).tolist()
+    assert w[1].tolist() == np.where(is_b, 1.0, 3.0).tolist()  # nothing kept: everything but B is "the rest"
+
+
+def test_guided_edit_refines_only_the_edits_that_fail_their_check(single_thread) -> None:
+    """With a check bank, edits that pass after the first run are returned as they were; the others change."""
+    spec = ArchSpec(family="mlp", depth=1, width=8, embed_dim=8)
+    params = get_family(spec).init(spec, [0, 1, 2])
+    params["b_out"].copy_(torch.tensor([[-3.0], [-3.0], [3.0]]))  # flag (almost) nothing, nothing, everything
+    bank, check = BehaviorBank.build(NAMES, 7, 7, 100, seed=0), BehaviorBank.build(NAMES, 7, 7, 100, seed=1)
+    args = (spec, params, bank, ["add", "add", "remove"], ["starts_with", "palindrome", "all_same"], [[], [], ["all_same"]])
+    plain = guided_edit(*args, steps=100, lr=1e-2)
+    refined = guided_edit(*args, steps=100, lr=1e-2, check=check, rounds=2)
+    zero = {k: torch.zeros_like(v) for k, v in plain.items()}
+    failed = failing_parts(spec, params, plain, check, *args[3:]).any(dim=1)
+    assert failed.any() and not failed.all(), failed  # 100 steps: the palindrome add still fails
+    same = torch.stack([(plain[k] == refined[k]).flatten(1).all(dim=1) for k in plain]).all(dim=0)
+    assert same.tolist() == (~failed).tolist()
+    assert not any(torch.equal(plain[k], zero[k]) for k in plain)
 
 
 def test_greedy_carriers_find_the_neuron_that_carries_the_behavior(single_thread) -> None:
