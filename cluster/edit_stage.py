@@ -35,8 +35,8 @@ from safetensors.torch import load_file, save_file
 from interpreter.decoder import NeuronAlignedDecoder, add_delta, check_editable
 from interpreter.edit_baselines import relabel_finetune, steer, steering_vectors, task_vectors, train_reconstruction
 from interpreter.edit_protocol import ADD_MIN, KEEP_TOL, judge, measure, success_table
-from interpreter.editor import (Editor, Encoded, Pool, change_size, encode, guided_edit, load_editor, save_editor,
-                                train_editor, typical_profile)
+from interpreter.editor import (CHECK_PARTS, Editor, Encoded, Pool, change_size, encode, failing_parts, guided_edit,
+                                load_editor, save_editor, train_editor, typical_profile)
 from interpreter.localization import greedy_carriers
 from interpreter.model import LoadedInterpreter, load_interpreter
 from zoo.behavior_bank import BehaviorBank
@@ -421,13 +421,17 @@ def edit_model(ctx: EditContext, cfg: EditConfig, editor_dir: Path, out: ZooStor
     read = read_sets(ctx, enc)[0]
     target = ctx.names[int(enc.corrupted_behavior(editor.typical_profile)[0])] if op == "repair" else behavior
     code_op = "add" if op == "repair" else op
+    check = check_bank(ctx, cfg)
     if method == "decoder":
         with torch.no_grad():
             delta = editor.delta(group.spec, group.params, enc, *editor.codes([code_op], [target]))
     else:
         delta = guided_edit(group.spec, group.params, bank, [code_op], [target], [read], cfg.guided_steps,
-                            cfg.guided_lr, seed=cfg.seed, check=check_bank(ctx, cfg), rounds=cfg.guided_rounds)
-    new = add_delta(group.params, {k: v.detach() for k, v in delta.items()})
+                            cfg.guided_lr, seed=cfg.seed, check=check, rounds=cfg.guided_rounds)
+    delta = {k: v.detach() for k, v in delta.items()}
+    new = add_delta(group.params, delta)
+    missed = failing_parts(group.spec, group.params, delta, check, [code_op], [target], [read])[0].tolist()
+    self_check = ", ".join(part for part, bad in zip(CHECK_PARTS, missed) if bad) or "passed"
     after_set = sorted(set(read) - {target}) if op == "remove" else sorted(set(read) | {target})
     fresh = BehaviorBank.build(ctx.names, ctx.vocab, ctx.length, cfg.eval_per_behavior, seed=cfg.seed + 10_000)
     union = sorted(set(read) | {target})
@@ -438,13 +442,14 @@ def edit_model(ctx: EditContext, cfg: EditConfig, editor_dir: Path, out: ZooStor
     flags = predict(group.spec, new, torch.from_numpy(fresh.x[rows]).unsqueeze(0))[0] > 0
     row["test_acc"] = float((flags.numpy() == fresh.labels(rows, after_set)).mean())  # against what the edit aimed at
     row["sha256"] = model_sha256(new, 0)
+    row["edit_self_check"] = self_check
     if not out.has_meta():
         out.write_meta({"edited_from": ctx.store.uri, "code_version": code_version()})
     out.write_cohort(row["cohort_id"], group.spec, new, [row])
     return {"model_id": new_id, "parent_id": model_id, "op": op, "behavior": target, "method": method,
             "interpreter_reads": read, "before": before.behavior | {"false_positive_rate": before.fpr},
             "after": after.behavior | {"false_positive_rate": after.fpr},
-            "change": float(change_size(group.params, delta).sqrt()[0]), "store": out.uri}
+            "change": float(change_size(group.params, delta).sqrt()[0]), "self_check": self_check, "store": out.uri}
 
 
 def _edited_row(ctx: EditContext, group: ArchGroup, new: dict, new_id: str, parent: str, op: str, behavior: str,

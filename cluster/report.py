@@ -127,7 +127,8 @@ def print_edit_summary(kind: str, summary: dict, report_path: Path) -> None:
     else:
         console.print(f"{summary['model_id']}: {summary['op']} {summary['behavior']} by {summary['method']} "
                       f"(interpreter reads {', '.join(summary['interpreter_reads']) or 'nothing'}); "
-                      f"relative weight change {summary['change']:.3f}")
+                      f"relative weight change {summary['change']:.3f}; self-check on the check bank (no labels): "
+                      f"{summary['self_check'] if summary['self_check'] == 'passed' else 'missed ' + summary['self_check']}")
         rates = Table(title="flag rates on fresh sequences")
         for col in ("", "before", "after"):
             rates.add_column(col)

@@ -252,6 +252,7 @@ def train_editor(editor: Editor, pools: Sequence[Pool], bank: BehaviorBank,
 
 REFINE_UP = 2.0  # weight multiplier per refinement round on the part of an edit that missed its bar
 CHECK_MARGIN = 0.01  # the self-check asks this much more than the protocol, so edits pass on fresh sequences too
+CHECK_PARTS = ("B's rate", "a kept behavior", "false positives")  # what failing_parts reports, in its column order
 
 
 def guided_edit(spec: ArchSpec, params: Params, bank: BehaviorBank, ops: Sequence[str], behaviors: Sequence[str],

@@ -12,7 +12,7 @@ import yaml
 
 from interpreter.decoder import IncompatibleArchitecture, NeuronAlignedDecoder, check_editable
 from interpreter.edit_protocol import judge, measure
-from interpreter.editor import (Editor, EditorConfig, Encoded, failing_parts, guided_edit, load_editor, row_weights,
+from interpreter.editor import (CHECK_PARTS, Editor, EditorConfig, Encoded, failing_parts, guided_edit, load_editor, row_weights,
                                 save_editor, typical_profile)
 from interpreter.localization import greedy_carriers
 from zoo.arch import ArchSpec
@@ -210,7 +210,9 @@ def test_edit_one_model_writes_it_with_lineage(edit_config, tiny_run, capsys) ->
     assert new["parent_id"] == row["model_id"] and new["edit_op"] == "add" and new["edit_behavior"] == behavior
     assert new["role"] == "edited" and new["interpreter_version"] and new["editor_version"]
     assert behavior in list(new["behaviors"])
-    spec, params, _ = ZooStore(tiny_run / "run" / "edited").load_cohort(new["cohort_id"])  # hash-verified
+    assert new["edit_self_check"] == "passed" or set(new["edit_self_check"].split(", ")) <= set(CHECK_PARTS)
+    assert "self-check on the check bank (no labels)" in capsys.readouterr().out
+    _, params, _ = ZooStore(tiny_run / "run" / "edited").load_cohort(new["cohort_id"])  # hash-verified
     assert not np.allclose(params["w0"].numpy(), store.load_cohort(row["cohort_id"])[1]["w0"][int(row["index"])].numpy())
 
 
