@@ -279,7 +279,7 @@ def score_edit_set(ctx: EditContext, es: EditSet, tools: dict, cfg: EditConfig, 
         es.clean = clean_rates(ctx, es, bank)
     else:
         chosen = list(es.behaviors)
-    unions = es.unions()
+    unions, op = es.unions(), "add" if es.op == "repair" else es.op
     before = measure(g.spec, g.params, bank, unions)
     rows = []
     for method in METHODS:
@@ -289,12 +289,13 @@ def score_edit_set(ctx: EditContext, es: EditSet, tools: dict, cfg: EditConfig, 
             continue
         after = measure(g.spec, new, bank, unions)
         size = change_size(g.params, delta).sqrt()
+        checked = ~failing_parts(g.spec, g.params, delta, tools["check_bank"], [op] * len(chosen), chosen, read).any(dim=1)
         for m, (have, b) in enumerate(zip(g.rows["behaviors"], es.behaviors)):
             v = judge(es.op, b, list(have), before[m], after[m], es.clean[m] if es.clean else None)
             rows.append({"method": method, "op": es.op, "behavior": b, "model_id": g.rows["model_id"][m],
                          "arch": g.spec.key(), "success": v.success, "target_rate": v.target_rate,
                          "before_rate": before[m].behavior[b], "worst_kept_drop": v.worst_kept_drop,
-                         "fpr_rise": v.fpr_rise, "change": float(size[m]), "chosen": chosen[m],
+                         "fpr_rise": v.fpr_rise, "change": float(size[m]), "chosen": chosen[m], "self_check": bool(checked[m]),
                          "reasons": "; ".join(v.reasons)})
     return rows
 
@@ -387,9 +388,17 @@ def evaluate_edits(ctx: EditContext, cfg: EditConfig, editor_dir: Path, progress
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
     """Success rates per method and operation, per behavior, and the localization verdict, as plain JSON."""
     v, loc = result["verdicts"], result["localization"]
+    v = v.assign(checked_success=v["success"] & v["self_check"])
     by_op = (v.groupby(["method", "op"]).agg(n=("success", "size"), success_rate=("success", "mean"),
-                                            mean_change=("change", "mean"), mean_target_rate=("target_rate", "mean"))
-             .reset_index().to_dict(orient="records"))
+                                            mean_change=("change", "mean"), mean_target_rate=("target_rate", "mean"),
+                                            self_check_rate=("self_check", "mean"), checked=("self_check", "sum"),
+                                            checked_success=("checked_success", "sum"))
+             .reset_index())
+    # how far the label-free self-check can be trusted: the protocol's verdict on the edits that pass it
+    by_op["success_if_checked"] = by_op["checked_success"] / by_op["checked"].where(by_op["checked"] > 0)
+    by_op = by_op.drop(columns=["checked", "checked_success"]).to_dict(orient="records")
+    for row in by_op:  # None, not NaN, where no edit passed its check (report.json stays strict JSON)
+        row["success_if_checked"] = None if pd.isna(row["success_if_checked"]) else float(row["success_if_checked"])
     per_behavior = {m: success_table(g.to_dict(orient="records")) for m, g in v.groupby("method")}
     return {"by_op": by_op, "per_behavior": per_behavior, "training_ceiling": result["ceiling"],
             "localization": loc.to_dict(orient="records"),

@@ -193,6 +193,9 @@ class Pipeline:
                 self._log_plot(plots.localization_bars(loc, self.paths.plots / "edit_localization.png"))
             for row in result["by_op"]:
                 mlflow.log_metric(f"{row['method']}.{row['op']}.success_rate", row["success_rate"])
+                mlflow.log_metric(f"{row['method']}.{row['op']}.self_check_rate", row["self_check_rate"])
+                if row["success_if_checked"] is not None:
+                    mlflow.log_metric(f"{row['method']}.{row['op']}.success_if_checked", row["success_if_checked"])
             mlflow.log_metric("localization_passes", result["localization_passes"])
             self._log_plot(plots.edit_success(result["by_op"], self.paths.plots / "edit_success.png"))
             self._log_plot(plots.edit_heatmap(result["per_behavior"], result["training_ceiling"],

@@ -141,11 +141,14 @@ def print_edit_summary(kind: str, summary: dict, report_path: Path) -> None:
 
 def _print_edit_table(console: Console, summary: dict) -> None:
     """Edit success per method and operation, then the localization verdict."""
-    table = Table(title="Edits of held-out models (success rate, edits scored, mean relative weight change)")
-    for col in ("method", "operation", "success", "n", "change"):
-        table.add_column(col, justify="right" if col in ("success", "n", "change") else "left")
+    table = Table(title="Edits of held-out models (success rate, edits scored, mean relative weight change; share "
+                        "passing the label-free self-check, and the success rate of those)")
+    for col in ("method", "operation", "success", "n", "change", "self-check", "success if checked"):
+        table.add_column(col, justify="left" if col in ("method", "operation") else "right")
     for row in summary["by_op"]:
-        table.add_row(row["method"], row["op"], f"{row['success_rate']:.3f}", str(row["n"]), f"{row['mean_change']:.3f}")
+        table.add_row(row["method"], row["op"], f"{row['success_rate']:.3f}", str(row["n"]), f"{row['mean_change']:.3f}",
+                      f"{row['self_check_rate']:.3f}",
+                      "-" if row["success_if_checked"] is None else f"{row['success_if_checked']:.3f}")
     console.print(table)
     console.print(f"localization: {summary['localization_passes']} of {summary['localization_behaviors']} behaviors "
                   "pass (top-k ablation >= 3x random, others within 5 points)")

@@ -183,6 +183,8 @@ def test_edit_evaluate_scores_every_method_and_logs(edit_config, tiny_run) -> No
     assert {row["op"] for row in ev["by_op"]} == {"add", "remove"}  # the tiny zoo has no repair pairs
     for row in ev["by_op"]:
         assert 0.0 <= row["success_rate"] <= 1.0 and row["n"] > 0
+        assert 0.0 <= row["self_check_rate"] <= 1.0
+        assert (row["success_if_checked"] is None) == (row["self_check_rate"] == 0.0)
     assert ev["localization_behaviors"] > 0
     assert report["stages"]["edit_train"]["interpreter_version"]
     for plot in ("edit_success.png", "edit_per_behavior.png", "edit_localization.png"):
