@@ -18,7 +18,8 @@ from interpreter.edit_protocol import eval_rows
 from zoo.arch import ArchSpec
 from zoo.behavior_bank import BehaviorBank
 from zoo.families import get_family
-from zoo.families.base import Params
+from zoo.families.base import Cache, Params
+from zoo.interventions import patch
 
 KEEP_WEIGHT = 2.0  # how much disturbing the other behaviors counts against a neuron
 
@@ -41,17 +42,14 @@ def greedy_carriers(spec: ArchSpec, params: Params, bank: BehaviorBank, unions: 
     rng = np.random.default_rng(seed)
     family, w = get_family(spec), spec.width
     rows = np.stack([_rows(bank, u, b, n, rng) for u, b in zip(unions, behaviors)])  # [M, 2n]: own, rest
-    reference = rng.integers(0, len(bank.x), size=rows.shape)  # where ablated values come from
-    x = torch.from_numpy(bank.x[np.concatenate([rows, reference], axis=1)])
-    base = family.forward(spec, params, x)[:, : 2 * n] > 0
-    take = torch.from_numpy(rng.permutation(2 * n))
+    x = torch.from_numpy(bank.x[rows])
+    reference: Cache = {}  # the values ablated neurons take: their activations on random bank sequences
+    family.forward(spec, params, torch.from_numpy(bank.x[rng.integers(0, len(bank.x), size=rows.shape)]), cache=reference)
+    base = family.forward(spec, params, x) > 0
 
     def flags(mask: torch.Tensor) -> torch.Tensor:
-        def ablate(i: int):
-            layer = mask[:, None, i * w:(i + 1) * w]
-            return lambda a: torch.cat([torch.where(layer, a[:, 2 * n:][:, take], a[:, : 2 * n]), a[:, 2 * n:]], dim=1)
-        hooks = {f"hidden.{i}": ablate(i) for i in range(spec.depth)}
-        return family.forward(spec, params, x, interventions=hooks)[:, : 2 * n] > 0
+        hooks = {f"hidden.{i}": patch(mask[:, i * w:(i + 1) * w], reference[f"hidden.{i}"]) for i in range(spec.depth)}
+        return family.forward(spec, params, x, interventions=hooks) > 0
 
     chosen = torch.zeros(len(behaviors), spec.depth * w, dtype=torch.bool)
     for _ in range(min(k, chosen.shape[1])):
