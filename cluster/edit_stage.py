@@ -35,8 +35,8 @@ from safetensors.torch import load_file, save_file
 from interpreter.decoder import NeuronAlignedDecoder, add_delta, check_editable
 from interpreter.edit_baselines import relabel_finetune, steer, steering_vectors, task_vectors, train_reconstruction
 from interpreter.edit_protocol import ADD_MIN, KEEP_TOL, judge, measure, success_table
-from interpreter.editor import (CHECK_PARTS, Editor, Encoded, Pool, change_size, encode, failing_parts, guided_edit,
-                                load_editor, save_editor, train_editor, typical_profile)
+from interpreter.editor import (CHECK_PARTS, Editor, Encoded, Pool, change_size, code_op, encode, failing_parts,
+                                guided_edit, load_editor, save_editor, train_editor, typical_profile)
 from interpreter.localization import greedy_carriers
 from interpreter.model import LoadedInterpreter, load_interpreter
 from zoo.behavior_bank import BehaviorBank
@@ -242,7 +242,7 @@ def _sign(op: str) -> float:
 def edited_weights(method: str, es: EditSet, enc: Encoded, read: list[list[str]], chosen: list[str], tools: dict,
                    cfg: EditConfig) -> tuple[dict | None, dict | None]:
     """(new weights, change) of one method for an edit set; (None, None) where the method has nothing to offer."""
-    spec, params, op = es.group.spec, es.group.params, "add" if es.op == "repair" else es.op
+    spec, params, op = es.group.spec, es.group.params, code_op(es.op)
     ops = [op] * len(chosen)
     if method == "decoder":
         delta = tools["editor"].delta(spec, params, enc, *tools["editor"].codes(ops, chosen))
@@ -279,7 +279,7 @@ def score_edit_set(ctx: EditContext, es: EditSet, tools: dict, cfg: EditConfig, 
         es.clean = clean_rates(ctx, es, bank)
     else:
         chosen = list(es.behaviors)
-    unions, op = es.unions(), "add" if es.op == "repair" else es.op
+    unions, op = es.unions(), code_op(es.op)
     before = measure(g.spec, g.params, bank, unions)
     rows = []
     for method in METHODS:
@@ -429,17 +429,16 @@ def edit_model(ctx: EditContext, cfg: EditConfig, editor_dir: Path, out: ZooStor
     enc = encode(ctx.interp, group.spec, group.params, ctx.probes, bank)
     read = read_sets(ctx, enc)[0]
     target = ctx.names[int(enc.corrupted_behavior(editor.typical_profile)[0])] if op == "repair" else behavior
-    code_op = "add" if op == "repair" else op
     check = check_bank(ctx, cfg)
     if method == "decoder":
         with torch.no_grad():
-            delta = editor.delta(group.spec, group.params, enc, *editor.codes([code_op], [target]))
+            delta = editor.delta(group.spec, group.params, enc, *editor.codes([op], [target]))
     else:
-        delta = guided_edit(group.spec, group.params, bank, [code_op], [target], [read], cfg.guided_steps,
+        delta = guided_edit(group.spec, group.params, bank, [code_op(op)], [target], [read], cfg.guided_steps,
                             cfg.guided_lr, seed=cfg.seed, check=check, rounds=cfg.guided_rounds)
     delta = {k: v.detach() for k, v in delta.items()}
     new = add_delta(group.params, delta)
-    missed = failing_parts(group.spec, group.params, delta, check, [code_op], [target], [read])[0].tolist()
+    missed = failing_parts(group.spec, group.params, delta, check, [code_op(op)], [target], [read])[0].tolist()
     self_check = ", ".join(part for part, bad in zip(CHECK_PARTS, missed) if bad) or "passed"
     after_set = sorted(set(read) - {target}) if op == "remove" else sorted(set(read) | {target})
     fresh = BehaviorBank.build(ctx.names, ctx.vocab, ctx.length, cfg.eval_per_behavior, seed=cfg.seed + 10_000)

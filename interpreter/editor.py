@@ -81,8 +81,13 @@ class Editor(nn.Module):
 
     def codes(self, ops: Sequence[str], behaviors: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Op and behavior ids for edit names ("repair" is coded as "add")."""
-        op_ids = torch.tensor([OPS.index("add" if op == "repair" else op) for op in ops])
+        op_ids = torch.tensor([OPS.index(code_op(op)) for op in ops])
         return op_ids, torch.tensor([self.behaviors.index(b) for b in behaviors])
+
+
+def code_op(op: str) -> str:
+    """The operation an edit carries out: repair is "add B" for the behavior that looks corrupted."""
+    return "add" if op == "repair" else op
 
 
 @dataclass
