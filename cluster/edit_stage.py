@@ -121,6 +121,11 @@ def train_bank(ctx: EditContext, cfg: EditConfig) -> BehaviorBank:
     return BehaviorBank.build(ctx.names, ctx.vocab, ctx.length, cfg.editor.bank_per_behavior, seed=cfg.seed)
 
 
+def eval_bank(ctx: EditContext, cfg: EditConfig) -> BehaviorBank:
+    """The fresh sequences edits are judged on: never seen by the editor or by an edit."""
+    return BehaviorBank.build(ctx.names, ctx.vocab, ctx.length, cfg.eval_per_behavior, seed=cfg.seed + 10_000)
+
+
 def check_bank(ctx: EditContext, cfg: EditConfig) -> BehaviorBank:
     """The sequences the guided edit checks itself on: neither its training rows nor the evaluation's."""
     return BehaviorBank.build(ctx.names, ctx.vocab, ctx.length, cfg.eval_per_behavior, seed=cfg.seed + 20_000)
@@ -369,7 +374,7 @@ def evaluate_edits(ctx: EditContext, cfg: EditConfig, editor_dir: Path, progress
     tools = {"editor": editor, "reconstruction": rec, "steering": steering, "names": ctx.names,
              "train_bank": train_bank(ctx, cfg), "check_bank": check_bank(ctx, cfg),
              "task_vectors": sibling_task_vectors(ctx)}
-    bank = BehaviorBank.build(ctx.names, ctx.vocab, ctx.length, cfg.eval_per_behavior, seed=cfg.seed + 10_000)  # fresh data
+    bank = eval_bank(ctx, cfg)
     rng = np.random.default_rng(cfg.seed)
     test_ids = ctx.test_ids[: cfg.max_test_models] if cfg.max_test_models else ctx.test_ids
     sets = [es for g in editable_groups(ctx, test_ids) for es in plan_edit_sets(ctx, g, rng)]
@@ -441,7 +446,7 @@ def edit_model(ctx: EditContext, cfg: EditConfig, editor_dir: Path, out: ZooStor
     missed = failing_parts(group.spec, group.params, delta, check, [code_op(op)], [target], [read])[0].tolist()
     self_check = ", ".join(part for part, bad in zip(CHECK_PARTS, missed) if bad) or "passed"
     after_set = sorted(set(read) - {target}) if op == "remove" else sorted(set(read) | {target})
-    fresh = BehaviorBank.build(ctx.names, ctx.vocab, ctx.length, cfg.eval_per_behavior, seed=cfg.seed + 10_000)
+    fresh = eval_bank(ctx, cfg)
     union = sorted(set(read) | {target})
     before, after = measure(group.spec, group.params, fresh, [union])[0], measure(group.spec, new, fresh, [union])[0]
     new_id = f"{model_id}.{op}-{target}"
