@@ -92,3 +92,13 @@ def test_signature_table_shapes_and_dtypes():
     assert row["model_id"] == "b" and row["n_neurons"] == 17 and len(row["features"]) == 17 * row["n_features"]
     np.testing.assert_array_equal(np.asarray(row["features"], np.float32), sig["features"][1].reshape(-1))
     assert len(row["logits"]) == len(probes) and len(row["weight_stats"]) == 7 * len(params)
+
+
+def test_chunks_of_models_change_nothing():
+    spec = ArchSpec(family="gru", depth=1, width=8, embed_dim=4)
+    params = get_family(spec).init(spec, [1, 2, 3, 4, 5])
+    probes = make_probe_set(behavior_names(), 7, 7)
+    whole, chunked = cohort_signatures(spec, params, probes, chunk=5), cohort_signatures(spec, params, probes, chunk=2)
+    assert whole.keys() == chunked.keys()
+    for key, value in whole.items():
+        np.testing.assert_allclose(chunked[key], value, rtol=1e-5, atol=1e-6, err_msg=key)

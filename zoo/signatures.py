@@ -107,14 +107,28 @@ def weight_statistics(params: Params) -> tuple[np.ndarray, list[str]]:
     return torch.stack(cols, dim=-1).numpy(), names
 
 
+SIGNATURE_CHUNK = 64  # models per forward pass: the hook cache holds models x probes x positions x width floats
+
+
 @torch.no_grad()
-def cohort_signatures(spec: ArchSpec, params: Params, probes: ProbeSet) -> dict[str, Any]:
-    """Signatures of all M models of a cohort.
+def cohort_signatures(spec: ArchSpec, params: Params, probes: ProbeSet, chunk: int = SIGNATURE_CHUNK) -> dict[str, Any]:
+    """Signatures of all M models of a cohort, ``chunk`` models per forward pass (every value is per model, so
+    chunks only bound the memory: a GRU cohort of 250 on 2,656 probes would cache several GB at once).
 
     Returns ``features`` [M, n_neurons, F] float32, neuron metadata ``layer``,
     ``index``, ``rel_depth``, ``kind`` and ``fan_in`` (each [n_neurons], shared by
     the cohort), ``logits`` [M, P] on the probes and ``weight_stats`` [M, W].
     """
+    m = next(iter(params.values())).shape[0]
+    if m <= chunk:
+        return _signatures(spec, params, probes)
+    parts = [_signatures(spec, {k: v[lo: lo + chunk] for k, v in params.items()}, probes) for lo in range(0, m, chunk)]
+    per_model = ("features", "logits", "weight_stats")
+    return {**parts[0], **{k: np.concatenate([p[k] for p in parts]) for k in per_model}}
+
+
+def _signatures(spec: ArchSpec, params: Params, probes: ProbeSet) -> dict[str, Any]:
+    """cohort_signatures for one chunk of models."""
     family = get_family(spec)
     cache: dict[str, torch.Tensor] = {}
     logits = family.forward(spec, params, torch.from_numpy(probes.tokens), cache=cache)
