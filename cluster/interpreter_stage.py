@@ -27,13 +27,14 @@ from interpreter.config import InterpreterConfig
 from interpreter.metrics import evaluate_heads, headline_metrics
 from interpreter.model import load_interpreter, save_interpreter
 from interpreter.parallel import DataParallel
+from interpreter.probe_accuracy import ProbeLayout
 from interpreter.targets import build_targets, specs_for
 from interpreter.train import predict, train_interpreter
 from zoo.errors import ZoolensError
 from zoo.store import ZooStore, atomic_write_json
 
 from cluster.runtime import cluster_cpus, cluster_gpus
-from cluster.signature_stage import read_signature_meta, read_signatures
+from cluster.signature_stage import read_probe_set, read_signature_meta, read_signatures
 
 
 class InterpreterStageError(ZoolensError):
@@ -70,6 +71,11 @@ def _load_split(zoo_dir: str, sig_dir: str, ids: list[str]) -> tuple[list[dict],
     records = read_signatures(Path(sig_dir), ids)
     rows = manifest.loc[[r["model_id"] for r in records]].reset_index()
     return records, build_targets(rows, behaviors), behaviors, rows
+
+
+def probe_layout(sig_dir: str | Path) -> ProbeLayout:
+    """What the interpreter's accuracy estimate needs of the probe set the signatures were read through."""
+    return ProbeLayout.of(read_probe_set(Path(sig_dir)))
 
 
 def signature_feature_names(sig_dir: str | Path) -> list[str] | None:
@@ -118,7 +124,8 @@ def _train_loop(config: dict[str, Any]) -> None:
     t0 = time.perf_counter()
     result = train_interpreter(records, targets, config["cfg"], behaviors, on_epoch=on_epoch,
                                specs=specs_for(targets, behaviors), parallel=parallel,
-                               feature_names=signature_feature_names(config["sig_dir"]))
+                               feature_names=signature_feature_names(config["sig_dir"]),
+                               probe_layout=probe_layout(config["sig_dir"]))
     summary = {"seconds": time.perf_counter() - t0, "best_epoch": result.best_epoch,
                "epochs_run": len(result.history), "n_train_models": len(records),
                "num_workers": parallel.world_size, "models_per_rank": result.models_per_rank}
@@ -175,12 +182,14 @@ def train_stage(zoo_dir: Path, sig_dir: Path, out_dir: Path, cfg: InterpreterCon
 
 def score_methods(train: tuple[list[dict], dict], test: tuple[list[dict], dict], model_preds: dict[str, np.ndarray],
                   thresholds: np.ndarray | None, cfg: InterpreterConfig, behaviors: list[str],
-                  slow_baselines: bool = True, feature_names: list[str] | None = None) -> dict[str, dict[str, Any]]:
+                  slow_baselines: bool = True, feature_names: list[str] | None = None,
+                  layout: ProbeLayout | None = None) -> dict[str, dict[str, Any]]:
     """Score the interpreter and every baseline on the same held-out models, head by head.
 
     The interpreter is scored with the per-behavior thresholds it chose on its validation
     split, and also at 0.5 so the comparison with baselines (which use 0.5) is even.
-    `feature_names`: the signature's column names (the shuffled-label control reads cfg.feature_set too).
+    `feature_names`: the signature's column names (the shuffled-label control reads cfg.feature_set too);
+    `layout`: the probe set's, so the control's accuracy head reads the probe outputs as the interpreter's does.
     """
     (train_records, train_y), (test_records, test_y) = train, test
     specs = specs_for(train_y, behaviors)
@@ -194,7 +203,8 @@ def score_methods(train: tuple[list[dict], dict], test: tuple[list[dict], dict],
     }
     if slow_baselines:
         preds["shuffled_labels"] = shuffled_label_baseline(train_records, train_y, test_records, cfg, behaviors,
-                                                           seed=cfg.seed + 1, specs=specs, feature_names=feature_names)
+                                                           seed=cfg.seed + 1, specs=specs, feature_names=feature_names,
+                                                           probe_layout=layout)
     return {m: evaluate_heads(test_y, p, specs, thresholds if m == "interpreter" else None) for m, p in preds.items()}
 
 
@@ -206,11 +216,11 @@ def _evaluate_remote(zoo_dir: str, sig_dir: str, interp_dir: str, cfg: Interpret
     split = json.loads((Path(interp_dir) / "split.json").read_text())
     train_records, train_y, behaviors, train_rows = _load_split(zoo_dir, sig_dir, split["train"])
     test_records, test_y, _, test_rows = _load_split(zoo_dir, sig_dir, split["test"])
-    names = signature_feature_names(sig_dir)
+    names, layout = signature_feature_names(sig_dir), probe_layout(sig_dir)
     loaded = load_interpreter(interp_dir)
     model_preds = predict(loaded.model, loaded.scaler, test_records)
     reports = score_methods((train_records, train_y), (test_records, test_y), model_preds,
-                            loaded.model.thresholds, cfg, behaviors, feature_names=names)
+                            loaded.model.thresholds, cfg, behaviors, feature_names=names, layout=layout)
     cross: dict[str, Any] = {}
     families = sorted(set(train_rows["family"]) & set(test_rows["family"]))
     if cross_family and len(families) >= 2:
@@ -218,7 +228,7 @@ def _evaluate_remote(zoo_dir: str, sig_dir: str, interp_dir: str, cfg: Interpret
             tr = _subset(train_records, train_y, (train_rows["family"] != fam).to_numpy())
             te = _subset(test_records, test_y, (test_rows["family"] == fam).to_numpy())
             result = train_interpreter(tr[0], tr[1], cfg, behaviors, specs=specs_for(tr[1], behaviors),
-                                       feature_names=names)
+                                       feature_names=names, probe_layout=layout)
             fam_preds = predict(result.model, result.scaler, te[0])
             cross[fam] = {"n_train_models": len(tr[0]), "n_test_models": len(te[0]),
                           "reports": score_methods(tr, te, fam_preds, result.model.thresholds, cfg, behaviors,

@@ -22,7 +22,7 @@ from interpreter.train import predict, train_interpreter
 from zoo.store import ZooStore
 from zoo.version import code_version
 
-from cluster.interpreter_stage import _load_split, signature_feature_names, split_models
+from cluster.interpreter_stage import _load_split, probe_layout, signature_feature_names, split_models
 from cluster.registry import register_interpreter
 
 
@@ -45,7 +45,7 @@ def interpreter_trainable(config: dict[str, Any]) -> None:
     records, targets, behaviors, _ = _load_split(zoo_dir, sig_dir, train_ids)
     cfg = InterpreterConfig(**{k: v for k, v in config.items() if k in InterpreterConfig.model_fields})
     result = train_interpreter(records, targets, cfg, behaviors, specs=head_specs(behaviors),
-                               feature_names=signature_feature_names(sig_dir),
+                               feature_names=signature_feature_names(sig_dir), probe_layout=probe_layout(sig_dir),
                                on_epoch=lambda epoch, metrics: tune.report({"epoch": epoch, **metrics}))
     with tempfile.TemporaryDirectory() as tmp:
         save_interpreter(result.model, result.scaler, behaviors, tmp)

@@ -139,6 +139,20 @@ def read_signature_meta(sig_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def read_probe_set(sig_dir: Path) -> ProbeSet:
+    """The probe set the signatures in ``sig_dir`` were read through, checked against the hash they recorded."""
+    meta = read_signature_meta(sig_dir)
+    try:
+        probes = ProbeSet(np.asarray(meta["probe_tokens"], dtype=np.int64), np.asarray(meta["probe_behavior"], dtype=np.int64),
+                          np.asarray(meta["probe_is_positive"], dtype=bool), tuple(meta["behaviors"]), int(meta["vocab"]),
+                          int(meta["length"]), meta["probe_version"])
+    except KeyError as exc:
+        raise SignatureError(f"{Path(sig_dir) / SIGNATURE_META} does not record its probe set ({exc.args[0]} missing)") from None
+    if probes.sha256 != meta.get("probe_sha256"):
+        raise SignatureError(f"{Path(sig_dir) / SIGNATURE_META}: the recorded probe set does not match its hash")
+    return probes
+
+
 def read_signatures(sig_dir: Path, model_ids: list[str] | None = None) -> list[dict[str, Any]]:
     """Load signature rows (optionally a subset of models) as interpreter records, sorted by model id.
 

@@ -21,6 +21,7 @@ from sklearn.preprocessing import StandardScaler
 
 from interpreter.batch import Record
 from interpreter.config import InterpreterConfig
+from interpreter.probe_accuracy import ProbeLayout
 from interpreter.targets import HeadSpec, permute_targets, specs_for
 from interpreter.train import Targets, as_target_dict, predict, predict_proba, train_interpreter
 
@@ -76,11 +77,13 @@ def shuffled_label_baseline(
     seed: int = 0,
     specs: Sequence[HeadSpec] | None = None,
     feature_names: Sequence[str] | None = None,
+    probe_layout: ProbeLayout | None = None,
 ) -> np.ndarray | Preds:
     """Same interpreter and budget, trained on target rows permuted across models: the no-signal control.
 
     One permutation for all heads, so the joint label structure survives but its link to the signature does not.
-    `feature_names` are needed when cfg.feature_set is not "all" (as for train_interpreter).
+    `feature_names` are needed when cfg.feature_set is not "all" and `probe_layout` reads accuracy off the probe
+    outputs (as for train_interpreter).
     """
     perm = np.random.default_rng(seed).permutation(len(train_records))
     if not isinstance(train_labels, Mapping):
@@ -88,7 +91,7 @@ def shuffled_label_baseline(
                                    feature_names=feature_names)
         return predict_proba(result.model, result.scaler, test_records)
     result = train_interpreter(train_records, permute_targets(train_labels, perm), cfg, behavior_names, specs=specs,
-                               feature_names=feature_names)
+                               feature_names=feature_names, probe_layout=probe_layout)
     preds = predict(result.model, result.scaler, test_records)
     preds.pop("latent")
     return preds

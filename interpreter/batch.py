@@ -24,6 +24,7 @@ class NeuronBatch:
     kind: torch.Tensor  # [B, N] long
     mask: torch.Tensor  # [B, N] bool
     probe_logits: torch.Tensor  # [B, P] float32 standardized output logits on the probe set (P = 0: unused)
+    probe_raw: torch.Tensor  # [B, P] float32 the same logits as the model gave them (their sign is its flag)
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -49,6 +50,7 @@ class NeuronBatch:
             kind=self.kind[index, :n],
             mask=mask[:, :n],
             probe_logits=self.probe_logits[index],
+            probe_raw=self.probe_raw[index],
         )
 
 
@@ -122,14 +124,18 @@ class FeatureScaler:
         """Length of the probe-logit vector the encoder reads (0: pathway off)."""
         return int(self.logit_mean.shape[0])
 
-    def transform_logits(self, records: Sequence[Record]) -> np.ndarray:
-        """Standardized, clipped probe logits [B, P] ([B, 0] when the pathway is off)."""
+    def raw_logits(self, records: Sequence[Record]) -> np.ndarray:
+        """The records' probe logits as given [B, P] (NaN as 0; [B, 0] when the pathway is off)."""
         if not self.n_probes:
             return np.zeros((len(records), 0), dtype=np.float32)
         for r in records:
             if len(r["logits"]) != self.n_probes:
                 raise ValueError(f"record {r.get('model_id', '?')}: {len(r['logits'])} probe logits, expected {self.n_probes}")
-        z = (np.nan_to_num(np.stack([r["logits"] for r in records]).astype(np.float32)) - self.logit_mean) / self.logit_std
+        return np.nan_to_num(np.stack([r["logits"] for r in records]).astype(np.float32))
+
+    def transform_logits(self, raw: np.ndarray) -> np.ndarray:
+        """Standardized, clipped probe logits [B, P] from :meth:`raw_logits`."""
+        z = (raw - self.logit_mean).astype(np.float32) / self.logit_std.astype(np.float32)
         return np.clip(z, -self.clip, self.clip, out=z)
 
     @property
@@ -173,6 +179,7 @@ def collate(records: Sequence[Record], scaler: FeatureScaler) -> NeuronBatch:
     for r in records:
         if r["features"].shape != (len(r["layer"]), n_raw):
             raise ValueError(f"record {r.get('model_id', '?')}: features {r['features'].shape}, expected (n, {n_raw})")
+    raw = scaler.raw_logits(records)
     b, n = len(records), int(lengths.max())
     mask = np.arange(n)[None, :] < lengths[:, None]  # row-major order matches concatenation order
 
@@ -190,5 +197,6 @@ def collate(records: Sequence[Record], scaler: FeatureScaler) -> NeuronBatch:
         rel_depth=torch.from_numpy(depth),
         kind=torch.from_numpy(kind),
         mask=torch.from_numpy(mask),
-        probe_logits=torch.from_numpy(scaler.transform_logits(records)),
+        probe_logits=torch.from_numpy(scaler.transform_logits(raw)),
+        probe_raw=torch.from_numpy(raw),
     )

@@ -47,6 +47,9 @@ class InterpreterConfig(BaseModel):
         "behaviors", description="validation loss that early stopping watches: the behavior head's, or all heads' weighted sum")
     probe_pathway: bool = Field(
         True, description="also read the model's whole output-logit profile over the probe set (architecture-independent)")
+    probe_accuracy: bool = Field(
+        True, description="read accuracy off the model's own probe outputs under the behaviors read (needs the probe "
+                          "pathway and the probe set; interpreter.probe_accuracy), the accuracy head adding a correction")
     feature_set: FeatureSet = Field(
         "all", description="signature columns the encoder reads: all, stats, stats+behavior or no_tokens (interpreter.features)")
     # data parallelism (read by cluster/interpreter_stage.py; interpreter/ itself takes a DataParallel)

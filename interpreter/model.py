@@ -15,6 +15,7 @@ from torch import nn
 from interpreter.batch import FeatureScaler, NeuronBatch
 from interpreter.config import InterpreterConfig
 from interpreter.encoder import SignatureEncoder
+from interpreter.probe_accuracy import ProbeAccuracy, ProbeLayout
 from interpreter.targets import HeadSpec, behaviors_spec, output_key
 
 FORMAT_VERSION = 2  # 2: head specs + behavior thresholds; version-1 files load as behaviors-only
@@ -34,10 +35,14 @@ class Interpreter(nn.Module):
     "behavior_logits" [B,K], "accuracy" [B] (sigmoid, in [0,1]), "<name>_logits" [B,C] for class heads,
     "<name>_logit" [B] for binary heads. `thresholds` [K] are the behaviors' decision thresholds
     (0.5 until training tunes them); they travel with the model through save/load.
+
+    With a probe layout (and the probe pathway on) the accuracy head is :class:`ProbeAccuracy`'s estimate, the
+    model's own probe outputs scored under the behaviors the interpreter reads, plus the MLP head's learned
+    correction in log-odds (zero at start).
     """
 
     def __init__(self, cfg: InterpreterConfig, n_features: int, n_behaviors: int, specs: Sequence[HeadSpec] | None = None,
-                 n_probes: int = 0, probe_skip: bool = True) -> None:
+                 n_probes: int = 0, probe_skip: bool = True, probe_layout: ProbeLayout | bool | None = None) -> None:
         super().__init__()
         specs = list(specs) if specs is not None else [behaviors_spec([f"b{k}" for k in range(n_behaviors)])]
         by_name = {s.name: s for s in specs}
@@ -57,18 +62,30 @@ class Interpreter(nn.Module):
         if self.probe_skip is not None:
             nn.init.zeros_(self.probe_skip.weight)
             nn.init.zeros_(self.probe_skip.bias)
+        # True: the layout comes with load_state_dict (a saved interpreter)
+        reads_accuracy = probe_layout is not None and probe_layout is not False and n_probes and "accuracy" in by_name
+        self.probe_accuracy = None
+        if reads_accuracy:
+            layout = probe_layout if isinstance(probe_layout, ProbeLayout) else None
+            self.probe_accuracy = ProbeAccuracy(n_probes, n_behaviors, layout)
+            last = self.heads[output_key(by_name["accuracy"])][-1]
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
 
     def forward(self, batch: NeuronBatch) -> dict[str, torch.Tensor]:
         """Return latent [B,latent_dim], neuron_latents [B,N,d_model] and one entry per head (see the class doc)."""
         neuron_latents, latent = self.encoder(batch)
         out = {"latent": latent, "neuron_latents": neuron_latents}
-        for spec in self.specs:
+        for spec in sorted(self.specs, key=lambda s: s.name != "behaviors"):  # the accuracy estimate reads behaviors
             key = output_key(spec)
             y = self.heads[key](latent)
             if spec.name == "behaviors" and self.probe_skip is not None:
                 y = y + self.probe_skip(batch.probe_logits)
             if spec.kind in ("regression", "binary"):
                 y = y.squeeze(-1)
+            if spec.name == "accuracy" and self.probe_accuracy is not None:
+                estimate = self.probe_accuracy(batch.probe_raw, out["behavior_logits"]).clamp(1e-4, 1 - 1e-4)
+                y = y + torch.logit(estimate)
             out[key] = torch.sigmoid(y) if spec.kind == "regression" else y
         return out
 
@@ -96,6 +113,7 @@ def save_interpreter(model: Interpreter, scaler: FeatureScaler, behavior_names: 
         "n_behaviors": model.n_behaviors,
         "n_probes": model.n_probes,
         "probe_skip": model.probe_skip is not None,
+        "probe_accuracy": model.probe_accuracy is not None,
         "behavior_names": list(behavior_names),
         "heads": [spec.to_dict() for spec in model.specs],
         "thresholds": [float(t) for t in model.thresholds],
@@ -118,7 +136,8 @@ def load_interpreter(directory: str | Path, device: torch.device | str = "cpu") 
     names = list(meta["behavior_names"])
     specs = [HeadSpec.from_dict(d) for d in meta["heads"]] if "heads" in meta else [behaviors_spec(names)]
     model = Interpreter(cfg, meta["n_features"], meta["n_behaviors"], specs, n_probes=meta.get("n_probes", 0),
-                        probe_skip=meta.get("probe_skip", False))  # files from before the skip path have none
+                        probe_skip=meta.get("probe_skip", False),  # files from before the skip path have none
+                        probe_layout=meta.get("probe_accuracy", False))
     model.load_state_dict(load_file(str(directory / WEIGHTS_FILE), device="cpu"))
     if "thresholds" in meta:
         model.thresholds = np.asarray(meta["thresholds"], dtype=np.float32)

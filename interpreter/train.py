@@ -23,6 +23,7 @@ from interpreter.features import feature_columns
 from interpreter.metrics import evaluate_heads, headline_metrics, mean_balanced_accuracy
 from interpreter.model import Interpreter
 from interpreter.parallel import DataParallel
+from interpreter.probe_accuracy import ProbeLayout
 from interpreter.targets import HeadSpec, behaviors_spec, output_key, specs_for
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -178,8 +179,11 @@ def _target_variance(y: np.ndarray) -> float:
 
 
 def _init_head_biases(model: Interpreter, y: Mapping[str, torch.Tensor]) -> None:
-    """Start every head at its training base rate (log-odds, mean, log class frequency): skips the "learn the prior" phase."""
+    """Start every head at its training base rate (log-odds, mean, log class frequency): skips the "learn the prior" phase.
+    An accuracy head that corrects the probe estimate (model.probe_accuracy) starts at no correction."""
     for spec in model.specs:
+        if spec.name == "accuracy" and model.probe_accuracy is not None:
+            continue
         bias = model.heads[output_key(spec)][-1].bias.data
         t = y[spec.name]
         if spec.kind in ("multilabel", "binary", "regression"):
@@ -307,6 +311,7 @@ def train_interpreter(
     specs: Sequence[HeadSpec] | None = None,
     feature_names: Sequence[str] | None = None,
     parallel: DataParallel | None = None,
+    probe_layout: ProbeLayout | None = None,
 ) -> TrainResult:
     """Fit an Interpreter (weighted multi-task loss + AdamW; regression MSE relative to the target variance), early-stopping on the total loss of a by-model
     validation split; returns the best state with behavior thresholds tuned on that split (cfg.threshold_tuning).
@@ -315,6 +320,8 @@ def train_interpreter(
     (default: every head the dict has). `on_epoch(epoch, metrics)` gets train/val total and per-head losses and
     per-head validation metrics (those undefined on the split are left out; all values are floats).
     `feature_names` (the signature's column names) are needed when cfg.feature_set is not "all".
+    `probe_layout` (the signatures' probe set, :meth:`ProbeLayout.of`) lets the accuracy head score the models' own
+    probe outputs (cfg.probe_accuracy; see :mod:`interpreter.probe_accuracy`).
 
     With `parallel` (several workers, torch.distributed initialized) every worker calls this with the same
     arguments: each trains on its share of every batch, rank 0 validates and its metrics reach every worker,
@@ -336,7 +343,8 @@ def train_interpreter(
 
     with torch.random.fork_rng(devices=[]):  # seed init + dropout without touching the caller's RNG
         torch.manual_seed(cfg.seed)
-        model = Interpreter(cfg, scaler.n_features, len(behavior_names), specs, n_probes=scaler.n_probes)
+        model = Interpreter(cfg, scaler.n_features, len(behavior_names), specs, n_probes=scaler.n_probes,
+                            probe_layout=probe_layout if cfg.probe_accuracy else None)
         _init_head_biases(model, train.y)
         net = parallel.prepare_model(model)  # moves `model` to its device; with several workers wraps it in DDP
         device = next(model.parameters()).device
