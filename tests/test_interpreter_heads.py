@@ -27,7 +27,7 @@ NAMES = [f"b{k}" for k in range(4)]
 # The synthetic generator's probe logits carry no signal about accuracy or corruption, so at 360 models the
 # probe pathway only adds noise; these tests are about the heads, which read the neuron tokens.
 CFG = InterpreterConfig(d_model=32, n_heads=4, latent_dim=32, epochs=30, batch_size=32, patience=8, lr=3e-3, seed=0,
-                        probe_pathway=False, early_stop_on="total")
+                        probe_pathway=False, early_stop_on="total", threshold_tuning=True)
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -317,7 +317,7 @@ def test_old_behavior_only_targets_and_files(tmp_path, zoo):
 def test_head_weights_config():
     cfg = InterpreterConfig(head_weights={"accuracy": 2.0})
     assert cfg.head_weight("accuracy") == 2.0 and cfg.head_weight("family") == 0.3 and cfg.head_weight("new") == 1.0
-    assert InterpreterConfig().threshold_tuning is True
+    assert InterpreterConfig().threshold_tuning is False  # calibrated probabilities: 0.5 unless asked
     with pytest.raises(ValueError):
         InterpreterConfig(head_weights={"accuracy": -1.0})
 
