@@ -238,6 +238,7 @@ def _evaluate_remote(zoo_dir: str, sig_dir: str, interp_dir: str, cfg: Interpret
         "cross_family": cross,
         "latent": model_preds["latent"],
         "labels": test_y["behaviors"],
+        "accuracy": (model_preds["accuracy"], test_y["accuracy"]) if "accuracy" in test_y else None,
         "behaviors": behaviors,
         "families": list(test_rows["family"]),
         "n_train_models": len(train_records),

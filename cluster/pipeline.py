@@ -150,6 +150,10 @@ class Pipeline:
             self._log_plot(plots.behavior_bars(behavior_reports, self.paths.plots / "behavior_balanced_accuracy.png"))
             self._log_plot(plots.latent_map(result["latent"], result["labels"], result["behaviors"],
                                             self.paths.plots / "latent_map.png"))
+            if result["accuracy"] is not None:
+                self._log_plot(plots.accuracy_scatter(*result["accuracy"], result["families"],
+                                                      reports["interpreter"]["accuracy"]["kendall_tau"],
+                                                      self.paths.plots / "accuracy_prediction.png"))
             cross = {fam: {"n_train_models": c["n_train_models"], "n_test_models": c["n_test_models"],
                            "table": results_table(c["reports"]).to_dict(orient="records"), "reports": c["reports"]}
                      for fam, c in result["cross_family"].items()}

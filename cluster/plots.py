@@ -68,6 +68,24 @@ def latent_map(latent: np.ndarray, labels: np.ndarray, behaviors: list[str], pat
     return _save(fig, path)
 
 
+def accuracy_scatter(predicted: np.ndarray, measured: np.ndarray, families: list[str], tau: float | None,
+                     path: Path) -> Path:
+    """Predicted against measured held-out accuracy of each held-out model, one color per family."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fam = np.asarray(families)
+    known = np.isfinite(measured)
+    for name in sorted(set(fam[known])):
+        sel = known & (fam == name)
+        ax.scatter(measured[sel], predicted[sel], s=5, alpha=0.5, label=f"{name} (n={sel.sum()})")
+    lo = float(np.nanmin([measured[known].min(), predicted[known].min()])) if known.any() else 0.0
+    ax.plot([lo, 1], [lo, 1], color="gray", lw=0.8, ls="--")
+    ax.set_xlabel("measured accuracy (subject model's held-out data)")
+    ax.set_ylabel("accuracy the interpreter reads")
+    ax.set_title("Accuracy from signatures" + ("" if tau is None else f" (Kendall tau {tau:.3f})"))
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def _save(fig: plt.Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

@@ -27,7 +27,7 @@ def test_run_produces_zoo_signatures_registered_interpreter_and_report(tiny_run:
     heads = set(ev["heldout"]["interpreter"])
     assert {"behaviors", "accuracy", "family", "depth", "width", "lr", "corrupted"} == heads
     assert ev["n_test_models"] == 30
-    for plot in ("zoo_accuracy.png", "behavior_balanced_accuracy.png", "latent_map.png"):
+    for plot in ("zoo_accuracy.png", "behavior_balanced_accuracy.png", "latent_map.png", "accuracy_prediction.png"):
         assert (run_dir / "plots" / plot).stat().st_size > 1000
 
     client = MlflowClient(f"sqlite:///{tiny_run / 'mlflow.db'}")
