@@ -42,9 +42,10 @@ class InterpreterConfig(BaseModel):
     head_weights: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_HEAD_WEIGHTS), description="loss weight per head name; a head not listed keeps its default (1.0 if none)")
     threshold_tuning: bool = Field(
-        False, description="pick each behavior's decision threshold on the validation split (max balanced accuracy) "
-                           "instead of 0.5: more recall on rare behaviors, fewer exact sets (on zoo3's validation split, "
-                           "cross-fitted: +0.003-0.005 balanced accuracy, -0.025-0.06 exact-set accuracy)")
+        True, description="pick each behavior's decision threshold on the validation split (max balanced accuracy) "
+                          "instead of 0.5: more recall on rare behaviors, fewer exact sets (on zoo3's validation split, "
+                          "cross-fitted: +0.003-0.005 balanced accuracy, -0.025-0.06 exact-set accuracy; on the demo "
+                          "zoo: 0.954 against 0.932 balanced accuracy)")
     early_stop_on: Literal["behaviors", "total"] = Field(
         "behaviors", description="validation loss that early stopping watches: the behavior head's, or all heads' weighted sum")
     probe_pathway: bool = Field(

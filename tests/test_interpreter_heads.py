@@ -317,7 +317,7 @@ def test_old_behavior_only_targets_and_files(tmp_path, zoo):
 def test_head_weights_config():
     cfg = InterpreterConfig(head_weights={"accuracy": 2.0})
     assert cfg.head_weight("accuracy") == 2.0 and cfg.head_weight("family") == 0.3 and cfg.head_weight("new") == 1.0
-    assert InterpreterConfig().threshold_tuning is False  # calibrated probabilities: 0.5 unless asked
+    assert InterpreterConfig().threshold_tuning is True
     with pytest.raises(ValueError):
         InterpreterConfig(head_weights={"accuracy": -1.0})
 
