@@ -62,10 +62,9 @@ class Interpreter(nn.Module):
         if self.probe_skip is not None:
             nn.init.zeros_(self.probe_skip.weight)
             nn.init.zeros_(self.probe_skip.bias)
-        # True: the layout comes with load_state_dict (a saved interpreter)
-        reads_accuracy = probe_layout is not None and probe_layout is not False and n_probes and "accuracy" in by_name
+        # probe_layout=True: the layout comes with load_state_dict (a saved interpreter)
         self.probe_accuracy = None
-        if reads_accuracy:
+        if probe_layout and n_probes and "accuracy" in by_name:
             layout = probe_layout if isinstance(probe_layout, ProbeLayout) else None
             self.probe_accuracy = ProbeAccuracy(n_probes, n_behaviors, layout)
             last = self.heads[output_key(by_name["accuracy"])][-1]
