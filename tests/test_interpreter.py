@@ -70,8 +70,7 @@ def make_zoo(n_models: int, n_behaviors: int = 5, n_probes: int = 60, seed: int 
     return [make_signature(rng, labels[i], n_behaviors, n_probes, **kw) for i in range(n_models)], labels
 
 
-SMALL = InterpreterConfig(d_model=32, n_heads=4, latent_dim=32, epochs=30, batch_size=32, patience=8, lr=3e-3, seed=0,
-                         threshold_tuning=True)  # the tuning path is what these tests check
+SMALL = InterpreterConfig(d_model=32, n_heads=4, latent_dim=32, epochs=30, batch_size=32, patience=8, lr=3e-3, seed=0)
 NAMES = [f"b{k}" for k in range(5)]
 
 

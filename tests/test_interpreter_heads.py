@@ -27,7 +27,7 @@ NAMES = [f"b{k}" for k in range(4)]
 # The synthetic generator's probe logits carry no signal about accuracy or corruption, so at 360 models the
 # probe pathway only adds noise; these tests are about the heads, which read the neuron tokens.
 CFG = InterpreterConfig(d_model=32, n_heads=4, latent_dim=32, epochs=30, batch_size=32, patience=8, lr=3e-3, seed=0,
-                        probe_pathway=False, early_stop_on="total", threshold_tuning=True)
+                        probe_pathway=False, early_stop_on="total")
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
