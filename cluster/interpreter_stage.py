@@ -73,9 +73,10 @@ def _load_split(zoo_dir: str, sig_dir: str, ids: list[str]) -> tuple[list[dict],
     return records, build_targets(rows, behaviors), behaviors, rows
 
 
-def probe_layout(sig_dir: str | Path) -> ProbeLayout:
-    """What the interpreter's accuracy estimate needs of the probe set the signatures were read through."""
-    return ProbeLayout.of(read_probe_set(Path(sig_dir)))
+def probe_layout(sig_dir: str | Path, cfg: InterpreterConfig) -> ProbeLayout | None:
+    """What the interpreter's accuracy estimate needs of the probe set the signatures were read through; None when
+    cfg.probe_accuracy is off, so nothing reads the probe set (or needs it recorded)."""
+    return ProbeLayout.of(read_probe_set(Path(sig_dir))) if cfg.probe_accuracy else None
 
 
 def signature_feature_names(sig_dir: str | Path) -> list[str] | None:
@@ -125,7 +126,7 @@ def _train_loop(config: dict[str, Any]) -> None:
     result = train_interpreter(records, targets, config["cfg"], behaviors, on_epoch=on_epoch,
                                specs=specs_for(targets, behaviors), parallel=parallel,
                                feature_names=signature_feature_names(config["sig_dir"]),
-                               probe_layout=probe_layout(config["sig_dir"]))
+                               probe_layout=probe_layout(config["sig_dir"], config["cfg"]))
     summary = {"seconds": time.perf_counter() - t0, "best_epoch": result.best_epoch,
                "epochs_run": len(result.history), "n_train_models": len(records),
                "num_workers": parallel.world_size, "models_per_rank": result.models_per_rank}
@@ -216,7 +217,7 @@ def _evaluate_remote(zoo_dir: str, sig_dir: str, interp_dir: str, cfg: Interpret
     split = json.loads((Path(interp_dir) / "split.json").read_text())
     train_records, train_y, behaviors, train_rows = _load_split(zoo_dir, sig_dir, split["train"])
     test_records, test_y, _, test_rows = _load_split(zoo_dir, sig_dir, split["test"])
-    names, layout = signature_feature_names(sig_dir), probe_layout(sig_dir)
+    names, layout = signature_feature_names(sig_dir), probe_layout(sig_dir, cfg)
     loaded = load_interpreter(interp_dir)
     model_preds = predict(loaded.model, loaded.scaler, test_records)
     reports = score_methods((train_records, train_y), (test_records, test_y), model_preds,

@@ -45,7 +45,7 @@ def interpreter_trainable(config: dict[str, Any]) -> None:
     records, targets, behaviors, _ = _load_split(zoo_dir, sig_dir, train_ids)
     cfg = InterpreterConfig(**{k: v for k, v in config.items() if k in InterpreterConfig.model_fields})
     result = train_interpreter(records, targets, cfg, behaviors, specs=head_specs(behaviors),
-                               feature_names=signature_feature_names(sig_dir), probe_layout=probe_layout(sig_dir),
+                               feature_names=signature_feature_names(sig_dir), probe_layout=probe_layout(sig_dir, cfg),
                                on_epoch=lambda epoch, metrics: tune.report({"epoch": epoch, **metrics}))
     with tempfile.TemporaryDirectory() as tmp:
         save_interpreter(result.model, result.scaler, behaviors, tmp)
