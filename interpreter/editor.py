@@ -69,10 +69,13 @@ class Editor(nn.Module):
         self.cfg, self.behaviors = cfg, list(behaviors)
         self.d_token, self.latent_dim, self.vocab = d_token, latent_dim, vocab
         k = len(self.behaviors)
-        self.op_emb = nn.Embedding(len(OPS), cfg.code_dim)
-        self.behavior_emb = nn.Embedding(k, cfg.code_dim)
-        d_cond = latent_dim + 2 * k + cfg.code_dim
-        self.decoder = NeuronAlignedDecoder(d_token, d_cond, vocab, cfg.d_hidden, cfg.rank)
+        # initial weights from cfg.seed alone, not from whatever the process drew before (a reused Ray worker)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.op_emb = nn.Embedding(len(OPS), cfg.code_dim)
+            self.behavior_emb = nn.Embedding(k, cfg.code_dim)
+            d_cond = latent_dim + 2 * k + cfg.code_dim
+            self.decoder = NeuronAlignedDecoder(d_token, d_cond, vocab, cfg.d_hidden, cfg.rank)
         # what models trained on each behavior typically flag (set from the training models; see corrupted_behavior)
         self.register_buffer("typical_profile", torch.ones(k), persistent=False)
 

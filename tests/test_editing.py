@@ -171,6 +171,18 @@ def test_repair_names_the_behavior_flagged_furthest_below_its_typical_share(tmp_
     assert meta["typical_profile"] == {"all_same": 1.0, "no_repeats": 0.5}
 
 
+def test_editor_initial_weights_depend_on_its_seed_alone() -> None:
+    """A Ray worker may have drawn random numbers before; the editor it builds must not depend on them."""
+    cfg, names = EditorConfig(d_hidden=8, rank=1, code_dim=4), ["all_same", "palindrome"]
+    first = Editor(cfg, names, d_token=4, latent_dim=2, vocab=7).state_dict()
+    torch.rand(1000)
+    second = Editor(cfg, names, d_token=4, latent_dim=2, vocab=7).state_dict()
+    other = Editor(cfg.model_copy(update={"seed": 1}), names, d_token=4, latent_dim=2, vocab=7).state_dict()
+    for k in first:
+        torch.testing.assert_close(first[k], second[k])
+    assert any(not torch.equal(first[k], other[k]) for k in first)
+
+
 def test_edit_evaluate_scores_every_method_and_logs(edit_config, tiny_run) -> None:
     from cluster.cli import main
 
