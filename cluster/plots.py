@@ -77,7 +77,7 @@ def accuracy_scatter(predicted: np.ndarray, measured: np.ndarray, families: list
     for name in sorted(set(fam[known])):
         sel = known & (fam == name)
         ax.scatter(measured[sel], predicted[sel], s=5, alpha=0.5, label=f"{name} (n={sel.sum()})")
-    lo = float(np.nanmin([measured[known].min(), predicted[known].min()])) if known.any() else 0.0
+    lo = float(min(measured[known].min(), predicted[known].min())) if known.any() else 0.0
     ax.plot([lo, 1], [lo, 1], color="gray", lw=0.8, ls="--")
     ax.set_xlabel("measured accuracy (subject model's held-out data)")
     ax.set_ylabel("accuracy the interpreter reads")
