@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from interpreter.config import InterpreterConfig
 from interpreter.editor import EditorConfig
+from zoo.arch import Family
 from zoo.config import ZooConfig
 from zoo.errors import ConfigError
 
@@ -51,6 +52,9 @@ class EditConfig(BaseModel):
     reconstruction_steps: int = Field(1000, ge=1, description="training steps of the steering baseline's decoder")
     localization_k: int = Field(1, ge=1, description="neurons ablated per model in the localization check (chosen on training models)")
     max_test_models: int | None = Field(None, ge=1, description="cap on held-out models scored (None: all)")
+    families: list[Family] | None = Field(
+        None, description="families the edit stages train on and score (None: every family in the zoo); the guided "
+                          "edit serves all, the one-pass decoder and the steering baseline MLPs only")
     seed: int = 0
 
 

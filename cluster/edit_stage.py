@@ -2,15 +2,20 @@
 
 Methods scored on the same edits (see :mod:`interpreter.edit_protocol` for pass/fail):
 
-- ``decoder``: the latent edit decoded to a weight change in one forward pass (no data at edit time);
+- ``decoder``: the latent edit decoded to a weight change in one forward pass (no data at edit time;
+  MLP family only);
 - ``guided``: the edit decoded by optimization: Adam steps on generated sequences whose targets are
   the model's own outputs with B switched on or off, the kept behaviors being those the interpreter
   reads and, for repair, B the one that looks corrupted (read as trained, yet not flagged; no labels
   of the model);
-- ``steering``: mean-latent steering vector through a reconstruction decoder (the public method);
+- ``steering``: mean-latent steering vector through a reconstruction decoder (the public method; MLP only);
 - ``task_arithmetic``: mean sibling-pair weight difference for B;
 - ``finetune``: a few epochs on data labelled with the true target set (uses the model's labels:
   an upper bound, not a competitor).
+
+Every family is scored (``edit.families`` narrows it); a method with nothing to offer for an
+architecture (the decoders outside the MLP family, task arithmetic without sibling pairs) is left
+out of that architecture's rows.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import ray
 import torch
 from safetensors.torch import load_file, save_file
 
-from interpreter.decoder import NeuronAlignedDecoder, add_delta, check_editable
+from interpreter.decoder import NeuronAlignedDecoder, add_delta, check_decodable, decodable
 from interpreter.edit_baselines import relabel_finetune, steer, steering_vectors, task_vectors, train_reconstruction
 from interpreter.edit_protocol import ADD_MIN, KEEP_TOL, judge, measure, success_table
 from interpreter.editor import (CHECK_PARTS, Editor, Encoded, Pool, change_size, code_op, encode, failing_parts,
@@ -42,6 +47,7 @@ from interpreter.model import LoadedInterpreter, load_interpreter
 from zoo.behavior_bank import BehaviorBank
 from zoo.behaviors import get_behavior
 from zoo.errors import ZoolensError
+from zoo.families import split_neurons
 from zoo.interventions import resample
 from zoo.probes import ProbeSet
 from zoo.store import ZooStore, atomic_write_json, model_sha256
@@ -101,17 +107,12 @@ def read_sets(ctx: EditContext, enc: Encoded) -> list[list[str]]:
     return [[n for n, p, t in zip(ctx.names, probs, ctx.interp.model.thresholds) if p > t] for probs in enc.probs.tolist()]
 
 
-def editable_groups(ctx: EditContext, ids: list[str]) -> list[ArchGroup]:
-    """The named models' architecture groups that the decoder can write (others are skipped)."""
-    groups = []
-    for g in load_groups(ctx.store, ids):
-        try:
-            check_editable(g.spec)
-        except ZoolensError:
-            continue
-        groups.append(g)
+def edit_groups(ctx: EditContext, ids: list[str], families: list[str] | None) -> list[ArchGroup]:
+    """The named models' architecture groups, of ``families`` only when given."""
+    groups = [g for g in load_groups(ctx.store, ids) if families is None or g.spec.family in families]
     if not groups:
-        raise EditError("no model of an editable family (mlp) among these models")
+        which = f" of the families {', '.join(families)}" if families else ""
+        raise EditError(f"no model{which} among these models")
     return groups
 
 
@@ -133,23 +134,29 @@ def check_bank(ctx: EditContext, cfg: EditConfig) -> BehaviorBank:
 
 def train_stage(ctx: EditContext, cfg: EditConfig, out_dir: Path,
                 on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
-    """Train the editor and the steering baseline's decoder on the interpreter's training models; save both."""
+    """Train the editor and the steering baseline's decoder on the interpreter's training models; save both.
+
+    The typical profile (for naming a corrupted behavior) comes from every family's clean models; the decoders
+    train on the MLP models only (none: they stay untrained and no edit uses them).
+    """
     t0 = time.perf_counter()
     bank = train_bank(ctx, cfg)
-    pools = [_pool(ctx, g, bank) for g in editable_groups(ctx, ctx.train_ids)]
+    pools = [_pool(ctx, g, bank) for g in edit_groups(ctx, ctx.train_ids, cfg.families)]
     mcfg = ctx.interp.model.cfg
     editor = Editor(cfg.editor, ctx.names, mcfg.d_model, mcfg.latent_dim, ctx.vocab)
     clean = [(p.enc.profile[i], p.behaviors[i]) for p in pools for i, c in enumerate(p.corrupted) if c is None]
     editor.typical_profile = typical_profile(torch.stack([f for f, _ in clean]), [b for _, b in clean], ctx.names)
-    history = train_editor(editor, pools, bank, on_step)
-    rec = train_reconstruction(pools, cfg.editor.d_hidden, cfg.editor.rank, ctx.vocab, cfg.reconstruction_steps,
-                               cfg.editor.batch_models, cfg.seed)
+    mlp_pools = [p for p in pools if decodable(p.spec)]
+    history = train_editor(editor, mlp_pools, bank, on_step)
+    rec = train_reconstruction(mlp_pools, mcfg.d_model, mcfg.latent_dim, cfg.editor.d_hidden, cfg.editor.rank, ctx.vocab,
+                               cfg.reconstruction_steps, cfg.editor.batch_models, cfg.seed)
     latent = torch.cat([p.enc.latent for p in pools])
     has = torch.tensor([[b in s for b in ctx.names] for p in pools for s in p.behaviors])
     tail = history[-min(100, len(history)):]
     summary = {"seconds": time.perf_counter() - t0, "n_train_models": int(sum(len(p.behaviors) for p in pools)),
-               "final_loss": float(np.mean([h["loss"] for h in tail])), "final_acc": float(np.mean([h["acc"] for h in tail])),
-               "final_change": float(np.mean([h["change"] for h in tail])),
+               "n_decoder_train_models": int(sum(len(p.behaviors) for p in mlp_pools)),
+               "final_loss": _mean(h["loss"] for h in tail), "final_acc": _mean(h["acc"] for h in tail),
+               "final_change": _mean(h["change"] for h in tail),
                "corrupted_named_right": _corrupted_named_right(pools, ctx.names, editor.typical_profile),
                "interpreter_version": ctx.interpreter_version(),
                "code_version": code_version()}
@@ -163,6 +170,12 @@ def train_stage(ctx: EditContext, cfg: EditConfig, out_dir: Path,
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
     return summary
+
+
+def _mean(values: Any) -> float:
+    """Mean of the values, NaN for none (a decoder with no MLP models to train on has no history)."""
+    values = list(values)
+    return float(np.mean(values)) if values else float("nan")
 
 
 def _corrupted_named_right(pools: list[Pool], names: list[str], typical: torch.Tensor) -> float:
@@ -249,6 +262,8 @@ def edited_weights(method: str, es: EditSet, enc: Encoded, read: list[list[str]]
     """(new weights, change) of one method for an edit set; (None, None) where the method has nothing to offer."""
     spec, params, op = es.group.spec, es.group.params, code_op(es.op)
     ops = [op] * len(chosen)
+    if method in ("decoder", "steering") and not decodable(spec):
+        return None, None
     if method == "decoder":
         delta = tools["editor"].delta(spec, params, enc, *tools["editor"].codes(ops, chosen))
     elif method == "guided":
@@ -298,7 +313,7 @@ def score_edit_set(ctx: EditContext, es: EditSet, tools: dict, cfg: EditConfig, 
         for m, (have, b) in enumerate(zip(g.rows["behaviors"], es.behaviors)):
             v = judge(es.op, b, list(have), before[m], after[m], es.clean[m] if es.clean else None)
             rows.append({"method": method, "op": es.op, "behavior": b, "model_id": g.rows["model_id"][m],
-                         "arch": g.spec.key(), "success": v.success, "target_rate": v.target_rate,
+                         "family": g.spec.family, "arch": g.spec.key(), "success": v.success, "target_rate": v.target_rate,
                          "before_rate": before[m].behavior[b], "worst_kept_drop": v.worst_kept_drop,
                          "fpr_rise": v.fpr_rise, "change": float(size[m]), "chosen": chosen[m], "self_check": bool(checked[m]),
                          "reasons": "; ".join(v.reasons)})
@@ -311,9 +326,9 @@ def localize(es: EditSet, rank_bank: BehaviorBank, bank: BehaviorBank, k: int, s
 
     Returns per model: B's rate drop under each ablation and how far the other behaviors move (mean absolute).
     """
-    g, w = es.group, es.group.spec.width
+    g = es.group
     unions = [sorted(set(h)) for h in g.rows["behaviors"]]
-    top = greedy_carriers(g.spec, g.params, rank_bank, unions, es.behaviors, k, seed=seed)  # [B, depth*w]
+    top = greedy_carriers(g.spec, g.params, rank_bank, unions, es.behaviors, k, seed=seed)  # [B, hidden neurons]
     gen = torch.Generator().manual_seed(seed)
     k = int(top[0].sum())
     masks = {"top": top,
@@ -321,13 +336,13 @@ def localize(es: EditSet, rank_bank: BehaviorBank, bank: BehaviorBank, k: int, s
     before = measure(g.spec, g.params, bank, unions)
     after = {}
     for name, mask in masks.items():
-        hooks = {f"hidden.{i}": resample(mask[:, i * w:(i + 1) * w], gen) for i in range(g.spec.depth)}
+        hooks = {name: resample(part, gen) for name, part in split_neurons(g.spec, mask).items()}
         after[name] = measure(g.spec, g.params, bank, unions, interventions=hooks)
     rows = []
     for m, b in enumerate(es.behaviors):
         others = [x for x in unions[m] if x != b]
         move_top = float(np.mean([abs(before[m].behavior[x] - after["top"][m].behavior[x]) for x in others])) if others else 0.0
-        rows.append({"behavior": b, "model_id": g.rows["model_id"][m],
+        rows.append({"behavior": b, "model_id": g.rows["model_id"][m], "family": g.spec.family,
                      "drop_top": before[m].behavior[b] - after["top"][m].behavior[b],
                      "drop_random": before[m].behavior[b] - after["random"][m].behavior[b],
                      "others_move_top": move_top})
@@ -335,8 +350,9 @@ def localize(es: EditSet, rank_bank: BehaviorBank, bank: BehaviorBank, k: int, s
 
 
 def localization_table(rows: list[dict]) -> pd.DataFrame:
-    """Per behavior: mean drops, their ratio and whether top-k ablation passes (>= 3x random, others within 5 points)."""
-    df = pd.DataFrame(rows).groupby("behavior").agg(n=("model_id", "size"), drop_top=("drop_top", "mean"),
+    """Per family and behavior: mean drops, their ratio and whether top-k ablation passes (>= 3x random, others
+    within 5 points)."""
+    df = pd.DataFrame(rows).groupby(["family", "behavior"]).agg(n=("model_id", "size"), drop_top=("drop_top", "mean"),
                                                     drop_random=("drop_random", "mean"),
                                                     others_move_top=("others_move_top", "mean")).reset_index()
     df["ratio"] = df["drop_top"] / df["drop_random"].clip(lower=1e-6)
@@ -352,7 +368,7 @@ def sibling_task_vectors(ctx: EditContext) -> dict[str, dict[str, dict]]:
     pairs = manifest[manifest["sibling_of"].notna() & manifest["model_id"].isin(train) & manifest["sibling_of"].isin(train)]
     ids = sorted(set(pairs["model_id"]) | set(pairs["sibling_of"]))
     out = {}
-    for g in (editable_groups(ctx, ids) if ids else []):
+    for g in (load_groups(ctx.store, ids) if ids else []):
         out[g.spec.key()] = task_vectors(g.params, [tuple(b) for b in g.rows["behaviors"]], list(g.rows["model_id"]),
                                          [s if isinstance(s, str) else None for s in g.rows["sibling_of"]], ctx.names)
     return out
@@ -377,7 +393,7 @@ def evaluate_edits(ctx: EditContext, cfg: EditConfig, editor_dir: Path, progress
     bank = eval_bank(ctx, cfg)
     rng = np.random.default_rng(cfg.seed)
     test_ids = ctx.test_ids[: cfg.max_test_models] if cfg.max_test_models else ctx.test_ids
-    sets = [es for g in editable_groups(ctx, test_ids) for es in plan_edit_sets(ctx, g, rng)]
+    sets = [es for g in edit_groups(ctx, test_ids, cfg.families) for es in plan_edit_sets(ctx, g, rng)]
     rows, loc = [], []
     for es in tqdm(sets, desc="edit sets", disable=not progress):
         rows += score_edit_set(ctx, es, tools, cfg, bank)
@@ -404,11 +420,15 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     by_op = by_op.drop(columns=["checked", "checked_success"]).to_dict(orient="records")
     for row in by_op:  # None, not NaN, where no edit passed its check (report.json stays strict JSON)
         row["success_if_checked"] = None if pd.isna(row["success_if_checked"]) else float(row["success_if_checked"])
+    by_family = (v.groupby(["method", "family", "op"]).agg(n=("success", "size"), success_rate=("success", "mean"))
+                 .reset_index().to_dict(orient="records"))
     per_behavior = {m: success_table(g.to_dict(orient="records")) for m, g in v.groupby("method")}
-    return {"by_op": by_op, "per_behavior": per_behavior, "training_ceiling": result["ceiling"],
+    loc_by_family = ({f: {"passes": int(g["passes"].sum()), "behaviors": len(g)} for f, g in loc.groupby("family")}
+                     if len(loc) else {})
+    return {"by_op": by_op, "by_family": by_family, "per_behavior": per_behavior, "training_ceiling": result["ceiling"],
             "localization": loc.to_dict(orient="records"),
             "localization_passes": int(loc["passes"].sum()) if len(loc) else 0,
-            "localization_behaviors": len(loc)}
+            "localization_behaviors": len(loc), "localization_by_family": loc_by_family}
 
 
 # ----------------------------------------------------------------------------- one edit, kept in a zoo store
@@ -428,7 +448,8 @@ def edit_model(ctx: EditContext, cfg: EditConfig, editor_dir: Path, out: ZooStor
     if not groups:
         raise EditError(f"model '{model_id}' is not in the zoo at {ctx.store.uri}")
     group = groups[0]
-    check_editable(group.spec)
+    if method == "decoder":
+        check_decodable(group.spec)
     editor, _, _ = load_stage(ctx, editor_dir, cfg)
     bank = train_bank(ctx, cfg)
     enc = encode(ctx.interp, group.spec, group.params, ctx.probes, bank)

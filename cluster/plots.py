@@ -134,12 +134,15 @@ def edit_heatmap(per_behavior: dict[str, Any], ceiling: dict[str, float], path: 
 
 
 def localization_bars(table: pd.DataFrame, path: Path) -> Path:
-    """B's rate drop when ablating the top-k carriers of B vs k random neurons, per behavior (pass marked *)."""
+    """B's rate drop when ablating the top-k carriers of B vs k random neurons, per behavior (and family, where
+    there are several; pass marked *)."""
     x = np.arange(len(table))
     fig, ax = plt.subplots(figsize=(max(8, 0.6 * len(table)), 4))
     ax.bar(x - 0.2, table["drop_top"], 0.4, label="top-k carriers")
     ax.bar(x + 0.2, table["drop_random"], 0.4, label="k random neurons")
-    labels = [f"{b}{' *' if p else ''}" for b, p in zip(table["behavior"], table["passes"])]
+    several = "family" in table and table["family"].nunique() > 1
+    names = [f"{f}/{b}" for f, b in zip(table["family"], table["behavior"])] if several else list(table["behavior"])
+    labels = [f"{n}{' *' if p else ''}" for n, p in zip(names, table["passes"])]
     ax.set_xticks(x, labels, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("drop in B's flag rate")
     ax.set_title("Localization: resample ablation (* = passes: >=3x random, others within 5 points)")

@@ -120,8 +120,12 @@ def print_edit_summary(kind: str, summary: dict, report_path: Path) -> None:
     """What an edit command did: editor training figures, the success table, or one edit's before and after."""
     console = _console()
     if kind == "train":
-        console.print(f"editor trained on {summary['n_train_models']} models in {summary['seconds']:.0f}s "
-                      f"(the reading names the corrupted behavior of {summary['corrupted_named_right']:.0%} of the training repair pairs)")
+        n_mlp = summary.get("n_decoder_train_models", summary["n_train_models"])
+        decoder = (f"one-pass decoder trained on {n_mlp} MLPs" if n_mlp else
+                   "no MLPs, so no one-pass decoder (guided edits need none)")
+        console.print(f"editor read {summary['n_train_models']} training models in {summary['seconds']:.0f}s; {decoder}; "
+                      f"the reading names the corrupted behavior of {summary['corrupted_named_right']:.0%} of the training "
+                      "repair pairs")
     elif kind == "evaluate":
         _print_edit_table(console, summary)
     else:
@@ -150,5 +154,15 @@ def _print_edit_table(console: Console, summary: dict) -> None:
                       f"{row['self_check_rate']:.3f}",
                       "-" if row["success_if_checked"] is None else f"{row['success_if_checked']:.3f}")
     console.print(table)
-    console.print(f"localization: {summary['localization_passes']} of {summary['localization_behaviors']} behaviors "
-                  "pass (top-k ablation >= 3x random, others within 5 points)")
+    families = sorted({row["family"] for row in summary.get("by_family", [])})
+    if len(families) > 1:
+        by_family = Table(title="Edit success per family")
+        for col in ("method", "operation", *families):
+            by_family.add_column(col, justify="left" if col in ("method", "operation") else "right")
+        cells = {(r["method"], r["op"], r["family"]): f"{r['success_rate']:.3f} ({r['n']})" for r in summary["by_family"]}
+        for method, op in dict.fromkeys((r["method"], r["op"]) for r in summary["by_family"]):
+            by_family.add_row(method, op, *(cells.get((method, op, f), "-") for f in families))
+        console.print(by_family)
+    for family, loc in summary.get("localization_by_family", {}).items():
+        console.print(f"localization ({family}): {loc['passes']} of {loc['behaviors']} behaviors pass "
+                      "(top-k ablation >= 3x random, others within 5 points)")

@@ -11,7 +11,8 @@ permutation equivariant by construction and serves every depth and width of a fa
 
 The same module decodes *changes* (the editor: conditioned on the model latent and an edit code)
 or *whole weights* (the reconstruction decoder of the latent-steering baseline: conditioned on the
-model latent only). Written for the MLP family; other families raise :class:`IncompatibleArchitecture`.
+model latent only). Written for the MLP family; other families raise :class:`IncompatibleArchitecture`
+(the guided edit, :func:`interpreter.editor.guided_edit`, needs no decoder and edits every family).
 """
 
 from __future__ import annotations
@@ -30,15 +31,20 @@ class IncompatibleArchitecture(ZoolensError):
     """The decoder has no neuron-aligned layout for this architecture."""
 
 
-EDITABLE_FAMILIES = ("mlp",)
+DECODABLE_FAMILIES = ("mlp",)
 MAX_LENGTH = 64  # position embeddings of first-layer (token, position) units
 
 
-def check_editable(spec: ArchSpec) -> None:
+def decodable(spec: ArchSpec) -> bool:
+    """Whether the decoder can write weights for this architecture."""
+    return spec.family in DECODABLE_FAMILIES
+
+
+def check_decodable(spec: ArchSpec) -> None:
     """Raise a one-line error for families the decoder cannot write weights for."""
-    if spec.family not in EDITABLE_FAMILIES:
-        raise IncompatibleArchitecture(
-            f"editing supports the {', '.join(EDITABLE_FAMILIES)} family; {spec.key()} is a {spec.family} model")
+    if not decodable(spec):
+        raise IncompatibleArchitecture(f"the one-pass decoder writes {', '.join(DECODABLE_FAMILIES)} weights only; "
+                                       f"{spec.key()} is a {spec.family} model (the guided edit serves every family)")
 
 
 def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
@@ -77,7 +83,7 @@ class NeuronAlignedDecoder(nn.Module):
 
     def forward(self, spec: ArchSpec, params: Params, tokens: torch.Tensor, cond: torch.Tensor) -> Params:
         """Decoded tensors for every MLP parameter but ``embed``; ``params`` supplies biases and the embedding table."""
-        check_editable(spec)
+        check_decodable(spec)
         b, w, depth, length = tokens.shape[0], spec.width, spec.depth, spec.length
         ctx = self.ctx(cond)  # [B, H]
         hidden = tokens[:, : depth * w]

@@ -47,16 +47,17 @@ def steering_vectors(latent: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
     return with_b - without
 
 
-def train_reconstruction(pools: Sequence[Pool], d_hidden: int, rank: int, vocab: int, steps: int, batch_models: int,
-                         seed: int, on_step: Callable[[int, float], None] | None = None) -> NeuronAlignedDecoder:
-    """A neuron-aligned decoder from (tokens, latent) to whole weights, trained by relative squared error."""
+def train_reconstruction(pools: Sequence[Pool], d_token: int, d_latent: int, d_hidden: int, rank: int, vocab: int,
+                         steps: int, batch_models: int, seed: int,
+                         on_step: Callable[[int, float], None] | None = None) -> NeuronAlignedDecoder:
+    """A neuron-aligned decoder from (tokens, latent) to whole weights, trained by relative squared error
+    (untrained when there are no pools)."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    enc0 = pools[0].enc
-    dec = NeuronAlignedDecoder(enc0.tokens.shape[-1], enc0.latent.shape[-1], vocab, d_hidden, rank, zero_init=False)
+    dec = NeuronAlignedDecoder(d_token, d_latent, vocab, d_hidden, rank, zero_init=False)
     opt = torch.optim.AdamW(dec.parameters(), lr=1e-3, weight_decay=1e-4)
     sizes = np.array([len(p.behaviors) for p in pools], dtype=float)
-    for step in range(steps):
+    for step in range(steps if pools else 0):
         pool = pools[int(rng.choice(len(pools), p=sizes / sizes.sum()))]
         idx = torch.from_numpy(rng.choice(len(pool.behaviors), size=min(batch_models, len(pool.behaviors)), replace=False))
         params = {k: v[idx] for k, v in pool.params.items()}

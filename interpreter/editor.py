@@ -3,7 +3,8 @@
 An edit reads only the subject model's weights and signature. The frozen interpreter turns the
 signature into neuron tokens and a model latent; an edit code (operation + behavior embedding)
 joins the latent; the neuron-aligned decoder (:mod:`interpreter.decoder`) turns tokens and code
-into a change of every weight. Repair is "add B" for the behavior that looks corrupted: read by the
+into a change of every weight (MLP family). The guided edit (:func:`guided_edit`) decodes by
+optimization instead and needs only the batched forward, so it edits every family. Repair is "add B" for the behavior that looks corrupted: read by the
 interpreter as trained, yet not flagged (:meth:`Encoded.corrupted_behavior`).
 
 Training is against what the edited weights *do*: the edited cohort runs through the batched
@@ -27,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from interpreter.batch import collate
-from interpreter.decoder import NeuronAlignedDecoder, add_delta, check_editable
+from interpreter.decoder import NeuronAlignedDecoder, add_delta
 from interpreter.edit_protocol import FPR_TOL, KEEP_TOL, judge, measure
 from interpreter.model import LoadedInterpreter
 from zoo.arch import ArchSpec
@@ -154,7 +155,6 @@ def behavior_profile(spec: ArchSpec, params: Params, bank: BehaviorBank) -> torc
 def encode(interp: LoadedInterpreter, spec: ArchSpec, params: Params, probes: ProbeSet, bank: BehaviorBank,
            chunk: int = 256) -> Encoded:
     """Signatures of the stacked models read by the interpreter (eval mode, chunks of ``chunk`` models), and their profile."""
-    check_editable(spec)
     parts = []
     n = next(iter(params.values())).shape[0]
     for lo in range(0, n, chunk):
@@ -223,8 +223,10 @@ def change_size(params: Params, delta: Params) -> torch.Tensor:
 
 def train_editor(editor: Editor, pools: Sequence[Pool], bank: BehaviorBank,
                  on_step: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
-    """Train the decoder and edit codes against what the edited models do."""
+    """Train the decoder and edit codes against what the edited models do (no pools: nothing to train on)."""
     cfg = editor.cfg
+    if not pools:
+        return []
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
     opt = torch.optim.AdamW(editor.parameters(), lr=cfg.lr, weight_decay=1e-4)

@@ -17,7 +17,7 @@ import torch
 from interpreter.edit_protocol import eval_rows
 from zoo.arch import ArchSpec
 from zoo.behavior_bank import BehaviorBank
-from zoo.families import get_family
+from zoo.families import get_family, neuron_points, split_neurons
 from zoo.families.base import Cache, Params
 from zoo.interventions import patch
 
@@ -38,9 +38,10 @@ def _rows(bank: BehaviorBank, union: Sequence[str], behavior: str, n: int, rng: 
 @torch.no_grad()
 def greedy_carriers(spec: ArchSpec, params: Params, bank: BehaviorBank, unions: Sequence[Sequence[str]],
                     behaviors: Sequence[str], k: int, n: int = 256, seed: int = 0) -> torch.Tensor:
-    """Mask [M, depth*width] of the k hidden neurons of model m that carry behaviors[m] (see the module docstring)."""
+    """Mask [M, N] over the hidden neurons (:func:`~zoo.families.neuron_points`, any family) of the k that carry
+    behaviors[m] in model m (see the module docstring)."""
     rng = np.random.default_rng(seed)
-    family, w = get_family(spec), spec.width
+    family = get_family(spec)
     rows = np.stack([_rows(bank, u, b, n, rng) for u, b in zip(unions, behaviors)])  # [M, 2n]: own, rest
     x = torch.from_numpy(bank.x[rows])
     reference: Cache = {}  # the values ablated neurons take: their activations on random bank sequences
@@ -48,10 +49,10 @@ def greedy_carriers(spec: ArchSpec, params: Params, bank: BehaviorBank, unions: 
     base = family.forward(spec, params, x) > 0
 
     def flags(mask: torch.Tensor) -> torch.Tensor:
-        hooks = {f"hidden.{i}": patch(mask[:, i * w:(i + 1) * w], reference[f"hidden.{i}"]) for i in range(spec.depth)}
+        hooks = {name: patch(part, reference[name]) for name, part in split_neurons(spec, mask).items()}
         return family.forward(spec, params, x, interventions=hooks) > 0
 
-    chosen = torch.zeros(len(behaviors), spec.depth * w, dtype=torch.bool)
+    chosen = torch.zeros(len(behaviors), sum(p.n_neurons for p in neuron_points(spec)), dtype=torch.bool)
     for _ in range(min(k, chosen.shape[1])):
         score = torch.full(chosen.shape, -torch.inf)
         for j in range(chosen.shape[1]):

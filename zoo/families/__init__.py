@@ -9,7 +9,9 @@ capture and interventions (ablation, randomization, patching).
 
 from __future__ import annotations
 
-from zoo.arch import ArchSpec
+import torch
+
+from zoo.arch import ArchSpec, HookPoint
 from zoo.errors import ConfigError
 from zoo.families.attention import AttentionFamily
 from zoo.families.base import Cache, Interventions, SubjectFamily
@@ -28,4 +30,17 @@ def get_family(spec_or_name: ArchSpec | str) -> SubjectFamily:
         raise ConfigError(f"unknown architecture family '{name}'; known: {', '.join(FAMILIES)}") from None
 
 
-__all__ = ["FAMILIES", "Cache", "Interventions", "SubjectFamily", "get_family"]
+def neuron_points(spec: ArchSpec) -> list[HookPoint]:
+    """The hook points of hidden neurons (not heads, not the output), in forward order: the neurons that
+    localization ranks and ablates. A mask over "all neurons" [M, N] lists them in this order."""
+    return [p for p in get_family(spec).hook_points(spec) if p.kind == 0]
+
+
+def split_neurons(spec: ArchSpec, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A per-model mask over all hidden neurons [M, N] cut into one [M, n] part per hook point of :func:`neuron_points`."""
+    points = neuron_points(spec)
+    parts = mask.split([p.n_neurons for p in points], dim=1)
+    return {p.name: part for p, part in zip(points, parts)}
+
+
+__all__ = ["FAMILIES", "Cache", "Interventions", "SubjectFamily", "get_family", "neuron_points", "split_neurons"]
