@@ -229,3 +229,11 @@ def test_cohort_signatures_cover_every_neuron(family):
     assert sig["logits"].shape == (3, len(probes))
     assert torch.isfinite(torch.from_numpy(sig["features"])).all()
     assert list(sig["kind"][-1:]) == [1]
+
+
+def test_architecture_keys_tell_head_counts_apart():
+    """Models are grouped and stacked by key: attention models with 2 and 4 heads share every weight shape, so the
+    key must name the heads or one stack would run half its models with the wrong head split."""
+    two, four = ArchSpec(family="attention", n_heads=2), ArchSpec(family="attention", n_heads=4)
+    assert two.key() != four.key()
+    assert ArchSpec(family="gru", n_heads=2).key() == ArchSpec(family="gru", n_heads=4).key()  # no heads to count

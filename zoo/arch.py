@@ -26,8 +26,10 @@ class ArchSpec(BaseModel):
     n_heads: int = Field(2, ge=1, le=16)
 
     def key(self) -> str:
-        """Short human-readable name, e.g. ``mlp-d2-w32-e8-relu``."""
-        return f"{self.family}-d{self.depth}-w{self.width}-e{self.embed_dim}-{self.activation}"
+        """Short human-readable name, unique per architecture, e.g. ``mlp-d2-w32-e8-relu`` or
+        ``attention-d1-w16-e8-h2-relu`` (head count only where there are heads)."""
+        heads = f"-h{self.n_heads}" if self.family == "attention" else ""
+        return f"{self.family}-d{self.depth}-w{self.width}-e{self.embed_dim}{heads}-{self.activation}"
 
 
 @dataclass(frozen=True)
