@@ -51,7 +51,9 @@ class EditConfig(BaseModel):
     finetune_epochs: int = Field(5, ge=1, description="epochs of the relabeled-data upper bound")
     reconstruction_steps: int = Field(1000, ge=1, description="training steps of the steering baseline's decoder")
     localization_k: int = Field(1, ge=1, description="neurons ablated per model in the localization check (chosen on training models)")
-    max_test_models: int | None = Field(None, ge=1, description="cap on held-out models scored (None: all)")
+    max_test_models: int | None = Field(
+        None, ge=1, description="cap on held-out models scored: a seeded sample of them, of edit.families where given "
+                                "(None: all)")
     families: list[Family] | None = Field(
         None, description="families the edit stages train on and score (None: every family in the zoo); the guided "
                           "edit serves all, the one-pass decoder and the steering baseline MLPs only")

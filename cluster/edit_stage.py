@@ -392,7 +392,13 @@ def evaluate_edits(ctx: EditContext, cfg: EditConfig, editor_dir: Path, progress
              "task_vectors": sibling_task_vectors(ctx)}
     bank = eval_bank(ctx, cfg)
     rng = np.random.default_rng(cfg.seed)
-    test_ids = ctx.test_ids[: cfg.max_test_models] if cfg.max_test_models else ctx.test_ids
+    test_ids = ctx.test_ids
+    if cfg.families is not None:  # the cap counts models of these families only
+        family = ctx.store.read_manifest(columns=["model_id", "family"]).set_index("model_id")["family"]
+        test_ids = [m for m in test_ids if family[m] in cfg.families]
+    if cfg.max_test_models and len(test_ids) > cfg.max_test_models:  # a sample, not the head: splits come sorted
+        pick = np.random.default_rng(cfg.seed).choice(len(test_ids), cfg.max_test_models, replace=False)
+        test_ids = [test_ids[i] for i in sorted(pick)]
     sets = [es for g in edit_groups(ctx, test_ids, cfg.families) for es in plan_edit_sets(ctx, g, rng)]
     rows, loc = [], []
     for es in tqdm(sets, desc="edit sets", disable=not progress):
