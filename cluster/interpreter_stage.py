@@ -3,6 +3,7 @@ models beside baselines computed in the same run."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
@@ -101,6 +102,10 @@ def _train_loop(config: dict[str, Any]) -> None:
     from ray.train import Checkpoint
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one line per report otherwise
+    with contextlib.suppress(ImportError):  # Ray Train v2 names its report logger by file path, not "ray.train..."
+        from ray.train.v2._internal.execution import context as train_context
+
+        logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
     torch.set_num_threads(config["threads"])
     records, targets, behaviors, _ = _load_split(config["zoo_dir"], config["sig_dir"], config["train_ids"])
     ctx = ray.train.get_context()
