@@ -336,7 +336,7 @@ def localize(es: EditSet, rank_bank: BehaviorBank, bank: BehaviorBank, k: int, s
     before = measure(g.spec, g.params, bank, unions)
     after = {}
     for name, mask in masks.items():
-        hooks = {name: resample(part, gen) for name, part in split_neurons(g.spec, mask).items()}
+        hooks = {hook: resample(part, gen) for hook, part in split_neurons(g.spec, mask).items()}
         after[name] = measure(g.spec, g.params, bank, unions, interventions=hooks)
     rows = []
     for m, b in enumerate(es.behaviors):
@@ -352,9 +352,10 @@ def localize(es: EditSet, rank_bank: BehaviorBank, bank: BehaviorBank, k: int, s
 def localization_table(rows: list[dict]) -> pd.DataFrame:
     """Per family and behavior: mean drops, their ratio and whether top-k ablation passes (>= 3x random, others
     within 5 points)."""
-    df = pd.DataFrame(rows).groupby(["family", "behavior"]).agg(n=("model_id", "size"), drop_top=("drop_top", "mean"),
-                                                    drop_random=("drop_random", "mean"),
-                                                    others_move_top=("others_move_top", "mean")).reset_index()
+    df = (pd.DataFrame(rows).groupby(["family", "behavior"])
+          .agg(n=("model_id", "size"), drop_top=("drop_top", "mean"), drop_random=("drop_random", "mean"),
+               others_move_top=("others_move_top", "mean"))
+          .reset_index())
     df["ratio"] = df["drop_top"] / df["drop_random"].clip(lower=1e-6)
     df["passes"] = (df["drop_top"] > 0) & (df["drop_top"] >= 3 * df["drop_random"]) & (df["others_move_top"] <= KEEP_TOL)
     return df

@@ -4,8 +4,9 @@ An edit reads only the subject model's weights and signature. The frozen interpr
 signature into neuron tokens and a model latent; an edit code (operation + behavior embedding)
 joins the latent; the neuron-aligned decoder (:mod:`interpreter.decoder`) turns tokens and code
 into a change of every weight (MLP family). The guided edit (:func:`guided_edit`) decodes by
-optimization instead and needs only the batched forward, so it edits every family. Repair is "add B" for the behavior that looks corrupted: read by the
-interpreter as trained, yet not flagged (:meth:`Encoded.corrupted_behavior`).
+optimization instead and needs only the batched forward, so it edits every family. Repair is
+"add B" for the behavior that looks corrupted: read by the interpreter as trained, yet not flagged
+(:meth:`Encoded.corrupted_behavior`).
 
 Training is against what the edited weights *do*: the edited cohort runs through the batched
 functional forward on sequences drawn from a :class:`~zoo.behavior_bank.BehaviorBank`, with
