@@ -107,12 +107,22 @@ def read_sets(ctx: EditContext, enc: Encoded) -> list[list[str]]:
     return [[n for n, p, t in zip(ctx.names, probs, ctx.interp.model.thresholds) if p > t] for probs in enc.probs.tolist()]
 
 
-def edit_groups(ctx: EditContext, ids: list[str], families: list[str] | None) -> list[ArchGroup]:
-    """The named models' architecture groups, of ``families`` only when given."""
-    groups = [g for g in load_groups(ctx.store, ids) if families is None or g.spec.family in families]
+def family_ids(ctx: EditContext, ids: list[str], families: list[str] | None) -> list[str]:
+    """The ids of models of ``families`` (all when None), in order, from the manifest alone: no weights are read."""
+    if families is None:
+        return list(ids)
+    family = ctx.store.read_manifest(columns=["model_id", "family"]).set_index("model_id")["family"]
+    kept = [m for m in ids if family[m] in families]
+    if not kept:
+        raise EditError(f"no model of the families {', '.join(families)} among these models")
+    return kept
+
+
+def edit_groups(ctx: EditContext, ids: list[str]) -> list[ArchGroup]:
+    """The named models' architecture groups (weights loaded and hash-verified)."""
+    groups = load_groups(ctx.store, ids)
     if not groups:
-        which = f" of the families {', '.join(families)}" if families else ""
-        raise EditError(f"no model{which} among these models")
+        raise EditError("no model to edit among these models")
     return groups
 
 
@@ -141,7 +151,7 @@ def train_stage(ctx: EditContext, cfg: EditConfig, out_dir: Path,
     """
     t0 = time.perf_counter()
     bank = train_bank(ctx, cfg)
-    pools = [_pool(ctx, g, bank) for g in edit_groups(ctx, ctx.train_ids, cfg.families)]
+    pools = [_pool(ctx, g, bank) for g in edit_groups(ctx, family_ids(ctx, ctx.train_ids, cfg.families))]
     mcfg = ctx.interp.model.cfg
     editor = Editor(cfg.editor, ctx.names, mcfg.d_model, mcfg.latent_dim, ctx.vocab)
     clean = [(p.enc.profile[i], p.behaviors[i]) for p in pools for i, c in enumerate(p.corrupted) if c is None]
@@ -393,14 +403,11 @@ def evaluate_edits(ctx: EditContext, cfg: EditConfig, editor_dir: Path, progress
              "task_vectors": sibling_task_vectors(ctx)}
     bank = eval_bank(ctx, cfg)
     rng = np.random.default_rng(cfg.seed)
-    test_ids = ctx.test_ids
-    if cfg.families is not None:  # the cap counts models of these families only
-        family = ctx.store.read_manifest(columns=["model_id", "family"]).set_index("model_id")["family"]
-        test_ids = [m for m in test_ids if family[m] in cfg.families]
+    test_ids = family_ids(ctx, ctx.test_ids, cfg.families)  # the cap counts models of these families only
     if cfg.max_test_models and len(test_ids) > cfg.max_test_models:  # a sample, not the head: splits come sorted
         pick = np.random.default_rng(cfg.seed).choice(len(test_ids), cfg.max_test_models, replace=False)
         test_ids = [test_ids[i] for i in sorted(pick)]
-    sets = [es for g in edit_groups(ctx, test_ids, cfg.families) for es in plan_edit_sets(ctx, g, rng)]
+    sets = [es for g in edit_groups(ctx, test_ids) for es in plan_edit_sets(ctx, g, rng)]
     rows, loc = [], []
     for es in tqdm(sets, desc="edit sets", disable=not progress):
         rows += score_edit_set(ctx, es, tools, cfg, bank)
