@@ -141,10 +141,15 @@ def _fit_heads(
 
 
 def _linear_heads(x_train: np.ndarray, y: Mapping[str, np.ndarray], x_test: np.ndarray, specs: Sequence[HeadSpec], seed: int) -> Preds:
-    """Standardize features, then LogisticRegression per column / multinomial per class head, Ridge for accuracy."""
+    """Standardize features, then LogisticRegression per column / multinomial per class head, Ridge for accuracy.
+
+    tol 1e-3, not sklearn's 1e-4: on zoo3's 10,624 probe logits a multinomial head needed 700-1,000 L-BFGS
+    iterations (110-160 s each, four heads in each of four evaluations) against 130-300 at 1e-3, and the
+    binary heads read held-out behaviors as well (balanced accuracy 0.972 / 0.989 against 0.962 / 0.991).
+    """
     scaler = StandardScaler().fit(x_train)
     return _fit_heads(scaler.transform(x_train), y, scaler.transform(x_test), specs,
-                      classifier=lambda: LogisticRegression(C=1.0, max_iter=2000, random_state=seed),
+                      classifier=lambda: LogisticRegression(C=1.0, tol=1e-3, max_iter=2000, random_state=seed),
                       regressor=lambda: Ridge(alpha=1.0))
 
 
