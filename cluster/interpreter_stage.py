@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -124,7 +125,10 @@ def _train_loop(config: dict[str, Any]) -> None:
             log_epoch_metrics(run_id, metrics, step=epoch)
             if epoch % 10 == 0:
                 shown = {k: metrics[k] for k in ("train_loss", "val_loss", "val_mean_balanced_accuracy") if k in metrics}
-                print(f"interpreter epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items()), flush=True)
+                # to the process's own stdout: Ray Train v2 patches print() in its workers to tee to the stream
+                # and log the line as well, so each line reached the driver twice
+                print(f"interpreter epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items()),
+                      file=sys.__stdout__, flush=True)
         ray.train.report({"epoch": epoch, **metrics})
 
     t0 = time.perf_counter()
