@@ -52,6 +52,18 @@ class ProbeLayout:
         return cls(match_matrix(probes.tokens, list(probes.behaviors), probes.vocab), probes.behavior, probes.is_positive)
 
 
+def group_masks(layout: ProbeLayout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The probe groups as float masks: own positives [P, K] (drawn for behavior k and really matching it), own near
+    misses [P, K] (drawn for k) and random probes [P]."""
+    matches = torch.from_numpy(np.asarray(layout.matches, dtype=np.float32))
+    drawn_for = torch.from_numpy(np.asarray(layout.behavior, dtype=np.int64))
+    positive = torch.from_numpy(np.asarray(layout.is_positive, dtype=bool))
+    onehot = torch.zeros_like(matches)
+    has = drawn_for >= 0
+    onehot[has.nonzero().flatten(), drawn_for[has]] = 1.0
+    return onehot * positive[:, None] * matches, onehot * (~positive)[:, None], (~has).float()
+
+
 class ProbeAccuracy(nn.Module):
     """Estimated held-out accuracy [B] from raw probe logits [B, P] and behavior logits [B, K] (see the module doc)."""
 
@@ -74,15 +86,11 @@ class ProbeAccuracy(nn.Module):
         matches = torch.from_numpy(np.asarray(layout.matches, dtype=np.float32))
         if matches.shape != self.matches.shape:
             raise ValueError(f"probe layout {tuple(matches.shape)} does not fit {tuple(self.matches.shape)} (probes x behaviors)")
-        drawn_for = torch.from_numpy(np.asarray(layout.behavior, dtype=np.int64))
-        positive = torch.from_numpy(np.asarray(layout.is_positive, dtype=bool))
-        onehot = torch.zeros_like(matches)
-        has = drawn_for >= 0
-        onehot[has.nonzero().flatten(), drawn_for[has]] = 1.0
+        own_positive, own_near, random = group_masks(layout)
         self.matches.copy_(matches)
-        self.own_positive.copy_(onehot * positive[:, None] * matches)  # a positive that really matches its behavior
-        self.own_near.copy_(onehot * (~positive)[:, None])
-        self.random.copy_((~has).float())
+        self.own_positive.copy_(own_positive)
+        self.own_near.copy_(own_near)
+        self.random.copy_(random)
 
     def groups(self, logits: torch.Tensor, behavior_logits: torch.Tensor) -> torch.Tensor:
         """Estimated accuracy on each of GROUPS [B, 4]."""
