@@ -77,8 +77,8 @@ def _load_split(zoo_dir: str, sig_dir: str, ids: list[str]) -> tuple[list[dict],
 
 def probe_layout(sig_dir: str | Path, cfg: InterpreterConfig) -> ProbeLayout | None:
     """What the interpreter's accuracy estimate needs of the probe set the signatures were read through; None when
-    cfg.probe_accuracy is off, so nothing reads the probe set (or needs it recorded)."""
-    return ProbeLayout.of(read_probe_set(Path(sig_dir))) if cfg.probe_accuracy else None
+    cfg.probe_accuracy and cfg.probe_profile are off, so nothing reads the probe set (or needs it recorded)."""
+    return ProbeLayout.of(read_probe_set(Path(sig_dir))) if cfg.probe_accuracy or cfg.probe_profile else None
 
 
 def signature_feature_names(sig_dir: str | Path) -> list[str] | None:

@@ -55,6 +55,10 @@ class InterpreterConfig(BaseModel):
                            "pathway and the probe set; interpreter.probe_accuracy), the accuracy head adding a correction. "
                            "Pays with many probes per behavior (zoo3, 2,656 probes: Kendall tau 0.874); with the default "
                            "190 it is too noisy (demo: 0.723 against 0.782 without)")
+    probe_profile: bool = Field(
+        False, description="also read each behavior from the distribution of the model's outputs on that behavior's own "
+                           "probes, one MLP shared by all behaviors (interpreter.probe_profile; needs the probe set). "
+                           "Tells a behavior trained on corrupted labels from an absent one")
     feature_set: FeatureSet = Field(
         "all", description="signature columns the encoder reads: all, stats, stats+behavior or no_tokens (interpreter.features)")
     # data parallelism (read by cluster/interpreter_stage.py; interpreter/ itself takes a DataParallel)

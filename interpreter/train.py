@@ -24,6 +24,7 @@ from interpreter.metrics import evaluate_heads, headline_metrics, mean_balanced_
 from interpreter.model import Interpreter
 from interpreter.parallel import DataParallel
 from interpreter.probe_accuracy import ProbeLayout
+from interpreter.probe_profile import fit_profile
 from interpreter.targets import HeadSpec, behaviors_spec, output_key, specs_for
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -180,9 +181,9 @@ def _target_variance(y: np.ndarray) -> float:
 
 def _init_head_biases(model: Interpreter, y: Mapping[str, torch.Tensor]) -> None:
     """Start every head at its training base rate (log-odds, mean, log class frequency): skips the "learn the prior" phase.
-    An accuracy head that corrects the probe estimate (model.probe_accuracy) starts at no correction."""
+    A head that corrects a reading off the probes (the accuracy estimate, the behavior profile) starts at no correction."""
     for spec in model.specs:
-        if spec.name == "accuracy" and model.probe_accuracy is not None:
+        if (spec.name == "accuracy" and model.probe_accuracy is not None) or (spec.name == "behaviors" and model.probe_profile is not None):
             continue
         bias = model.heads[output_key(spec)][-1].bias.data
         t = y[spec.name]
@@ -321,7 +322,8 @@ def train_interpreter(
     per-head validation metrics (those undefined on the split are left out; all values are floats).
     `feature_names` (the signature's column names) are needed when cfg.feature_set is not "all".
     `probe_layout` (the signatures' probe set, :meth:`ProbeLayout.of`) lets the accuracy head score the models' own
-    probe outputs (cfg.probe_accuracy; see :mod:`interpreter.probe_accuracy`).
+    probe outputs (cfg.probe_accuracy; see :mod:`interpreter.probe_accuracy`) and the behavior heads read each
+    behavior's probe outputs (cfg.probe_profile; :mod:`interpreter.probe_profile`).
 
     With `parallel` (several workers, torch.distributed initialized) every worker calls this with the same
     arguments: each trains on its share of every batch, rank 0 validates and its metrics reach every worker,
@@ -344,11 +346,16 @@ def train_interpreter(
     with torch.random.fork_rng(devices=[]):  # seed init + dropout without touching the caller's RNG
         torch.manual_seed(cfg.seed)
         model = Interpreter(cfg, scaler.n_features, len(behavior_names), specs, n_probes=scaler.n_probes,
-                            probe_layout=probe_layout if cfg.probe_accuracy else None)
+                            probe_layout=probe_layout if cfg.probe_accuracy or cfg.probe_profile else None)
         _init_head_biases(model, train.y)
-        net = parallel.prepare_model(model)  # moves `model` to its device; with several workers wraps it in DDP
+        if model.probe_profile is not None:
+            # fit the behavior profile alone first (interpreter.probe_profile), then freeze it: the rest trains on top
+            fit_profile(model.probe_profile, train.data.probe_raw, train.y["behaviors"], seed=cfg.seed)
+            model.probe_profile.requires_grad_(False)
+        # moves `model` to its device; with several workers wraps it in DDP, which starts every worker from rank 0's weights
+        net = parallel.prepare_model(model)
         device = next(model.parameters()).device
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
         gen = torch.Generator().manual_seed(cfg.seed)
         history: list[dict[str, float]] = []
         best_loss, best_epoch, best_state, bad_epochs = math.inf, -1, None, 0

@@ -27,8 +27,9 @@ def test_run_produces_zoo_signatures_registered_interpreter_and_report(tiny_run:
     heads = set(ev["heldout"]["interpreter"])
     assert {"behaviors", "accuracy", "family", "depth", "width", "lr", "corrupted"} == heads
     assert ev["n_test_models"] == 30
-    # tiny.yaml turns on the accuracy read off the probes: the probe set reached the saved interpreter
-    assert json.loads((run_dir / "interpreter" / "interpreter.json").read_text())["probe_accuracy"] is True
+    # tiny.yaml turns on the reads off the probes: the probe set reached the saved interpreter
+    meta = json.loads((run_dir / "interpreter" / "interpreter.json").read_text())
+    assert meta["probe_accuracy"] is True and meta["probe_profile"] is True
     for plot in ("zoo_accuracy.png", "behavior_balanced_accuracy.png", "latent_map.png", "accuracy_prediction.png"):
         assert (run_dir / "plots" / plot).stat().st_size > 1000
 

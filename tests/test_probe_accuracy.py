@@ -77,7 +77,7 @@ def test_interpreter_starts_at_the_estimate_and_round_trips(tmp_path):
     rng = np.random.default_rng(0)
     recs = records(8, rng)
     scaler = FeatureScaler.fit(recs, probe_logits=True)
-    cfg = InterpreterConfig(d_model=16, n_heads=2, latent_dim=16)
+    cfg = InterpreterConfig(d_model=16, n_heads=2, latent_dim=16, probe_accuracy=True)
     model = Interpreter(cfg, scaler.n_features, len(NAMES), head_specs(NAMES), n_probes=len(PROBES), probe_layout=LAYOUT).eval()
     batch = collate(recs, scaler)
     with torch.no_grad():
