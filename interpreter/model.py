@@ -46,7 +46,7 @@ class Interpreter(nn.Module):
     at zero). The accuracy estimate then scores under the profile's reading alone, with its set sharpness fixed at
     its start (3): on zoo3 that ranked accuracy at 0.905 / 0.907 / 0.904 (seeds 0 / 1 / 2) against 0.892 / 0.910 /
     0.887 under the full behavior logits, whose latent correction varies more from seed to seed; learned, the
-    sharpness fell to 1.4 (hedging the accuracy MSE on misread sets) and tau to 0.894 / 0.898.
+    sharpness fell to 1.4 (hedging the accuracy MSE on misread sets) and tau to 0.892 / 0.898.
     """
 
     def __init__(self, cfg: InterpreterConfig, n_features: int, n_behaviors: int, specs: Sequence[HeadSpec] | None = None,
