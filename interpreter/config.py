@@ -58,7 +58,8 @@ class InterpreterConfig(BaseModel):
     probe_profile: bool = Field(
         False, description="also read each behavior from the distribution of the model's outputs on that behavior's own "
                            "probes, one MLP shared by all behaviors (interpreter.probe_profile; needs the probe set). "
-                           "Tells a behavior trained on corrupted labels from an absent one")
+                           "Tells a behavior trained on corrupted labels from an absent one (zoo3: exact sets 0.925 -> "
+                           "0.960, Kendall tau 0.887 -> 0.9005; demo: balanced accuracy 0.954 -> 0.971)")
     feature_set: FeatureSet = Field(
         "all", description="signature columns the encoder reads: all, stats, stats+behavior or no_tokens (interpreter.features)")
     # data parallelism (read by cluster/interpreter_stage.py; interpreter/ itself takes a DataParallel)
