@@ -86,9 +86,9 @@ class ProbeProfile(nn.Module):
 
 
 def fit_profile(profile: ProbeProfile, raw: torch.Tensor, y: torch.Tensor, *, epochs: int = 100, lr: float = 3e-3,
-                batch_size: int = 64, seed: int = 0) -> float:
+                batch_size: int = 64, seed: int = 0) -> None:
     """Fit `profile` alone to the behavior targets y [n, K] from raw probe logits [n, P] (BCE, AdamW, cosine decay
-    over a fixed number of epochs); returns the final training loss.
+    over a fixed number of epochs).
 
     A fixed schedule, not early stopping: on zoo3 stopping on the noisy validation loss left the profile worse
     (held-out log loss 0.0132 against 0.0126). The statistics are computed once, so an epoch is a pass of the
@@ -100,14 +100,10 @@ def fit_profile(profile: ProbeProfile, raw: torch.Tensor, y: torch.Tensor, *, ep
     opt = torch.optim.AdamW(profile.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * math.ceil(len(stats) / batch_size))
     gen = torch.Generator().manual_seed(seed)
-    total = 0.0
     for _ in range(epochs):
-        total = 0.0
         for idx in torch.randperm(len(stats), generator=gen).split(batch_size):
             loss = F.binary_cross_entropy_with_logits(profile.read(stats[idx]), y[idx].float())
             opt.zero_grad()
             loss.backward()
             opt.step()
             schedule.step()
-            total += loss.item() * len(idx)
-    return total / max(len(stats), 1)
