@@ -29,6 +29,7 @@ from interpreter.probe_accuracy import ProbeLayout, group_masks
 CLIP = 12.0  # logits beyond +-12 say the same thing: a flag (or a rejection) by far
 CUTS = (-6.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 6.0)  # where the CDF of a group's logits is read
 N_STATS = 2 * (2 + len(CUTS)) + 2  # per group (positives, near misses): mean, std, CDF; then the random probes'
+STATS_CHUNK = 512  # models whose statistics fit_profile computes at once
 
 
 class ProbeProfile(nn.Module):
@@ -63,18 +64,20 @@ class ProbeProfile(nn.Module):
     def stats(self, raw: torch.Tensor) -> torch.Tensor:
         """Per (model, behavior) statistics [B, K, N_STATS] of the clipped logits, scaled to about [-1, 1]."""
         r = raw.clamp(-CLIP, CLIP)
-        above = [(r > c).float() for c in self.cuts]
-        groups = []
-        for mask in (self.own_positive, self.own_near):
-            n = mask.sum(0).clamp_min(1)
+        masks = (self.own_positive, self.own_near)
+        counts = [m.sum(0).clamp_min(1) for m in masks]
+        groups: list[list[torch.Tensor]] = [[], []]
+        for g, (mask, n) in enumerate(zip(masks, counts)):
             mean = (r @ mask) / n
-            std = ((r * r) @ mask / n - mean**2).clamp_min(0).sqrt()
-            groups += [mean / CLIP, std / CLIP] + [(a @ mask) / n for a in above]
+            groups[g] += [mean / CLIP, ((r * r) @ mask / n - mean**2).clamp_min(0).sqrt() / CLIP]
+        for c in self.cuts:  # one [B, P] indicator at a time: memory stays at a few copies of the logits
+            above = (r > c).float()
+            for g, (mask, n) in enumerate(zip(masks, counts)):
+                groups[g].append((above @ mask) / n)
         n_random = self.random.sum().clamp_min(1)
         k = self.own_positive.shape[1]
-        groups += [((r @ self.random) / n_random / CLIP)[:, None].expand(-1, k),
-                   ((above[len(CUTS) // 2] @ self.random) / n_random)[:, None].expand(-1, k)]
-        return torch.stack(groups, dim=-1)
+        per_model = [(r @ self.random) / n_random / CLIP, ((r > 0).float() @ self.random) / n_random]
+        return torch.stack(groups[0] + groups[1] + [v[:, None].expand(-1, k) for v in per_model], dim=-1)
 
     def read(self, stats: torch.Tensor) -> torch.Tensor:
         """Behavior logits [B, K] from precomputed statistics [B, K, N_STATS]."""
@@ -94,7 +97,7 @@ def fit_profile(profile: ProbeProfile, raw: torch.Tensor, y: torch.Tensor, *, ep
     (held-out log loss 0.0132 against 0.0126). The statistics are computed once, so an epoch is a pass of the
     small MLP only (about 0.6 s for 4,500 models on one CPU core: a minute for the fit)."""
     with torch.no_grad():
-        stats = profile.stats(raw)
+        stats = torch.cat([profile.stats(part) for part in raw.split(STATS_CHUNK)])
         rate = y.float().mean().clamp(0.01, 0.99)
         profile.mlp[-1].bias.fill_(math.log(rate / (1 - rate)))  # start at the base rate
     opt = torch.optim.AdamW(profile.parameters(), lr=lr, weight_decay=1e-4)

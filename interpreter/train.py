@@ -346,7 +346,7 @@ def train_interpreter(
     with torch.random.fork_rng(devices=[]):  # seed init + dropout without touching the caller's RNG
         torch.manual_seed(cfg.seed)
         model = Interpreter(cfg, scaler.n_features, len(behavior_names), specs, n_probes=scaler.n_probes,
-                            probe_layout=probe_layout if cfg.probe_accuracy or cfg.probe_profile else None)
+                            probe_layout=probe_layout)  # the model builds the readers cfg turns on
         _init_head_biases(model, train.y)
         if model.probe_profile is not None:
             # fit the behavior profile alone first (interpreter.probe_profile), then freeze it: the rest trains on top
