@@ -15,6 +15,7 @@ ZOO_HELP = "zoo directory, or a s3:// / gs:// / file:// URI (default: RUN_DIR/zo
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="pipeline YAML (e.g. configs/demo.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any config field, e.g. zoo.n_models=400")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite in the run dir)")
     p.add_argument("--output-dir", help="run directory (overrides output_dir in the config)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -69,7 +70,7 @@ def _pipeline(args: argparse.Namespace):
     from cluster.config import load_config
     from cluster.pipeline import Pipeline
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, getattr(args, "overrides", None) or ())
     if args.output_dir:
         cfg = cfg.model_copy(update={"output_dir": args.output_dir})
     return Pipeline(cfg, tracking_uri=args.tracking_uri, zoo_dir=getattr(args, "zoo", None), progress=not args.no_progress)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from interpreter.config import InterpreterConfig
 from interpreter.editor import EditorConfig
 from zoo.arch import Family
 from zoo.config import ZooConfig
-from zoo.errors import ConfigError
+from zoo.recipe import load_recipe
 
 
 class ProbeConfig(BaseModel):
@@ -95,33 +95,6 @@ class PipelineConfig(BaseModel):
         return Path(self.output_dir).expanduser().resolve()
 
 
-def load_config(path: str | Path) -> PipelineConfig:
-    """Read and validate a pipeline YAML, turning every problem into a one-line ConfigError."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config not found: {path}") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config is a directory, not a YAML file: {path}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError(f"malformed YAML in {path}{where}: {getattr(e, 'problem', e)}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config {path} must be a YAML mapping, got {type(raw).__name__}")
-    try:
-        return PipelineConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(f"invalid config {path}: {format_validation_error(e)}") from None
-
-
-def format_validation_error(e: ValidationError) -> str:
-    """The first validation problem as ``field.path: message`` (plus a count of the rest)."""
-    errs = e.errors()
-    first = errs[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "(root)"
-    more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
-    return f"{loc}: {first['msg']}{more}"
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> PipelineConfig:
+    """Read and validate a pipeline YAML plus ``key.path=value`` overrides; every problem is one ConfigError line."""
+    return load_recipe(PipelineConfig, path, overrides)
