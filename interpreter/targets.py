@@ -31,6 +31,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from zoo.families import FAMILIES
+
 HeadKind = Literal["multilabel", "regression", "classes", "binary"]
 
 
@@ -56,7 +58,10 @@ class HeadSpec:
         return cls(str(d["name"]), d["kind"], int(d["n_out"]), tuple(d.get("classes", ())))
 
 
-FAMILY_CLASSES = ("mlp", "gru", "attention")
+# Stored interpreters have a 3-class family head in this order; families registered later follow them, in
+# registration order (zoo/families/__init__.py), so an index never changes meaning.
+FIRST_FAMILIES = ("mlp", "gru", "attention")
+FAMILY_CLASSES = FIRST_FAMILIES + tuple(f for f in FAMILIES if f not in FIRST_FAMILIES)
 DEPTH_CLASSES = ("1", "2", "3", "4+")
 WIDTH_CLASSES = ("<=16", "32", "64", "128+")
 # Learning-rate buckets: [0, 3e-3) | [3e-3, 6e-3) | [6e-3, inf). The zoo samples lr log-uniformly in

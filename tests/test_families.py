@@ -145,15 +145,13 @@ def test_cohort_adam_matches_torch_adam_per_model():
 
 def test_training_does_not_depend_on_chunking(cohort, monkeypatch):
     """Models are stepped in chunks for speed; the chunk size must not change any model's result."""
-    import zoo.train
-
     spec, seeds, data = cohort
     fam = get_family(spec)
     x, y = torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"])
     lr = torch.tensor([3e-3, 1e-2, 5e-3])
     runs = []
     for chunk in (64, 2):
-        monkeypatch.setitem(zoo.train.CPU_CHUNK, spec.family, chunk)
+        monkeypatch.setattr(fam, "cpu_chunk", chunk)
         params = fam.init(spec, seeds)
         hist = train_cohort(spec, params, x, y, lr, 2, 32, seeds)
         runs.append((params, hist))

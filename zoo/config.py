@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, replace
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from zoo.arch import Activation, ArchSpec, Family
 from zoo.behaviors import behavior_names, check_compatible
@@ -27,7 +27,16 @@ class ArchChoice(BaseModel):
     embed_dim: IntChoice = 8
     activation: Activation | list[Activation] = "relu"
     n_heads: IntChoice = 2
+    kernel_size: IntChoice = 3
     weight: float = Field(1.0, gt=0.0, description="relative share of cohorts with this template")
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        """Leave ``kernel_size`` out at its default, so recipes written before it keep their zoo fingerprints."""
+        data = handler(self)
+        if self.kernel_size == type(self).model_fields["kernel_size"].default:
+            data.pop("kernel_size", None)
+        return data
 
     def sample(self, rng: np.random.Generator, vocab: int, length: int) -> ArchSpec:
         """Draw one concrete architecture from the template's choices."""
@@ -35,7 +44,7 @@ class ArchChoice(BaseModel):
         def pick(v):
             return v[int(rng.integers(len(v)))] if isinstance(v, list) else v
 
-        fields = {k: pick(getattr(self, k)) for k in ("depth", "width", "embed_dim", "activation", "n_heads")}
+        fields = {k: pick(getattr(self, k)) for k in ("depth", "width", "embed_dim", "activation", "n_heads", "kernel_size")}
         return ArchSpec(family=self.family, vocab=vocab, length=length, **fields)
 
     def shallowest(self, vocab: int, length: int) -> ArchSpec:
@@ -44,7 +53,7 @@ class ArchChoice(BaseModel):
         def first(v):
             return v[0] if isinstance(v, list) else v
 
-        fields = {k: first(getattr(self, k)) for k in ("width", "embed_dim", "activation", "n_heads")}
+        fields = {k: first(getattr(self, k)) for k in ("width", "embed_dim", "activation", "n_heads", "kernel_size")}
         depth = min(self.depth) if isinstance(self.depth, list) else self.depth
         return ArchSpec(family=self.family, vocab=vocab, length=length, depth=depth, **fields)
 

@@ -77,11 +77,6 @@ def batch_orders(seeds: Sequence[int], n: int, epochs: int) -> torch.Tensor:
     return orders
 
 
-# Models per optimizer step on CPU, by family: small enough that a chunk's activations stay in
-# cache, large enough to amortize per-op overhead (measured with benchmarks/zoo_throughput.py).
-CPU_CHUNK = {"mlp": 64, "gru": 32, "attention": 16}
-
-
 @dataclass
 class _Chunk:
     """Models [lo, hi) of a cohort, trained from one flat parameter buffer.
@@ -141,14 +136,14 @@ def train_cohort(
     ``on_epoch(epoch, losses)`` runs after every epoch with ``params`` already holding that
     epoch's weights (so a callback can snapshot checkpoints).
 
-    Speed on CPU: models are stepped in chunks of :data:`CPU_CHUNK` (a chunk's weights,
+    Speed on CPU: models are stepped in chunks of the family's ``cpu_chunk`` (a chunk's weights,
     activations and optimizer state stay in cache; every model's result is independent of
     the chunking; other devices step the whole cohort at once), each chunk's parameters live in one flat buffer for the whole run, and
     each epoch gathers its shuffled data with one ``index_select`` instead of per batch.
     """
     family = get_family(spec)
     m, n = y.shape
-    size = CPU_CHUNK.get(spec.family, 32) if y.device.type == "cpu" else m  # an accelerator wants the whole cohort in each step
+    size = family.cpu_chunk if y.device.type == "cpu" else m  # an accelerator wants the whole cohort in each step
     chunks = [_Chunk.from_params(params, lr, lo, min(lo + size, m)) for lo in range(0, m, size)]
     # row ids into x flattened to [M*N, L]: one index_select per epoch gathers every model's shuffle
     rows = (batch_orders(seeds, n, epochs) + (torch.arange(m) * n).view(1, m, 1)).to(x.device)  # [epochs, M, N]

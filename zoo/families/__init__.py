@@ -1,39 +1,32 @@
-"""Subject-model families, each written once in batched functional form.
+"""Subject-model families, each written once in batched functional form, one file per family.
 
 A family turns an :class:`~zoo.arch.ArchSpec` plus per-model seeds into a dict of
 stacked parameter tensors (leading dimension M = models in the cohort) and runs
 all M models in one forward pass. Every activation worth reading passes through a
 named hook point, so the same forward serves training, evaluation, signature
 capture and interventions (ablation, randomization, patching).
+
+A family's module registers it (``@register`` in :mod:`zoo.families.base`) with everything
+the rest of zoolens asks of it: its name, its key suffix, its CPU chunk size and its hook
+points. The imports below are the registration order, which the interpreter's family head
+follows (``interpreter.targets.FAMILY_CLASSES``): append new families, never reorder.
 """
 
 from __future__ import annotations
 
 import torch
 
-from zoo.arch import ArchSpec, HookPoint
-from zoo.errors import ConfigError
-from zoo.families.attention import AttentionFamily
-from zoo.families.base import Cache, Interventions, SubjectFamily
-from zoo.families.gru import GRUFamily
-from zoo.families.mlp import MLPFamily
-
-FAMILIES: dict[str, SubjectFamily] = {"mlp": MLPFamily(), "gru": GRUFamily(), "attention": AttentionFamily()}
-
-
-def get_family(spec_or_name: ArchSpec | str) -> SubjectFamily:
-    """Look up the family object for a spec or family name."""
-    name = spec_or_name.family if isinstance(spec_or_name, ArchSpec) else spec_or_name
-    try:
-        return FAMILIES[name]
-    except KeyError:
-        raise ConfigError(f"unknown architecture family '{name}'; known: {', '.join(FAMILIES)}") from None
+from zoo.arch import ArchSpec, HookPoint, NeuronKind
+from zoo.families import mlp, gru, attention  # noqa: F401  (importing a family registers it)
+from zoo.families.base import FAMILIES, Cache, Interventions, SubjectFamily, UnknownFamily, get_family
 
 
 def neuron_points(spec: ArchSpec) -> list[HookPoint]:
-    """The hook points of hidden neurons (not heads, not the output), in forward order: the neurons that
-    localization ranks and ablates. A mask over "all neurons" [M, N] lists them in this order."""
-    return [p for p in get_family(spec).hook_points(spec) if p.kind == 0]
+    """The hook points of hidden neurons, in forward order: the neurons that localization ranks and ablates, and
+    the layers antitraining and analyses pick from. Attention heads are not neurons here (their unit is a head's
+    write into the residual stream, a different kind); address them by name. A mask over "all neurons" [M, N]
+    lists them in this order."""
+    return [p for p in get_family(spec).hook_points(spec) if p.kind == NeuronKind.HIDDEN]
 
 
 def split_neurons(spec: ArchSpec, mask: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -43,4 +36,5 @@ def split_neurons(spec: ArchSpec, mask: torch.Tensor) -> dict[str, torch.Tensor]
     return {p.name: part for p, part in zip(points, parts)}
 
 
-__all__ = ["FAMILIES", "Cache", "Interventions", "SubjectFamily", "get_family", "neuron_points", "split_neurons"]
+__all__ = ["FAMILIES", "Cache", "Interventions", "SubjectFamily", "UnknownFamily", "get_family", "neuron_points",
+           "split_neurons"]

@@ -14,7 +14,7 @@ transpose of ``nn.Linear.weight``): ``ln1_w{i}``/``ln1_b{i}`` [M, D], ``w_qkv{i}
 
 Hook points, in forward order per block:
 
-- ``attn.{i}`` (kind 2, heads as neurons) [M, B, L, n_heads]: the L2 norm of each head's
+- ``attn.{i}`` (``NeuronKind.HEAD``) [M, B, L, n_heads]: the L2 norm of each head's
   *contribution to the residual stream* at each position, ``||z_h W_o[h]||`` where ``z_h``
   is the head's attention-weighted values and ``W_o[h]`` its rows of the output
   projection (the bias is shared and left out). This is how strongly the head writes into
@@ -22,8 +22,8 @@ Hook points, in forward order per block:
   ``b_o`` sum to the attention output. An intervention returns new norms and each head's
   contribution is rescaled to them (direction kept): zeros ablate a head, another
   model's or input's norms patch its strength.
-- ``mlp.{i}`` (kind 0) [M, B, L, 4*width]: the MLP's post-activation hidden neurons.
-- ``output`` (kind 1) [M, B, 1]: the logit.
+- ``mlp.{i}`` (``HIDDEN``) [M, B, L, 4*width]: the MLP's post-activation hidden neurons.
+- ``output`` (``OUTPUT``) [M, B, 1]: the logit.
 
 The per-head contributions are only materialised when ``attn.{i}`` is cached or
 intervened on; training takes the fused ``z @ W_o`` path.
@@ -36,7 +36,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from zoo.arch import ArchSpec, HookPoint
+from zoo.arch import ArchSpec, HookPoint, NeuronKind
 from zoo.families.base import (
     ACTIVATIONS,
     StackedFamily,
@@ -47,14 +47,20 @@ from zoo.families.base import (
     hook,
     linear_init,
     readout,
+    register,
 )
 
 MLP_RATIO = 4
 LN_EPS = 1e-5
 
 
+@register
 class AttentionFamily(StackedFamily):
     name = "attention"
+    cpu_chunk = 16
+
+    def key_suffix(self, spec: ArchSpec) -> str:
+        return f"-h{spec.n_heads}"  # 2 and 4 heads share every weight shape: the key must tell them apart
 
     def init(self, spec: ArchSpec, seeds: Sequence[int]) -> Params:
         if spec.width % spec.n_heads:
@@ -129,9 +135,9 @@ class AttentionFamily(StackedFamily):
     def hook_points(self, spec: ArchSpec) -> list[HookPoint]:
         points = []
         for i in range(spec.depth):
-            points.append(HookPoint(f"attn.{i}", 2 * i, spec.n_heads, kind=2, fan_in=spec.width))
+            points.append(HookPoint(f"attn.{i}", 2 * i, spec.n_heads, NeuronKind.HEAD, spec.width))
             points.append(HookPoint(f"mlp.{i}", 2 * i + 1, MLP_RATIO * spec.width, fan_in=spec.width))
-        return points + [HookPoint("output", 2 * spec.depth, 1, kind=1, fan_in=spec.width)]
+        return points + [HookPoint("output", 2 * spec.depth, 1, NeuronKind.OUTPUT, spec.width)]
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

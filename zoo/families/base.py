@@ -1,4 +1,4 @@
-"""The interface every subject-model family implements, and shared building blocks."""
+"""The interface every subject-model family implements, the registry of families, and shared building blocks."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo.arch import ArchSpec, HookPoint
+from zoo.errors import ConfigError
 
 Params = dict[str, torch.Tensor]
 Cache = dict[str, torch.Tensor]
@@ -18,9 +19,15 @@ Interventions = dict[str, Callable[[torch.Tensor], torch.Tensor]]
 
 
 class SubjectFamily(Protocol):
-    """A batched functional architecture family."""
+    """A batched functional architecture family.
+
+    ``name`` is what configs and ``ArchSpec.family`` call it; ``cpu_chunk`` is how many models the cohort
+    trainer steps at once on CPU (small enough that a chunk's activations stay in cache, large enough to
+    amortize per-op overhead; measured with benchmarks/zoo_throughput.py).
+    """
 
     name: str
+    cpu_chunk: int
 
     def init(self, spec: ArchSpec, seeds: Sequence[int]) -> Params:
         """Stacked parameters for len(seeds) models; model m depends only on seeds[m]."""
@@ -40,6 +47,34 @@ class SubjectFamily(Protocol):
     def hook_points(self, spec: ArchSpec) -> list[HookPoint]:
         """The addressable neuron layers, in forward order; the output logit comes last."""
         ...
+
+    def key_suffix(self, spec: ArchSpec) -> str:
+        """What ``ArchSpec.key`` adds for the fields only this family reads (e.g. ``-h2``), "" if none."""
+        ...
+
+
+FAMILIES: dict[str, SubjectFamily] = {}  # name -> family, in registration order (see zoo/families/__init__.py)
+
+
+class UnknownFamily(ConfigError, ValueError):
+    """A family name nothing registered (a ValueError too, so pydantic reports it on the config field)."""
+
+
+def register(cls: type) -> type:
+    """Class decorator: add one instance of a family class to :data:`FAMILIES` under its ``name``."""
+    if cls.name in FAMILIES:
+        raise ValueError(f"family '{cls.name}' is registered twice")
+    FAMILIES[cls.name] = cls()
+    return cls
+
+
+def get_family(spec_or_name: ArchSpec | str) -> SubjectFamily:
+    """Look up the family object for a spec or family name."""
+    name = spec_or_name.family if isinstance(spec_or_name, ArchSpec) else spec_or_name
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise UnknownFamily(f"unknown architecture family '{name}'; known: {', '.join(FAMILIES)}") from None
 
 
 def hook(name: str, act: torch.Tensor, cache: Cache | None, interventions: Interventions | None) -> torch.Tensor:
@@ -114,6 +149,11 @@ def embed_tokens(embed: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 class StackedFamily:
     """What every family shares: a cohort's parameters are its models' own, each drawn from its seed, stacked."""
+
+    cpu_chunk = 32
+
+    def key_suffix(self, spec: ArchSpec) -> str:
+        return ""
 
     def init(self, spec: ArchSpec, seeds: Sequence[int]) -> Params:
         return stack_models([self._init_one(spec, int(s)) for s in seeds])

@@ -28,12 +28,15 @@ from collections.abc import Sequence
 
 import torch
 
-from zoo.arch import ArchSpec, HookPoint
-from zoo.families.base import Cache, Interventions, Params, StackedFamily, embed_tokens, hook, linear_init, readout
+from zoo.arch import ArchSpec, HookPoint, NeuronKind
+from zoo.families.base import (Cache, Interventions, Params, StackedFamily, embed_tokens, hook, linear_init, readout,
+                               register)
 
 
+@register
 class GRUFamily(StackedFamily):
     name = "gru"
+    cpu_chunk = 32
 
     def _init_one(self, spec: ArchSpec, seed: int) -> Params:
         """One model drawn like ``nn.Embedding`` + ``nn.GRU`` + ``nn.Linear`` defaults."""
@@ -88,7 +91,7 @@ class GRUFamily(StackedFamily):
         # a unit reads the layer's input and the previous hidden state
         fan_in = [(spec.embed_dim if i == 0 else spec.width) + spec.width for i in range(spec.depth)]
         points = [HookPoint(f"gru.{i}", i, spec.width, fan_in=fan_in[i]) for i in range(spec.depth)]
-        return points + [HookPoint("output", spec.depth, 1, kind=1, fan_in=spec.width)]
+        return points + [HookPoint("output", spec.depth, 1, NeuronKind.OUTPUT, spec.width)]
 
 
 def input_projection(x: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor) -> list[list[torch.Tensor]]:

@@ -13,15 +13,17 @@ backward (1.2x faster cohort training on CPU, benchmarks/zoo_throughput.py).
 
 from __future__ import annotations
 
-
 import torch
 
-from zoo.arch import ArchSpec, HookPoint
-from zoo.families.base import ACTIVATIONS, Cache, Interventions, Params, StackedFamily, embed_tokens, hook, linear_init, readout
+from zoo.arch import ArchSpec, HookPoint, NeuronKind
+from zoo.families.base import (ACTIVATIONS, Cache, Interventions, Params, StackedFamily, embed_tokens, hook, linear_init,
+                               readout, register)
 
 
+@register
 class MLPFamily(StackedFamily):
     name = "mlp"
+    cpu_chunk = 64
 
     def _init_one(self, spec: ArchSpec, seed: int) -> Params:
         gen = torch.Generator().manual_seed(int(seed))
@@ -54,7 +56,7 @@ class MLPFamily(StackedFamily):
     def hook_points(self, spec: ArchSpec) -> list[HookPoint]:
         fan_in = [spec.length * spec.embed_dim] + [spec.width] * spec.depth
         points = [HookPoint(f"hidden.{i}", i, spec.width, fan_in=fan_in[i]) for i in range(spec.depth)]
-        return points + [HookPoint("output", spec.depth, 1, kind=1, fan_in=spec.width)]
+        return points + [HookPoint("output", spec.depth, 1, NeuronKind.OUTPUT, spec.width)]
 
 
 def first_layer(embed: torch.Tensor, w0: torch.Tensor, b0: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
