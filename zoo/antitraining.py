@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo.arch import ArchSpec
-from zoo.config import AntitrainRegime
+from zoo.config import AntitrainConfig
 from zoo.data import make_cohort_data
 from zoo.families import get_family
 from zoo.families.base import Interventions, Params
@@ -233,29 +233,6 @@ def measure_core(spec: ArchSpec, params: Params, x: torch.Tensor, y: torch.Tenso
 
 
 # ----------------------------------------------------------------------------- training
-@dataclass(frozen=True)
-class AntitrainConfig:
-    """How to train a cohort; ``antitrain=False`` gives the normal (or L1 / dropout) baseline with the same seeds."""
-
-    layers: tuple[str, ...] = ("hidden.0",)  # target hook points (more than one: multilayer antitraining)
-    antitrain: bool = True
-    threshold: float = 0.95  # fraction of the loss gap the core must carry
-    epochs: int = 40
-    warmup_epochs: int = 8  # normal training before the first antitraining phase
-    cycle_steps: int = 64  # one train -> antitrain cycle, in optimizer steps
-    anti_fraction: float = 0.5  # share of each cycle spent antitraining (interleaved with normal steps)
-    anti_weight: float = 1.0  # weight of the antitraining loss against the normal loss in an antitraining step
-    final_train_epochs: int = 0  # normal training after the last cycle
-    batch_size: int = 64
-    lr: float = 3e-3
-    stats_decay: float = 0.95
-    group_frac: float = 0.05
-    rounds: int = 8
-    measure_examples: int = 300  # validation examples used to measure information and pick the core
-    l1: float = 0.0  # L1 penalty on the target layers' activations (baseline)
-    dropout: float = 0.0  # dropout on the target layers (baseline)
-
-
 @dataclass
 class AntitrainState:
     """Everything a run needs to continue (a Tune checkpoint is this object, saved with torch.save)."""
@@ -384,30 +361,6 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- antitraining as a zoo regime
-def neuron_hooks(spec: ArchSpec) -> list[str]:
-    """The family's neuron hook points in forward order, the output logit left out (what ``layer`` indexes)."""
-    return [p.name for p in get_family(spec).hook_points(spec) if p.name != "output"]
-
-
-def regime_hook(spec: ArchSpec, layer: int) -> str:
-    """Hook point the zoo regime antitrains and measures: ``layer`` indexes :func:`neuron_hooks` (-1 = last)."""
-    hooks = neuron_hooks(spec)
-    if not -len(hooks) <= layer < len(hooks):
-        raise ValueError(f"antitraining layer {layer} is out of range for {spec.key()} (neuron layers {hooks})")
-    return hooks[layer]
-
-
-def regime_config(regime: AntitrainRegime, hook: str, epochs: int, batch_size: int) -> AntitrainConfig:
-    """The :class:`AntitrainConfig` of a zoo's ``antitraining`` option.
-
-    The schedule fields carry over by name; epochs and batch size are the zoo's own.
-    """
-    shared = ("threshold", "warmup_epochs", "cycle_steps", "anti_fraction", "anti_weight", "final_train_epochs",
-              "measure_examples")
-    return AntitrainConfig(layers=(hook,), epochs=epochs, batch_size=batch_size,
-                           **{k: getattr(regime, k) for k in shared})
-
-
 def train_antitrained_models(spec: ArchSpec, params: Params, lr: torch.Tensor, seeds: Sequence[int], data: Tensors,
                              cfg: AntitrainConfig) -> tuple[Params, torch.Tensor]:
     """Antitrain models from the given initial ``params`` (each with its own learning rate ``lr`` [M]).

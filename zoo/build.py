@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from zoo.antitraining import Core, measure_final_cores, regime_config, regime_hook, train_antitrained_models
+from zoo.antitraining import Core, measure_final_cores, train_antitrained_models
 from zoo.config import CohortPlan, ModelPlan, ZooConfig
 from zoo.data import make_cohort_data
 from zoo.families import get_family
@@ -92,7 +92,7 @@ def train_models(plan: CohortPlan, cfg: ZooConfig, params: Params, x_train: torc
                                   [seeds[m] for m in normal])[-1]
         _put(params, idx, sub)
     idx = torch.tensor(anti, device=y_train.device)
-    acfg = regime_config(cfg.antitraining, regime_hook(plan.spec, cfg.antitraining.layer), cfg.epochs, cfg.batch_size)
+    acfg = cfg.antitraining.for_zoo(plan.spec, cfg.epochs, cfg.batch_size)
     data = {"x_train": x_train[idx], "y_train": y_train[idx], "x_val": val["x_val"][anti], "y_val": val["y_val"][anti]}
     trained, loss = train_antitrained_models(plan.spec, {k: v[idx] for k, v in params.items()}, lr[idx],
                                              [seeds[m] for m in anti], data, acfg)
@@ -126,7 +126,7 @@ def _measured_columns(plan: CohortPlan, cfg: ZooConfig, params: Params, x_train:
     """Regime columns of a (sub-)cohort, with every model's core measured when the regime asks for it."""
     if val is None or not cfg.antitraining.measures:
         return regime_columns(plan.models, None, "")
-    hook = regime_hook(plan.spec, cfg.antitraining.layer)
+    hook = cfg.antitraining.hook(plan.spec)
     core = measure_final_cores(plan.spec, params, x_train, val["x_val"], val["y_val"], hook, cfg.antitraining.threshold,
                                seed=plan.models[0].seed)
     return regime_columns(plan.models, core, hook)

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serial
 
 from zoo.arch import Activation, ArchSpec, Family
 from zoo.behaviors import behavior_names, check_compatible
+from zoo.families import neuron_points
 
 
 IntChoice = int | list[int]
@@ -58,37 +59,68 @@ class ArchChoice(BaseModel):
         return ArchSpec(family=self.family, vocab=vocab, length=length, depth=depth, **fields)
 
 
-class AntitrainRegime(BaseModel):
-    """Antitraining as a zoo training regime (docs/antitraining.md); parameter names as in ``AntitrainConfig``.
+class AntitrainConfig(BaseModel):
+    """How to antitrain (docs/antitraining.md): one config for the experiments, the Tune sweep and the zoo regime.
 
-    A ``fraction`` of each cohort's models (never the corrupted half of a repair pair) is trained with
-    the interleaved antitraining schedule of :func:`zoo.antitraining.train_antitrained_cohort` on one
-    neuron layer, for the zoo's own ``epochs`` and ``batch_size``. The default (fraction 0, cores not
-    measured) leaves plans, data, weights and the zoo fingerprint exactly as without this option.
-    Schedule defaults are ``AntitrainConfig``'s. ``layer`` defaults to the first neuron layer: on the
-    last one of an MLP only the readout is downstream, and normally trained models' cores there were
-    the whole layer (docs/antitraining.md, "Antitraining as a zoo regime").
+    The schedule (:func:`zoo.antitraining.train_antitrained_cohort`): ``warmup_epochs`` of normal training,
+    then cycles of ``cycle_steps`` optimizer steps whose last ``anti_fraction`` antitrains ``layers``;
+    ``antitrain=False`` gives the normal (or ``l1`` / ``dropout``) baseline with the same seeds.
+
+    As a zoo's ``antitraining:`` option, a ``fraction`` of each cohort's models (never the corrupted half
+    of a repair pair) is antitrained on the neuron layer ``layer`` for the zoo's own ``epochs`` and
+    ``batch_size`` (:meth:`for_zoo`); the default (fraction 0, cores not measured) leaves plans, data,
+    weights and the zoo fingerprint exactly as without the option. ``layer`` defaults to the first neuron
+    layer: on the last one of an MLP only the readout is downstream, and normally trained models' cores
+    there were the whole layer (docs/antitraining.md, "Antitraining as a zoo regime").
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of each cohort's eligible models antitrained")
-    layer: int = Field(0, description="index into the family's neuron hook points, output excluded (-1: the last)")
+    # the schedule
+    layers: tuple[str, ...] = ("hidden.0",)  # target hook points (more than one: multilayer antitraining)
+    antitrain: bool = True
     threshold: float = Field(0.95, gt=0.0, le=1.0, description="share of the loss gap the core must carry")
+    epochs: int = Field(40, ge=1)
     warmup_epochs: int = Field(8, ge=0, description="normal training before the first antitraining phase")
     cycle_steps: int = Field(64, ge=1, description="one train -> antitrain cycle, in optimizer steps")
     anti_fraction: float = Field(0.5, gt=0.0, le=1.0, description="share of each cycle spent antitraining")
-    anti_weight: float = Field(1.0, gt=0.0)
+    anti_weight: float = Field(1.0, gt=0.0, description="weight of the antitraining loss against the normal loss")
     final_train_epochs: int = Field(0, ge=0, description="normal training after the last cycle")
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(3e-3, gt=0.0)
+    stats_decay: float = Field(0.95, ge=0.0, lt=1.0)
+    group_frac: float = Field(0.05, gt=0.0, le=1.0)
+    rounds: int = Field(8, ge=1)
     measure_examples: int = Field(300, ge=8, description=(
-        "held-out validation examples per model (an extra seeded draw) for information content and cores"))
+        "held-out validation examples per model for information content and cores (in a zoo: an extra seeded draw)"))
+    l1: float = Field(0.0, ge=0.0, description="L1 penalty on the target layers' activations (baseline)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the target layers (baseline)")
+    # the zoo regime
+    fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of each cohort's eligible models antitrained")
+    layer: int = Field(0, description="index into the family's neuron layers (zoo.families.neuron_points; -1: the last)")
     measure_core: bool | None = Field(None, description=(
         "measure every model's core (normal ones too) after training; None: exactly when fraction > 0"))
 
     @property
     def measures(self) -> bool:
-        """Whether cohorts measure their models' cores after training."""
+        """Whether a zoo's cohorts measure their models' cores after training."""
         return self.fraction > 0 if self.measure_core is None else self.measure_core
+
+    def hook(self, spec: ArchSpec) -> str:
+        """The hook point the zoo regime antitrains and measures: ``layer`` indexes the neuron layers (-1 = last)."""
+        hooks = [p.name for p in neuron_points(spec)]
+        if not -len(hooks) <= self.layer < len(hooks):
+            raise ValueError(f"antitraining layer {self.layer} is out of range for {spec.key()} (neuron layers {hooks})")
+        return hooks[self.layer]
+
+    def for_zoo(self, spec: ArchSpec, epochs: int, batch_size: int) -> AntitrainConfig:
+        """This config as a zoo trains with it: on :meth:`hook`, for the zoo's own epochs and batch size."""
+        return self.model_copy(update={"layers": (self.hook(spec),), "epochs": epochs, "batch_size": batch_size})
+
+
+ZOO_OWNED = ("layers", "antitrain", "epochs", "batch_size", "lr")  # a zoo's antitraining takes these from the zoo
+REGIME_FIELDS = ("fraction", "layer", "threshold", "warmup_epochs", "cycle_steps", "anti_fraction", "anti_weight",
+                 "final_train_epochs", "measure_examples", "measure_core")  # what a zoo fingerprint always hashed
 
 
 class ZooConfig(BaseModel):
@@ -120,7 +152,7 @@ class ZooConfig(BaseModel):
     repair_epochs: int = Field(10, ge=1)
     sibling_fraction: float = Field(0.0, ge=0.0, le=1.0, description=(
         "share of models that come in pairs sharing an initialization and differing in one behavior"))
-    antitraining: AntitrainRegime = Field(default_factory=AntitrainRegime)
+    antitraining: AntitrainConfig = Field(default_factory=AntitrainConfig)
 
     @field_validator("behaviors")
     @classmethod
@@ -149,12 +181,12 @@ class ZooConfig(BaseModel):
         if self.antitraining.fraction > 0 and self.antitraining.warmup_epochs >= self.epochs:
             raise ValueError(f"antitraining.warmup_epochs {self.antitraining.warmup_epochs} leaves no antitraining "
                              f"in {self.epochs} epochs")
+        owned = [f for f in ZOO_OWNED if getattr(self.antitraining, f) != AntitrainConfig.model_fields[f].default]
+        if owned:
+            raise ValueError(f"antitraining.{owned[0]} is set by the zoo itself ({', '.join(ZOO_OWNED)} are not options here)")
         if self.antitraining.fraction > 0 or self.antitraining.measures:
-            # imported here: zoo.antitraining imports this module (and torch)
-            from zoo.antitraining import regime_hook
-
             for a in self.architectures:
-                regime_hook(a.shallowest(self.vocab, self.length), self.antitraining.layer)
+                self.antitraining.hook(a.shallowest(self.vocab, self.length))
         return self
 
     def fingerprint(self) -> str:
@@ -163,8 +195,11 @@ class ZooConfig(BaseModel):
         Options added after zoos were built (``antitraining``, ``contrast_frac``) enter the hash only
         when set away from their defaults, so existing zoos keep their fingerprints.
         """
-        late_defaults = {"antitraining": AntitrainRegime(), "contrast_frac": 0.0}
-        exclude = {name for name, default in late_defaults.items() if getattr(self, name) == default}
+        late_defaults = {"antitraining": AntitrainConfig(), "contrast_frac": 0.0}
+        exclude = {name: True for name, default in late_defaults.items() if getattr(self, name) == default}
+        if "antitraining" not in exclude:  # fields the regime gained later (from the experiments' config) likewise
+            exclude["antitraining"] = {name for name, info in AntitrainConfig.model_fields.items()
+                                       if name not in REGIME_FIELDS and getattr(self.antitraining, name) == info.default}
         dump = self.model_dump(mode="json", exclude=exclude)
         return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]
 
