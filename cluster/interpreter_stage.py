@@ -33,6 +33,7 @@ from interpreter.probe_accuracy import ProbeLayout
 from interpreter.targets import build_targets, specs_for
 from interpreter.train import predict, train_interpreter
 from zoo.errors import ZoolensError
+from zoo.lineage import LINK_COLUMNS, manifest_lineage, split_by_lineage
 from zoo.store import ZooStore, atomic_write_json
 
 from cluster.runtime import cluster_cpus, cluster_gpus
@@ -43,16 +44,17 @@ class InterpreterStageError(ZoolensError):
     """The interpreter cannot be trained or evaluated with what is on disk."""
 
 
-def split_models(model_ids: list[str], test_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Held-out models the interpreter never sees while training (seeded, by model id)."""
-    ids = sorted(model_ids)
-    perm = np.random.default_rng(seed).permutation(len(ids))
-    n_test = max(1, int(round(test_fraction * len(ids))))
-    if n_test >= len(ids):
-        raise InterpreterStageError(f"zoo has {len(ids)} models: too few to hold out {test_fraction:.0%} for testing")
-    test = sorted(ids[i] for i in perm[:n_test])
-    train = sorted(ids[i] for i in perm[n_test:])
-    return train, test
+def split_zoo(store: ZooStore, test_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Held-out models the interpreter never sees while training: a seeded split by lineage (zoo/lineage.py),
+    so no repair pair or sibling group has a model on each side."""
+    manifest = store.read_manifest(columns=_lineage_columns(store))
+    return split_by_lineage(list(manifest["model_id"]), list(manifest_lineage(manifest)), test_fraction, seed)
+
+
+def _lineage_columns(store: ZooStore) -> list[str]:
+    """The manifest columns a model's lineage is read from (older zoos lack some)."""
+    present = set(store.manifest_columns())
+    return ["model_id"] + [c for c in ("lineage", *LINK_COLUMNS) if c in present]
 
 
 MANIFEST_COLUMNS = ["model_id", "behaviors", "family", "arch", "depth", "width", "lr", "test_acc", "role"]
@@ -69,9 +71,12 @@ def _load_split(zoo_dir: str, sig_dir: str, ids: list[str]) -> tuple[list[dict],
     """Signature records, every head's targets, the behavior names and manifest rows for the given models."""
     store = ZooStore(zoo_dir)
     behaviors = store.read_meta()["config"]["behaviors"]
-    manifest = store.read_manifest(columns=_manifest_columns(store)).set_index("model_id")
+    manifest = store.read_manifest(columns=_manifest_columns(store) + _lineage_columns(store)[1:])
+    manifest = manifest.assign(lineage=manifest_lineage(manifest)).set_index("model_id")
     records = read_signatures(Path(sig_dir), ids)
     rows = manifest.loc[[r["model_id"] for r in records]].reset_index()
+    for record, lineage in zip(records, rows["lineage"]):
+        record["lineage"] = lineage  # the interpreter's validation split keeps lineages whole too
     return records, build_targets(rows, behaviors), behaviors, rows
 
 
@@ -159,9 +164,8 @@ def train_stage(zoo_dir: Path, sig_dir: Path, out_dir: Path, cfg: InterpreterCon
     from ray.train import LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    ids = list(ZooStore(zoo_dir).read_manifest(columns=["model_id"])["model_id"])
     sig_meta = read_signature_meta(sig_dir)  # fail here, in one line, rather than inside a Train worker
-    train_ids, test_ids = split_models(ids, test_fraction, seed)
+    train_ids, test_ids = split_zoo(ZooStore(zoo_dir), test_fraction, seed)
     gpus = cluster_gpus()
     workers = resolve_num_workers(cfg.num_workers, gpus)
     if gpus and workers > gpus:
@@ -183,7 +187,7 @@ def train_stage(zoo_dir: Path, sig_dir: Path, out_dir: Path, cfg: InterpreterCon
     result.checkpoint.to_directory(str(out_dir))
     info = json.loads((out_dir / "train_summary.json").read_text())
     atomic_write_json(out_dir / "split.json", {"train": train_ids, "test": test_ids, "seed": seed,
-                                               "test_fraction": test_fraction})
+                                               "test_fraction": test_fraction, "by": "lineage"})
     provenance = {k: sig_meta.get(k) for k in ("probe_sha256", "probe_version", "zoo_fingerprint", "code_version")}
     atomic_write_json(out_dir / "provenance.json", provenance)  # the probe set this interpreter reads
     return {**info, "probe_sha256": provenance["probe_sha256"], "n_test_models": len(test_ids), "interpreter_dir": str(out_dir),

@@ -22,7 +22,7 @@ from interpreter.train import predict, train_interpreter
 from zoo.store import ZooStore
 from zoo.version import code_version
 
-from cluster.interpreter_stage import _load_split, probe_layout, signature_feature_names, split_models
+from cluster.interpreter_stage import _load_split, probe_layout, signature_feature_names, split_zoo
 from cluster.registry import register_interpreter
 
 
@@ -33,8 +33,7 @@ def _paths(config: dict[str, Any]) -> tuple[str, str]:
 
 def _split(config: dict[str, Any]) -> tuple[list[str], list[str]]:
     zoo_dir, _ = _paths(config)
-    ids = list(ZooStore(zoo_dir).read_manifest(columns=["model_id"])["model_id"])
-    return split_models(ids, config.get("test_fraction", 0.2), config.get("split_seed", 0))
+    return split_zoo(ZooStore(zoo_dir), config.get("test_fraction", 0.2), config.get("split_seed", 0))
 
 
 def interpreter_trainable(config: dict[str, Any]) -> None:

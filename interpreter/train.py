@@ -26,6 +26,7 @@ from interpreter.parallel import DataParallel
 from interpreter.probe_accuracy import ProbeLayout
 from interpreter.probe_profile import fit_profile
 from interpreter.targets import HeadSpec, behaviors_spec, output_key, specs_for
+from zoo.lineage import split_groups
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 Targets = np.ndarray | Mapping[str, np.ndarray]
@@ -61,11 +62,18 @@ class _Split:
                    {k: v[idx] for k, v in y_np.items()})
 
 
-def split_by_model(n_models: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded split of model indices into (train, val); val is empty when val_fraction is 0 or n < 2."""
-    perm = np.random.default_rng(seed).permutation(n_models)
+def split_by_model(n_models: int, val_fraction: float, seed: int,
+                   lineages: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of model indices into (train, val), no lineage on both sides (one lineage per model when
+    ``lineages`` is None); val is empty when val_fraction is 0 or n < 2."""
     n_val = min(max(int(round(val_fraction * n_models)), 1), n_models - 1) if val_fraction > 0 and n_models >= 2 else 0
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    groups = list(lineages) if lineages is not None else [str(i) for i in range(n_models)]
+    return split_groups(groups, val_fraction, seed, n_val)
+
+
+def record_lineages(records: Sequence[Record]) -> list[str]:
+    """Each record's lineage (set by the loader from the zoo manifest); its model id, or its index, where absent."""
+    return [str(r.get("lineage") or r.get("model_id") or i) for i, r in enumerate(records)]
 
 
 def length_bucketed_batches(lengths: torch.Tensor, batch_size: int, generator: torch.Generator,
@@ -331,7 +339,7 @@ def train_interpreter(
     """
     parallel = parallel or DataParallel()
     y_np, specs = as_target_dict(targets, behavior_names, specs, n_models=len(train_records))
-    tr_idx, va_idx = split_by_model(len(train_records), cfg.val_fraction, cfg.seed)
+    tr_idx, va_idx = split_by_model(len(train_records), cfg.val_fraction, cfg.seed, record_lineages(train_records))
     if len(tr_idx) < parallel.world_size:
         raise ValueError(f"{len(tr_idx)} training models cannot be shared by {parallel.world_size} workers")
     scaler = FeatureScaler.fit([train_records[i] for i in tr_idx], probe_logits=cfg.probe_pathway,

@@ -213,6 +213,7 @@ def _rows(plan: CohortPlan, cfg: ZooConfig, params: Params, final_loss: torch.Te
             "corrupt_fraction": mp.corrupt_fraction if mp.corrupt_behavior else 0.0,
             "parent_id": parents[m],
             "sibling_of": mp.sibling_of,
+            "lineage": parents[m] or mp.sibling_of or mp.model_id + suffix,  # zoo/lineage.py: splits keep it whole
             "final_loss": float(final_loss[m].cpu()),
             "train_acc": float(train_rep["acc"][m]),
             "test_acc": float(test_rep["acc"][m]),
