@@ -118,7 +118,7 @@ def test_training_learns_and_is_reproducible(cohort):
 def test_every_family_is_registered():
     from zoo.families import FAMILIES
 
-    assert set(FAMILIES) == {"mlp", "gru", "attention"}
+    assert set(FAMILIES) == {"mlp", "gru", "attention", "conv1d"}
 
 
 def test_cohort_adam_matches_torch_adam_per_model():

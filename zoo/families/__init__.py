@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from zoo.arch import ArchSpec, HookPoint, NeuronKind
-from zoo.families import mlp, gru, attention  # noqa: F401  (importing a family registers it)
+from zoo.families import mlp, gru, attention, conv1d  # noqa: F401  (importing a family registers it)
 from zoo.families.base import FAMILIES, Cache, Interventions, SubjectFamily, UnknownFamily, get_family
 
 
