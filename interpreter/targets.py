@@ -6,7 +6,7 @@ Heads (all read from the pooled model latent):
 |-----------|------------|-----------------------------------------------------------------|
 | behaviors | multilabel | [n, K] which behaviors the model was trained to flag            |
 | accuracy  | regression | [n] held-out accuracy (manifest test_acc), in [0, 1]            |
-| family    | classes    | [n] index into FAMILY_CLASSES                                   |
+| family    | classes    | [n] index into FAMILY_CLASSES (see `family_head_size`)          |
 | depth     | classes    | [n] "1", "2", "3", "4+" hidden layers                           |
 | width     | classes    | [n] nearest power of two: "<=16", "32", "64", "128+"            |
 | lr        | classes    | [n] learning-rate bucket, edges LR_EDGES (see `lr_class`)       |
@@ -59,7 +59,8 @@ class HeadSpec:
 
 
 # Stored interpreters have a 3-class family head in this order; families registered later follow them, in
-# registration order (zoo/families/__init__.py), so an index never changes meaning.
+# registration order (zoo/families/__init__.py), so an index never changes meaning. A family head is as wide as
+# the zoo needs and never narrower than the first three (`family_head_size`).
 FIRST_FAMILIES = ("mlp", "gru", "attention")
 FAMILY_CLASSES = FIRST_FAMILIES + tuple(f for f in FAMILIES if f not in FIRST_FAMILIES)
 DEPTH_CLASSES = ("1", "2", "3", "4+")
@@ -84,12 +85,14 @@ def behaviors_spec(behavior_names: Sequence[str]) -> HeadSpec:
     return HeadSpec("behaviors", "multilabel", len(behavior_names), tuple(behavior_names))
 
 
-def head_specs(behavior_names: Sequence[str]) -> list[HeadSpec]:
-    """All heads, in a fixed order: behaviors, accuracy, family, depth, width, lr, corrupted."""
+def head_specs(behavior_names: Sequence[str], n_families: int = len(FIRST_FAMILIES)) -> list[HeadSpec]:
+    """All heads, in a fixed order: behaviors, accuracy, family (the first ``n_families`` classes), depth, width,
+    lr, corrupted."""
+    families = FAMILY_CLASSES[:n_families]
     return [
         behaviors_spec(behavior_names),
         HeadSpec("accuracy", "regression", 1),
-        HeadSpec("family", "classes", len(FAMILY_CLASSES), FAMILY_CLASSES),
+        HeadSpec("family", "classes", len(families), families),
         HeadSpec("depth", "classes", len(DEPTH_CLASSES), DEPTH_CLASSES),
         HeadSpec("width", "classes", len(WIDTH_CLASSES), WIDTH_CLASSES),
         HeadSpec("lr", "classes", len(LR_CLASSES), LR_CLASSES),
@@ -173,12 +176,23 @@ def build_targets(manifest: pd.DataFrame, behavior_names: Sequence[str]) -> dict
     }
 
 
+def family_head_size(targets: Mapping[str, np.ndarray]) -> int:
+    """Family classes a head needs for these targets: the first three, and later ones up to the last the zoo has.
+
+    A zoo of the first three families keeps the 3-class head (and so the same interpreter weights and results)
+    it had before more families existed.
+    """
+    family = np.asarray(targets.get("family", ()))
+    return max(len(FIRST_FAMILIES), int(family.max()) + 1 if family.size else 0)
+
+
 def specs_for(targets: Mapping[str, np.ndarray], behavior_names: Sequence[str] | None = None) -> list[HeadSpec]:
     """The heads of `head_specs` and `OPTIONAL_HEADS` that `targets` has arrays for (behavior names default to b0..b{K-1})."""
     if behavior_names is None:
         k = np.asarray(targets["behaviors"]).shape[1] if "behaviors" in targets else 0
         behavior_names = [f"b{i}" for i in range(k)]
-    return [s for s in head_specs(behavior_names) + list(OPTIONAL_HEADS) if s.name in targets]
+    heads = head_specs(behavior_names, family_head_size(targets)) + list(OPTIONAL_HEADS)
+    return [s for s in heads if s.name in targets]
 
 
 def permute_targets(targets: Mapping[str, np.ndarray], perm: np.ndarray) -> dict[str, np.ndarray]:
