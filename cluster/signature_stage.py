@@ -1,8 +1,4 @@
-"""Stage 2: stream the zoo through the probe set with Ray Data and write signatures to Parquet.
-
-Rows of the input dataset are cohort ids (not weights), so each actor holds one
-cohort at a time and the stream never holds the whole zoo.
-"""
+"""Stage 2: stream the zoo through the probe set with Ray Data (:mod:`cluster.cohorts`) and write signatures to Parquet."""
 
 from __future__ import annotations
 
@@ -12,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
-import ray
+import torch
 
+from zoo.arch import ArchSpec
 from zoo.errors import ZoolensError
 from zoo.probes import ProbeSet, make_probe_set
 from zoo.signatures import cohort_signatures, feature_names, row_to_record, signature_table
@@ -23,7 +21,8 @@ from zoo.store import ZooStore, atomic_write_json
 from zoo.version import code_version
 
 from cluster.config import ProbeConfig
-from cluster.runtime import cluster_gpus, worker_device
+from cluster.cohorts import CohortActor, map_cohorts
+from cluster.runtime import cluster_gpus
 
 SIGNATURE_META = "_signatures.json"  # probe set, feature names, provenance ("_" keeps Parquet readers off it)
 
@@ -32,25 +31,16 @@ class SignatureError(ZoolensError):
     """Signatures are missing or do not fit the zoo."""
 
 
-class SignatureExtractor:
-    """Ray Data actor: loads cohorts by id and emits one signature row per model."""
+class SignatureExtractor(CohortActor):
+    """Ray Data actor: emits one signature row per model of each cohort it loads."""
 
-    def __init__(self, zoo_dir: str, behaviors: list[str], vocab: int, length: int, probe_cfg: dict[str, int]):
-        import torch
+    def __init__(self, zoo_dir: str, behaviors: list[str], vocab: int, length: int, probe_cfg: ProbeConfig):
+        super().__init__(zoo_dir)
+        self.probes = make_probe_set(behaviors, vocab, length, **probe_cfg.model_dump())
 
-        torch.set_num_threads(1)
-        self.store = ZooStore(zoo_dir)
-        self.probes = make_probe_set(behaviors, vocab, length, **probe_cfg)
-        self.device = worker_device()
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        tables = []
-        for cohort_id in batch["cohort_id"]:
-            spec, params, manifest = self.store.load_cohort(str(cohort_id))
-            params = {k: v.to(self.device) for k, v in params.items()}
-            sig = cohort_signatures(spec, params, self.probes)
-            tables.append(signature_table(list(manifest["model_id"]), spec.family, sig))
-        return pa.concat_tables(tables)
+    def process(self, spec: ArchSpec, params: dict[str, torch.Tensor], manifest: pd.DataFrame) -> pa.Table:
+        sig = cohort_signatures(spec, params, self.probes)
+        return signature_table(list(manifest["model_id"]), spec.family, sig)
 
 
 def probe_set_for(zoo_meta: dict[str, Any], probe_cfg: ProbeConfig) -> ProbeSet:
@@ -101,19 +91,8 @@ def extract_signatures(zoo_dir: Path | str, out_dir: Path, probe_cfg: ProbeConfi
     done = finished_signatures(out_dir, store, meta, probes)
     if done is not None:
         return done
-    ds = ray.data.from_items([{"cohort_id": c} for c in cohorts], override_num_blocks=len(cohorts))
-    ds = ds.map_batches(
-        SignatureExtractor,
-        fn_constructor_kwargs={
-            "zoo_dir": store.uri, "behaviors": zc["behaviors"], "vocab": zc["vocab"],
-            "length": zc["length"], "probe_cfg": probe_cfg.model_dump(),
-        },
-        batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=min(num_actors, len(cohorts))),
-        num_cpus=1,
-        num_gpus=1 if cluster_gpus() else 0,
-    )
-    ds.write_parquet(str(out_dir), mode="overwrite")
+    map_cohorts(SignatureExtractor, store.uri, cohorts, out_dir, num_actors, gpus=cluster_gpus() > 0,
+                behaviors=zc["behaviors"], vocab=zc["vocab"], length=zc["length"], probe_cfg=probe_cfg)
     n_rows = _dataset(out_dir).count_rows()
     info = {
         "probe_sha256": probes.sha256, "probe_version": probes.version, "n_probes": len(probes),

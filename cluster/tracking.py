@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
@@ -62,21 +64,30 @@ def stage_run(name: str, params: dict[str, Any] | None = None, tags: dict[str, s
     nested = mlflow.active_run() is not None
     with mlflow.start_run(run_name=name, nested=nested, tags={"zoolens.stage": name, **(tags or {})}) as run:
         if params:
-            mlflow.log_params(flatten(params))
+            mlflow.log_params(as_params(params))
         yield run
 
 
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested config dict -> ``a.b.c`` keys, lists as JSON (MLflow params are flat strings)."""
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> ``a.b.c`` keys with the leaf values as they are (MLflow params and metrics are flat)."""
     out: dict[str, Any] = {}
     for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
+        if isinstance(v, Mapping):
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
-            s = json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
-            out[key] = s[:500]
+            out[f"{prefix}{k}"] = v
     return out
+
+
+def as_params(d: Mapping[str, Any]) -> dict[str, str]:
+    """MLflow params from a nested config: every leaf a string (lists as JSON), at most 500 characters."""
+    return {k: (json.dumps(v) if isinstance(v, (list, tuple)) else str(v))[:500] for k, v in flatten(d).items()}
+
+
+def as_metrics(d: Mapping[str, Any]) -> dict[str, float]:
+    """MLflow metrics from a nested summary: its finite numeric leaves (booleans as 0/1)."""
+    numbers = {k: float(v) for k, v in flatten(d).items() if isinstance(v, (int, float, np.number))}
+    return {k: v for k, v in numbers.items() if math.isfinite(v)}
 
 
 def log_dataframe_input(df: pd.DataFrame, source: str, name: str, context: str) -> None:

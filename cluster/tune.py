@@ -1,4 +1,4 @@
-"""A generic Ray Tune runner: ``zoolens tune SWEEP.yaml [--resume]``.
+"""A generic Ray Tune runner: ``zoolens tune SWEEP.yaml [KEY=VALUE ...] [--resume]``.
 
 The YAML names a trainable from :data:`TRAINABLES` (others register theirs there), a search
 space, an ASHA scheduler and where to store the sweep. YAML has no syntax for random
@@ -21,15 +21,14 @@ last checkpoint and log into the MLflow run they already had.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import mlflow
 import pyarrow.fs as pafs
-import yaml
 from mlflow.tracking import MlflowClient
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from ray import tune
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
@@ -38,6 +37,7 @@ from cluster.antitraining_stage import antitraining_trainable
 from cluster.interpreter_tune import interpreter_trainable, register_best
 from cluster.tracking import resolve_tracking_uri, setup_tracking
 from zoo.errors import ConfigError
+from zoo.recipe import load_recipe
 from zoo.store import (
     check_uri_scheme,
     is_uri,
@@ -86,14 +86,9 @@ class TuneSpec(BaseModel):
     search_space: dict[str, Any] = Field(default_factory=dict)
 
 
-def load_tune_spec(path: str | Path) -> TuneSpec:
-    """Parse and validate a sweep YAML; any problem becomes one ConfigError line."""
-    try:
-        spec = TuneSpec.model_validate(yaml.safe_load(Path(path).read_text()) or {})
-    except FileNotFoundError:
-        raise ConfigError(f"sweep file not found: {path}") from None
-    except (yaml.YAMLError, ValidationError) as e:
-        raise ConfigError(f"bad sweep file {path}: {str(e).splitlines()[0]} {str(e).splitlines()[1:2]}") from None
+def load_tune_spec(path: str | Path, overrides: Sequence[str] = ()) -> TuneSpec:
+    """Parse and validate a sweep YAML plus ``key.path=value`` overrides; any problem becomes one ConfigError line."""
+    spec = load_recipe(TuneSpec, path, overrides)
     if spec.trainable not in TRAINABLES:
         raise ConfigError(f"unknown trainable '{spec.trainable}'; known: {', '.join(TRAINABLES)}")
     if is_uri(spec.storage_path):
@@ -182,8 +177,9 @@ class ResumableMLflowLoggerCallback(MLflowLoggerCallback):
         super().log_trial_start(trial)
 
 
-def run_tune(yaml_path: str | Path, resume: bool = False, tracking_uri: str | None = None) -> dict[str, Any]:
-    """Run (or with ``resume`` continue) the sweep in ``yaml_path``; returns the best trial and where things are.
+def run_tune(yaml_path: str | Path, resume: bool = False, tracking_uri: str | None = None,
+             overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Run (or with ``resume`` continue) the sweep in ``yaml_path`` (with ``overrides``); returns the best trial and where things are.
 
     Paths and the tracking URI are made absolute before any trial starts (Tune runs each trial in
     its own directory). The parent MLflow run's id is kept beside the sweep (see
@@ -194,7 +190,7 @@ def run_tune(yaml_path: str | Path, resume: bool = False, tracking_uri: str | No
     from cluster.config import RayConfig
     from cluster.runtime import init_ray
 
-    spec = load_tune_spec(yaml_path)
+    spec = load_tune_spec(yaml_path, overrides)
     storage = SweepStorage(spec.storage_path)
     exp_dir = storage.experiment(spec.name)
     uri = resolve_tracking_uri(tracking_uri, spec.tracking_uri, storage.local_dir)

@@ -117,16 +117,18 @@ def test_batched_information_ranks_like_one_at_a_time():
 
 # ----------------------------------------------------------------------------- experiments
 @pytest.fixture(scope="module")
-def quick_results(tmp_path_factory):
-    from cluster.antitraining_stage import EXPERIMENTS, run_experiment
+def quick_results(tmp_path_factory, single_thread):
+    from cluster.antitraining_stage import run_experiment
+    from zoo.experiments.antitraining import EXPERIMENTS, ExperimentConfig
+    from zoo.recipe import load_recipe
 
     root = tmp_path_factory.mktemp("antitraining")
     uri = f"sqlite:///{root / 'mlflow.db'}"
+    quick = load_recipe(ExperimentConfig, Path(__file__).resolve().parent.parent / "configs" / "antitrain" / "quick.yaml")
     results = {}
     for name in EXPERIMENTS:
         t0 = time.perf_counter()
-        results[name] = run_experiment(name, quick=True, tracking_uri=uri, out_dir=root / "results",
-                                       artifact_root=root / "artifacts")
+        results[name] = run_experiment(name, quick, tracking_uri=uri, out_dir=root / "results")
         assert time.perf_counter() - t0 < 60, name
     return root, uri, results
 
@@ -154,10 +156,12 @@ def test_antitrained_models_keep_accuracy_within_2_points(quick_results):
 def test_cli_registers_commands():
     import argparse
 
-    from cluster.antitraining_cli import add_commands
+    from cluster import antitraining_cli, tune_cli
 
     parser = argparse.ArgumentParser()
-    add_commands(parser.add_subparsers(dest="command"))
+    subparsers = parser.add_subparsers(dest="command")
+    antitraining_cli.add_commands(subparsers)
+    tune_cli.add_commands(subparsers)
     args = parser.parse_args(["antitrain", "experiment", "all", "--quick", "--out", "x"])
     assert (args.name, args.quick, args.out) == ("all", True, "x")
     args = parser.parse_args(["tune", "tune_configs/antitraining.yaml", "--resume"])

@@ -30,40 +30,38 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 
 
-@dataclass(frozen=True)
-class GrokConfig:
+class GrokConfig(BaseModel):
     """Task, model and optimizer of one grokking run.
 
     The defaults are the CPU variant (p=59, MLP, 40% train, lr 3e-3: groks in a few thousand
-    full-batch steps, well under a minute on one core); ``full()`` is the published setup.
+    full-batch steps, well under a minute on one core); ``configs/analyze/grokking_full.yaml`` is
+    the published setup (Nanda et al.: p=113, 1-layer transformer, lr 1e-3, 30% train, 40k steps).
     """
 
-    p: int = 59
-    train_frac: float = 0.4
-    model: str = "mlp"  # "mlp" or "transformer"
-    d_embed: int = 64
-    d_hidden: int = 128  # MLP hidden width (transformer: d_mlp = 4 * d_embed)
-    n_heads: int = 4
-    lr: float = 3e-3
-    weight_decay: float = 1.0
-    betas: tuple[float, float] = (0.9, 0.98)
-    steps: int = 10000
-    eval_every: int = 100
-    seed: int = 0
-    n_key: int = 0  # number of key frequencies; 0 = chosen from the final model (90% of the a+b energy)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    @classmethod
-    def full(cls) -> GrokConfig:
-        """Nanda et al.: p=113, 1-layer transformer, AdamW(1e-3, wd 1.0, betas 0.9/0.98), 30% train, 40k steps."""
-        return cls(p=113, train_frac=0.3, model="transformer", d_embed=128, lr=1e-3, steps=40000, eval_every=200)
+    p: int = Field(59, ge=3)
+    train_frac: float = Field(0.4, gt=0.0, lt=1.0)
+    model: Literal["mlp", "transformer"] = "mlp"
+    d_embed: int = Field(64, ge=1)
+    d_hidden: int = Field(128, ge=1)  # MLP hidden width (transformer: d_mlp = 4 * d_embed)
+    n_heads: int = Field(4, ge=1)
+    lr: float = Field(3e-3, gt=0.0)
+    weight_decay: float = Field(1.0, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    steps: int = Field(10000, ge=1)
+    eval_every: int = Field(100, ge=1)
+    seed: int = 0
+    n_key: int = Field(0, ge=0)  # number of key frequencies; 0 = chosen from the final model (90% of the a+b energy)
 
 
 class MLPMod(nn.Module):
@@ -243,7 +241,7 @@ def train_grokking(cfg: GrokConfig, model: nn.Module | None = None, mask: dict[s
     x, y = data["ab"][data["train"]], data["y"][data["train"]]
     ckpts: dict[int, dict[str, torch.Tensor]] = {}
     snapshots: list[tuple[int, dict[str, torch.Tensor]]] = []
-    run = GrokRun(config=asdict(cfg))
+    run = GrokRun(config=cfg.model_dump())
     if mask is not None:
         _apply_mask(model, mask)
     for step in range(cfg.steps + 1):

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from zoo.arch import ArchSpec
 from zoo.families import get_family
@@ -36,21 +37,28 @@ from zoo.train import train_cohort
 LossFn = Callable[[Params, int], torch.Tensor]
 
 
-@dataclass(frozen=True)
-class SGLDConfig:
+class SGLDConfig(BaseModel):
     """SGLD sampler settings. ``lr`` is the step size epsilon, ``gamma`` the localization strength.
 
     ``beta`` defaults to 1/log(n) (the WBIC temperature); the estimate averages the loss over
     the ``steps - burnin`` draws after burn-in, over ``chains`` independent chains per model.
     """
 
-    lr: float = 1e-4
-    gamma: float = 100.0
-    steps: int = 2000
-    burnin: int = 500
-    chains: int = 4
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lr: float = Field(1e-4, gt=0.0)
+    gamma: float = Field(100.0, ge=0.0)
+    steps: int = Field(2000, ge=1)
+    burnin: int = Field(500, ge=0)
+    chains: int = Field(4, ge=1)
     beta: float | None = None
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _draws_left(self) -> SGLDConfig:
+        if self.burnin >= self.steps:
+            raise ValueError(f"burnin {self.burnin} leaves no draws of {self.steps} steps")
+        return self
 
 
 @dataclass
