@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from cluster import analyze_cli, antitraining_cli, edit_cli
+from cluster import analyze_cli, antitraining_cli, edit_cli, tune_cli
 
 USAGE_ERROR = 2
 ZOO_HELP = "zoo directory, or a s3:// / gs:// / file:// URI (default: RUN_DIR/zoo)"
@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     edit_cli.add_commands(sub, _add_common)
     antitraining_cli.add_commands(sub)
+    tune_cli.add_commands(sub)
     analyze_cli.add_commands(sub)
     return parser
 
