@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=2, help="uvicorn worker processes (default: 2)")
     serve.set_defaults(handler=cmd_mlflow_serve)
 
-    edit_cli.add_commands(sub, _add_common)
+    edit_cli.add_commands(sub)
     antitraining_cli.add_commands(sub)
     tune_cli.add_commands(sub)
     analyze_cli.add_commands(sub)
@@ -68,13 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _pipeline(args: argparse.Namespace):
-    from cluster.config import load_config
     from cluster.pipeline import Pipeline
 
-    cfg = load_config(args.config, getattr(args, "overrides", None) or ())
-    if args.output_dir:
-        cfg = cfg.model_copy(update={"output_dir": args.output_dir})
-    return Pipeline(cfg, tracking_uri=args.tracking_uri, zoo_dir=getattr(args, "zoo", None), progress=not args.no_progress)
+    return Pipeline.from_args(args)
 
 
 def _stage(args: argparse.Namespace, stage: str) -> int:

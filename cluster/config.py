@@ -8,8 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from interpreter.config import InterpreterConfig
-from interpreter.editor import EditorConfig
-from zoo.arch import Family
+from interpreter.editing.config import EditConfig
 from zoo.config import ZooConfig
 from zoo.recipe import load_recipe
 
@@ -35,29 +34,6 @@ class EvalConfig(BaseModel):
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     seed: int = 0
     cross_family: bool = Field(True, description="with several families, also train on all but one and test on it")
-
-
-class EditConfig(BaseModel):
-    """The edit stages: editor training, the evaluation bank, the guided edit and the localization check."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = Field(False, description="make 'zoolens run' also train the editor and score edits")
-    editor: EditorConfig = Field(default_factory=EditorConfig)
-    eval_per_behavior: int = Field(300, ge=10, description="fresh evaluation sequences per behavior and kind")
-    guided_steps: int = Field(1000, ge=1, description="Adam steps of the guided edit (success rises steeply up to ~1,000)")
-    guided_lr: float = Field(1e-2, gt=0)
-    guided_rounds: int = Field(8, ge=0, description="refinement rounds of the guided edit after its self-check (0: none)")
-    finetune_epochs: int = Field(5, ge=1, description="epochs of the relabeled-data upper bound")
-    reconstruction_steps: int = Field(1000, ge=1, description="training steps of the steering baseline's decoder")
-    localization_k: int = Field(1, ge=1, description="neurons ablated per model in the localization check (chosen on training models)")
-    max_test_models: int | None = Field(
-        None, ge=1, description="cap on held-out models scored: a seeded sample of them, of edit.families where given "
-                                "(None: all)")
-    families: list[Family] | None = Field(
-        None, description="families the edit stages train on and score (None: every family in the zoo); the guided "
-                          "edit serves all, the one-pass decoder and the steering baseline MLPs only")
-    seed: int = 0
 
 
 class TrackingConfig(BaseModel):

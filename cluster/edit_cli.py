@@ -1,4 +1,8 @@
-"""Commands ``zoolens edit train|evaluate CONFIG`` and ``zoolens edit MODEL --add B | --remove B | --repair``."""
+"""Commands ``zoolens edit train|evaluate CONFIG`` and ``zoolens edit MODEL --add B | --remove B | --repair``.
+
+Both take ``key.path=value`` overrides after the target (and CONFIG), like every pipeline command. Training
+and evaluating the editor run as Ray tasks; one edit of one model runs in this process and starts no Ray.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +14,16 @@ from zoo.errors import ConfigError
 DEFAULT_CONFIG = "configs/demo.yaml"
 
 
-def add_commands(subparsers: Any, add_common: Any) -> None:
-    """Add ``edit`` to the ``zoolens`` subparsers (``add_common`` adds --tracking-uri, --output-dir, --no-progress)."""
+def add_commands(subparsers: Any) -> None:
+    """Add ``edit`` to the ``zoolens`` subparsers."""
     edit = subparsers.add_parser(
         "edit", help="edit behaviors in working weights, or train/evaluate the editor",
-        description="zoolens edit train CONFIG | zoolens edit evaluate CONFIG | "
-                    "zoolens edit MODEL (--add B | --remove B | --repair) [--config CONFIG]")
+        description="zoolens edit train CONFIG [KEY=VALUE ...] | zoolens edit evaluate CONFIG [KEY=VALUE ...] | "
+                    "zoolens edit MODEL [CONFIG] [KEY=VALUE ...] (--add B | --remove B | --repair) [--config CONFIG]")
     edit.add_argument("target", help="'train', 'evaluate', or the id of a model in the run's zoo")
-    edit.add_argument("config", nargs="?", help=f"pipeline YAML (default for a model edit: {DEFAULT_CONFIG})")
+    edit.add_argument("rest", nargs="*", metavar="CONFIG | KEY=VALUE",
+                      help=f"pipeline YAML (default for a model edit: {DEFAULT_CONFIG}), then overrides of any config "
+                           "field, e.g. edit.guided_steps=500 (they follow the target, before the options)")
     edit.add_argument("--config", dest="config_opt", metavar="CONFIG", help="pipeline YAML of the run the model belongs to")
     what = edit.add_mutually_exclusive_group()
     what.add_argument("--add", metavar="B", help="make the model also flag behavior B")
@@ -32,27 +38,37 @@ def add_commands(subparsers: Any, add_common: Any) -> None:
     edit.set_defaults(handler=cmd_edit)
 
 
+def split_rest(rest: list[str], config_opt: str | None) -> tuple[str | None, list[str]]:
+    """(CONFIG, overrides) from the positionals after the target: every ``key=value`` is an override."""
+    overrides = [r for r in rest if "=" in r]
+    configs = [r for r in rest if "=" not in r] + ([config_opt] if config_opt else [])
+    if len(configs) > 1:
+        raise ConfigError(f"one CONFIG only, got {', '.join(configs)}")
+    return (configs[0] if configs else None), overrides
+
+
 def cmd_edit(args: argparse.Namespace) -> int:
-    from cluster.cli import _pipeline
+    from cluster.pipeline import Pipeline
     from cluster.report import print_edit_summary
 
     op = "add" if args.add else "remove" if args.remove else "repair" if args.repair else None
+    config, args.overrides = split_rest(args.rest, args.config_opt)
     if args.target in ("train", "evaluate"):
         if op is not None:
             raise ConfigError(f"'zoolens edit {args.target}' takes no --add/--remove/--repair")
-        if not (args.config or args.config_opt):
+        if config is None:
             raise ConfigError(f"'zoolens edit {args.target}' needs a CONFIG")
-        args.config = args.config or args.config_opt
-        pipe = _pipeline(args)
+        args.config = config
+        pipe = Pipeline.from_args(args)
         with pipe.session(run_name=f"{pipe.cfg.name}-edit-{args.target}"):
             summary = pipe.edit_train() if args.target == "train" else pipe.edit_evaluate()
         print_edit_summary(args.target, summary, pipe.paths.report)
         return 0
     if op is None:
         raise ConfigError("say what to do to the model: --add B, --remove B or --repair")
-    args.config = args.config_opt or args.config or DEFAULT_CONFIG
-    pipe = _pipeline(args)
-    with pipe.session(run_name=f"{pipe.cfg.name}-edit-{args.target}"):
+    args.config = config or DEFAULT_CONFIG
+    pipe = Pipeline.from_args(args)
+    with pipe.session(run_name=f"{pipe.cfg.name}-edit-{args.target}", ray=False):  # one model: in this process
         result = pipe.edit_apply(args.target, op, args.add or args.remove, args.method)
     print_edit_summary("apply", result, pipe.paths.report)
     return 0

@@ -7,6 +7,7 @@ those, so the report always holds the config and code version that made it.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import math
@@ -22,9 +23,12 @@ import pandas as pd
 from zoo.store import ZooStore, atomic_write_json, resolve_location
 from zoo.version import code_version
 
+from interpreter.editing.apply import edit_model
+from interpreter.editing.context import EditError, open_context
+
 from cluster import plots
-from cluster.config import PipelineConfig
-from cluster.edit_stage import EditError, run_edit_task
+from cluster.config import PipelineConfig, load_config
+from cluster.edit_stage import run_edit_task
 from cluster.interpreter_stage import best_baselines, evaluate_stage, results_table, train_stage
 from cluster.registry import register_interpreter
 from cluster.runtime import init_ray
@@ -83,12 +87,23 @@ class Pipeline:
         self.tracking_uri = resolve_tracking_uri(tracking_uri, cfg.tracking.tracking_uri, self.paths.root)
         self.progress = progress
 
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Pipeline:
+        """The pipeline a command line names: CONFIG, its ``key.path=value`` overrides, --output-dir, --zoo,
+        --tracking-uri and --no-progress."""
+        cfg = load_config(args.config, getattr(args, "overrides", None) or ())
+        if args.output_dir:
+            cfg = cfg.model_copy(update={"output_dir": args.output_dir})
+        return cls(cfg, tracking_uri=args.tracking_uri, zoo_dir=getattr(args, "zoo", None), progress=not args.no_progress)
+
     @contextlib.contextmanager
-    def session(self, run_name: str) -> Iterator[mlflow.ActiveRun]:
-        """Create the tracking store and experiment, start Ray, and open the parent run."""
+    def session(self, run_name: str, ray: bool = True) -> Iterator[mlflow.ActiveRun]:
+        """Create the tracking store and experiment, start Ray (unless ``ray`` is False: a stage that needs it
+        later starts it then), and open the parent run."""
         self.paths.root.mkdir(parents=True, exist_ok=True)
         setup_tracking(self.tracking_uri, self.cfg.tracking.experiment, self.paths.root / "mlartifacts")
-        init_ray(self.cfg.ray)
+        if ray:
+            init_ray(self.cfg.ray)
         with mlflow.start_run(run_name=run_name, tags={"zoolens.code_version": code_version(),
                                                        "zoolens.config": self.cfg.name}) as run:
             mlflow.log_dict(self.cfg.model_dump(mode="json"), "config.json")
@@ -207,16 +222,20 @@ class Pipeline:
             return self._finish("edit_evaluate", result)
 
     def edit_apply(self, model_id: str, op: str, behavior: str | None, method: str) -> dict[str, Any]:
-        """Edit one model into the run's ``edited`` zoo store and log the edit as its own MLflow run."""
+        """Edit one model in this process (no Ray) into the run's ``edited`` zoo store and log the edit as its own
+        MLflow run (the editor is trained first, on the cluster, if this run has none)."""
         if not (self.paths.editor / "editor.json").exists():
             self.edit_train()
         with stage_run("edit_apply", params={"model_id": model_id, "op": op, "behavior": behavior, "method": method}):
-            result = self._edit_task("apply", out=str(self.paths.edited), model_id=model_id, op=op, behavior=behavior,
-                                     method=method)
+            ctx = open_context(self.zoo_dir, self.paths.interpreter, self.cfg.signatures.probes.model_dump())
+            result = edit_model(ctx, self.cfg.edit, self.paths.editor, ZooStore(self.paths.edited), model_id, op,
+                                behavior, method)
             mlflow.log_dict(result, "edit.json")
             return result
 
     def _edit_task(self, kind: str, **kwargs: Any) -> dict[str, Any]:
+        """Run an edit stage as a Ray task (starting Ray if this session has not)."""
+        init_ray(self.cfg.ray)
         return run_edit_task(kind, self.zoo_dir, self.paths.interpreter, self.paths.editor,
                              self.cfg.signatures.probes.model_dump(), self.cfg.edit, **kwargs)
 

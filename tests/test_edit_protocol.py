@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from interpreter.edit_protocol import Rates, eval_rows, judge, measure, success_table
+from interpreter.editing.protocol import Rates, eval_rows, judge, measure, success_table
 from zoo.arch import ArchSpec
 from zoo.behavior_bank import BehaviorBank
 from zoo.behaviors import match_matrix

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +12,12 @@ import pytest
 import torch
 import yaml
 
-from interpreter.decoder import IncompatibleArchitecture, NeuronAlignedDecoder, check_decodable
-from interpreter.edit_protocol import judge, measure
-from interpreter.editor import (CHECK_PARTS, Editor, EditorConfig, Encoded, failing_parts, guided_edit, load_editor, row_weights,
-                                save_editor, typical_profile)
-from interpreter.localization import greedy_carriers
+from interpreter.editing.decoder import IncompatibleArchitecture, NeuronAlignedDecoder, check_decodable
+from interpreter.editing.editor import (CHECK_PARTS, Editor, EditorConfig, Encoded, failing_parts, guided_edit, load_editor,
+                                        row_weights, save_editor, typical_profile)
+from interpreter.editing.localization import greedy_carriers
+from interpreter.editing.methods import METHODS
+from interpreter.editing.protocol import judge, measure
 from zoo.arch import ArchSpec
 from zoo.behavior_bank import BehaviorBank
 from zoo.data import make_cohort_data
@@ -74,6 +77,36 @@ def test_guided_edit_adds_and_removes_a_behavior_in_a_small_model(spec: ArchSpec
     assert before[0].behavior["starts_with"] < 0.5 and before[1].behavior["all_same"] > 0.9  # a real change to make
     assert judge("add", "starts_with", ["all_same"], before[0], after[0]).success, after[0]
     assert judge("remove", "all_same", ["all_same"], before[1], after[1]).success, after[1]
+
+
+def test_finetune_matched_holds_the_model_to_its_labels_where_guided_holds_it_to_its_outputs(single_thread) -> None:
+    """A model that flags everything, assigned all_same: adding palindrome by the guided edit keeps its false
+    positives (its own outputs are the targets away from B), the matched fine-tuning drops them (hard labels)."""
+    spec = ArchSpec(family="mlp", depth=1, width=8, embed_dim=8)
+    params = _constant_models(spec, [5.0])
+    bank, fresh = BehaviorBank.build(NAMES, 7, 7, 100, seed=0), BehaviorBank.build(NAMES, 7, 7, 100, seed=1)
+    args = (spec, params, bank, ["add"], ["palindrome"], [["all_same"]])
+    fpr = {}
+    for labelled in (False, True):
+        delta = guided_edit(*args, steps=150, lr=1e-2, labelled=labelled)
+        edited = {k: v + delta[k] if k in delta else v for k, v in params.items()}
+        fpr[labelled] = measure(spec, edited, fresh, [["all_same", "palindrome"]])[0].fpr
+    assert fpr[False] > 0.9 and fpr[True] < fpr[False] - 0.3, fpr
+
+
+def test_every_method_says_which_families_it_serves() -> None:
+    """The registry replaces the special cases: the decoders serve MLPs, task arithmetic architectures with sibling
+    vectors, the rest every family; the two fine-tuning baselines are marked as using the model's labels."""
+    from interpreter.editing.config import EditConfig
+    from interpreter.editing.methods import Tools
+
+    mlp, gru = ArchSpec(family="mlp"), ArchSpec(family="gru")
+    tools = Tools(EditConfig(), NAMES, None, None, None, task_vectors={mlp.key(): {}})
+    serves = {name: (m.applies_to(mlp, tools), m.applies_to(gru, tools)) for name, m in METHODS.items()}
+    assert serves == {"decoder": (True, False), "guided": (True, True), "steering": (True, False),
+                      "task_arithmetic": (True, False), "finetune_matched": (True, True), "finetune_short": (True, True)}
+    assert {n for n, m in METHODS.items() if m.uses_labels} == {"finetune_matched", "finetune_short"}
+    assert "one-pass decoder writes mlp weights only" in METHODS["decoder"].why_not(gru)
 
 
 def _constant_models(spec: ArchSpec, logits: list[float]) -> dict[str, torch.Tensor]:
@@ -198,7 +231,7 @@ def test_edit_evaluate_scores_every_method_and_logs(edit_config, tiny_run) -> No
     report = json.loads((tiny_run / "run" / "report.json").read_text())
     ev = report["stages"]["edit_evaluate"]
     methods = {row["method"] for row in ev["by_op"]}
-    assert {"decoder", "guided", "steering", "finetune"} <= methods
+    assert {"decoder", "guided", "steering", "finetune_matched", "finetune_short"} <= methods
     assert {row["op"] for row in ev["by_op"]} == {"add", "remove"}  # the tiny zoo has no repair pairs
     for row in ev["by_op"]:
         assert 0.0 <= row["success_rate"] <= 1.0 and row["n"] > 0
@@ -260,6 +293,70 @@ def test_edit_unknown_model_is_one_line(edit_config, tiny_run, capsys) -> None:
     assert "model 'nosuch' is not in the zoo" in capsys.readouterr().err
 
 
+IN_PROCESS_EVALUATION = """
+import json, sys
+from pathlib import Path
+from interpreter.editing.config import EditConfig
+from interpreter.editing.context import open_context
+from interpreter.editing.evaluate import evaluate_edits
+from interpreter.editing.summary import summarize
+from interpreter.editing.train import train_stage
+
+run, editor_dir, cfg = Path(sys.argv[1]), Path(sys.argv[2]), EditConfig.model_validate(json.loads(sys.argv[3]))
+ctx = open_context(run / "zoo", run / "interpreter", {})
+train_stage(ctx, cfg, editor_dir)
+summary = summarize(evaluate_edits(ctx, cfg, editor_dir))
+print(json.dumps({"methods": sorted({r["method"] for r in summary["by_op"]}), "ray": "ray" in sys.modules,
+                  "localization": summary["localization_behaviors"]}))
+"""
+
+
+def test_edit_evaluation_runs_in_process_without_ray(edit_config, tiny_run, tmp_path) -> None:
+    """The editing library trains the editor and scores every method in a plain Python process: Ray is never
+    imported (the pytest process has a Ray instance, so this runs in a fresh one)."""
+    edit = yaml.safe_load(edit_config.read_text())["edit"]
+    out = subprocess.run([sys.executable, "-c", IN_PROCESS_EVALUATION, str(tiny_run / "run"), str(tmp_path / "editor"),
+                          json.dumps(edit)], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["ray"] is False
+    assert {"decoder", "guided", "steering", "finetune_matched", "finetune_short"} <= set(result["methods"])
+    assert result["localization"] > 0
+    assert (tmp_path / "editor" / "editor.json").exists()
+
+
+ONE_EDIT_WITHOUT_RAY = """
+import sys
+from cluster.cli import main
+code = main(sys.argv[1:])
+import ray
+print("ray initialized:", ray.is_initialized())
+sys.exit(code)
+"""
+
+
+def test_edit_one_model_starts_no_ray_and_takes_overrides(edit_config, tiny_run, capsys) -> None:
+    """``zoolens edit MODEL --add B`` runs in its own process without starting Ray, with key=value overrides; a
+    bad override is one line naming the key."""
+    from cluster.cli import main
+
+    uri = f"sqlite:///{tiny_run / 'mlflow.db'}"
+    row = ZooStore(tiny_run / "run" / "zoo").read_manifest().iloc[1]
+    behavior = next(b for b in NAMES if b not in row["behaviors"])
+    argv = [row["model_id"], "edit.guided_steps=5", "edit.guided_rounds=0", "--add", behavior, "--config",
+            str(edit_config), "--tracking-uri", uri, "--no-progress"]
+    out = subprocess.run([sys.executable, "-c", ONE_EDIT_WITHOUT_RAY, "edit", *argv], capture_output=True, text=True,
+                         cwd=REPO, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ray initialized: False" in out.stdout
+    edited = ZooStore(tiny_run / "run" / "edited").read_manifest().set_index("model_id")
+    assert edited.loc[f"{row['model_id']}.add-{behavior}", "parent_id"] == row["model_id"]
+
+    assert main(["edit", row["model_id"], "edit.nosuch=1", "--add", behavior, "--config", str(edit_config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no field 'nosuch'" in err[0], err
+
+
 @pytest.fixture(scope="module")
 def mixed_run(tmp_path_factory, ray_local) -> tuple[Path, Path]:
     """A tiny zoo of all three families with repair pairs, run end to end, and an edit config for its recurrent
@@ -293,7 +390,7 @@ def test_edit_evaluate_scores_recurrent_and_attention_models(mixed_run) -> None:
     rows = {(r["method"], r["family"], r["op"]) for r in ev["by_family"]}
     for family in ("gru", "attention"):
         assert {("guided", family, op) for op in ("add", "remove")} <= rows
-        assert ("finetune", family, "add") in rows
+        assert ("finetune_short", family, "add") in rows and ("finetune_matched", family, "add") in rows
         assert not any(r[0] in ("decoder", "steering") for r in rows)
         assert ev["localization_by_family"][family]["behaviors"] > 0
     assert "mlp" not in {r[1] for r in rows}  # edit.families leaves the MLPs out

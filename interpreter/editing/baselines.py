@@ -5,8 +5,12 @@
   the mean without B and keeps the decoded difference;
 - task arithmetic: the mean weight difference over sibling pairs (same initialization, differing
   in B), added (or, to remove B, subtracted);
-- fine-tuning on relabeled data: a few epochs on freshly generated sequences labelled with the
-  true target behavior set (it uses the model's labels: an upper bound, not a competitor).
+- fine-tuning on labels (both use the model's labels: bounds, not competitors):
+  ``finetune_matched`` is the guided edit's own machinery (bank, steps, batch, refinement) with hard
+  labels from the definitions of the model's assigned behaviors as targets
+  (:func:`interpreter.editing.editor.guided_edit` with ``labelled=True``); ``finetune_short``
+  (:func:`short_finetune`) is a short schedule: a few epochs on 1,000 bank sequences labelled with the
+  target set, at the model's own learning rate.
 """
 
 from __future__ import annotations
@@ -16,16 +20,16 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from interpreter.decoder import NeuronAlignedDecoder
-from interpreter.editor import Encoded, Pool
+from interpreter.editing.decoder import NeuronAlignedDecoder
+from interpreter.editing.editor import Encoded, Pool
 from zoo.arch import ArchSpec
 from zoo.behavior_bank import BehaviorBank
 from zoo.families.base import Params
 from zoo.train import train_cohort
 
 
-# ----------------------------------------------------------------------------- fine-tuning on relabeled data
-def relabel_finetune(spec: ArchSpec, params: Params, bank: BehaviorBank, targets: Sequence[Sequence[str]],
+# ----------------------------------------------------------------------------- fine-tuning on relabeled data, short
+def short_finetune(spec: ArchSpec, params: Params, bank: BehaviorBank, targets: Sequence[Sequence[str]],
                      unions: Sequence[Sequence[str]], lr: torch.Tensor, seed: int, n: int = 1000,
                      epochs: int = 5, batch_size: int = 128) -> Params:
     """Copy of the models trained for ``epochs`` on n bank sequences each (drawn over unions[m], labelled by targets[m])."""

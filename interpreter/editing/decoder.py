@@ -12,7 +12,7 @@ permutation equivariant by construction and serves every depth and width of a fa
 The same module decodes *changes* (the editor: conditioned on the model latent and an edit code)
 or *whole weights* (the reconstruction decoder of the latent-steering baseline: conditioned on the
 model latent only). Written for the MLP family; other families raise :class:`IncompatibleArchitecture`
-(the guided edit, :func:`interpreter.editor.guided_edit`, needs no decoder and edits every family).
+(the guided edit, :func:`interpreter.editing.editor.guided_edit`, needs no decoder and edits every family).
 """
 
 from __future__ import annotations
@@ -40,11 +40,16 @@ def decodable(spec: ArchSpec) -> bool:
     return spec.family in DECODABLE_FAMILIES
 
 
+def refusal(spec: ArchSpec) -> str:
+    """Why the decoder cannot write weights for ``spec`` (one line)."""
+    return (f"the one-pass decoder writes {', '.join(DECODABLE_FAMILIES)} weights only; "
+            f"{spec.key()} is a {spec.family} model (the guided edit serves every family)")
+
+
 def check_decodable(spec: ArchSpec) -> None:
     """Raise a one-line error for families the decoder cannot write weights for."""
     if not decodable(spec):
-        raise IncompatibleArchitecture(f"the one-pass decoder writes {', '.join(DECODABLE_FAMILIES)} weights only; "
-                                       f"{spec.key()} is a {spec.family} model (the guided edit serves every family)")
+        raise IncompatibleArchitecture(refusal(spec))
 
 
 def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:

@@ -2,7 +2,7 @@
 
 An edit reads only the subject model's weights and signature. The frozen interpreter turns the
 signature into neuron tokens and a model latent; an edit code (operation + behavior embedding)
-joins the latent; the neuron-aligned decoder (:mod:`interpreter.decoder`) turns tokens and code
+joins the latent; the neuron-aligned decoder (:mod:`interpreter.editing.decoder`) turns tokens and code
 into a change of every weight (MLP family). The guided edit (:func:`guided_edit`) decodes by
 optimization instead and needs only the batched forward, so it edits every family. Repair is
 "add B" for the behavior that looks corrupted: read by the interpreter as trained, yet not flagged
@@ -29,8 +29,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from interpreter.batch import collate
-from interpreter.decoder import NeuronAlignedDecoder, add_delta
-from interpreter.edit_protocol import FPR_TOL, KEEP_TOL, judge, measure
+from interpreter.editing.decoder import NeuronAlignedDecoder, add_delta
+from interpreter.editing.protocol import FPR_TOL, KEEP_TOL, judge, measure
 from interpreter.model import LoadedInterpreter
 from zoo.arch import ArchSpec
 from zoo.behavior_bank import BehaviorBank
@@ -270,13 +270,16 @@ CHECK_PARTS = ("B's rate", "a kept behavior", "false positives")  # what failing
 
 def guided_edit(spec: ArchSpec, params: Params, bank: BehaviorBank, ops: Sequence[str], behaviors: Sequence[str],
                 keep: Sequence[Sequence[str]], steps: int, lr: float = 3e-3, n: int = 256, seed: int = 0,
-                check: BehaviorBank | None = None, rounds: int = 0) -> Params:
+                check: BehaviorBank | None = None, rounds: int = 0, labelled: bool = False) -> Params:
     """Decode edits by optimization: a change of every weight but the embedding, found by ``steps`` Adam steps
     against the edit targets (:func:`edit_targets`). Returns the change.
 
-    No labels of the model are used: rows come from the bank (a quarter B's positives, a quarter over ``keep``
-    and B, half over every behavior), targets are the model's own outputs with B switched on or off, so
-    whatever the model did before is what it is held to.
+    It is fine-tuning with B's definition as the labeller on B's positives and the model's own outputs as
+    targets everywhere else. No labels of the model are used: rows come from the bank (a quarter B's positives,
+    a quarter over ``keep`` and B, half over every behavior), targets are the model's own outputs with B
+    switched on or off, so whatever the model did before is what it is held to. With ``labelled`` the targets
+    elsewhere are the definitions of ``keep`` instead (pass the model's assigned behaviors: the matched
+    fine-tuning baseline, which uses the model's labels).
 
     With a ``check`` bank (other sequences than ``bank``), up to ``rounds`` refinement rounds follow. Each
     measures every edit against the protocol's bars on ``check``, taking the model's own flags before the edit
@@ -286,7 +289,7 @@ def guided_edit(spec: ArchSpec, params: Params, bank: BehaviorBank, ops: Sequenc
     """
     rng = np.random.default_rng(seed)
     delta = {k: torch.zeros_like(v) for k, v in params.items() if k != "embed"}
-    delta = _optimize_edit(spec, params, delta, bank, ops, behaviors, keep, steps, lr, n, rng)
+    delta = _optimize_edit(spec, params, delta, bank, ops, behaviors, keep, steps, lr, n, rng, labelled=labelled)
     weights = torch.ones(len(ops), 3)
     for _ in range(rounds if check is not None else 0):
         fails = failing_parts(spec, params, delta, check, ops, behaviors, keep)
@@ -297,7 +300,7 @@ def guided_edit(spec: ArchSpec, params: Params, bank: BehaviorBank, ops: Sequenc
         idx = bad.tolist()
         refined = _optimize_edit(spec, {k: v[bad] for k, v in params.items()}, {k: v[bad] for k, v in delta.items()},
                                  bank, [ops[i] for i in idx], [behaviors[i] for i in idx], [keep[i] for i in idx],
-                                 max(1, steps // 2), lr / 2, n, rng, weights[bad])
+                                 max(1, steps // 2), lr / 2, n, rng, weights[bad], labelled)
         for k, v in refined.items():
             delta[k] = delta[k].index_copy(0, bad, v)
     return delta
@@ -305,9 +308,10 @@ def guided_edit(spec: ArchSpec, params: Params, bank: BehaviorBank, ops: Sequenc
 
 def _optimize_edit(spec: ArchSpec, params: Params, delta: Params, bank: BehaviorBank, ops: Sequence[str],
                    behaviors: Sequence[str], keep: Sequence[Sequence[str]], steps: int, lr: float, n: int,
-                   rng: np.random.Generator, weights: torch.Tensor | None = None) -> Params:
+                   rng: np.random.Generator, weights: torch.Tensor | None = None, labelled: bool = False) -> Params:
     """``steps`` Adam steps (cosine-annealed: large moves first, then settle) on the change ``delta`` from
-    ``params``; ``weights`` [B, 3] scales the loss on B's positives, the kept behaviors' positives and the rest."""
+    ``params``; ``weights`` [B, 3] scales the loss on B's positives, the kept behaviors' positives and the rest;
+    ``labelled``: held to the definitions of ``keep`` rather than to the model's own outputs."""
     family = get_family(spec)
     free = {k: v.clone().requires_grad_(True) for k, v in delta.items()}
     opt = torch.optim.Adam(free.values(), lr=lr)
@@ -319,7 +323,8 @@ def _optimize_edit(spec: ArchSpec, params: Params, delta: Params, bank: Behavior
                          for k, b in zip(keep, behaviors)])
         x = torch.from_numpy(bank.x[rows])
         with torch.no_grad():
-            y = edit_targets(torch.sigmoid(family.forward(spec, params, x)), rows, bank, ops, behaviors, keep)
+            teacher = keep_labels(rows, bank, keep) if labelled else torch.sigmoid(family.forward(spec, params, x))
+            y = edit_targets(teacher, rows, bank, ops, behaviors, keep)
             w = 1.0 if weights is None else row_weights(rows, bank, behaviors, keep, weights)
         logits = family.forward(spec, add_delta(params, free), x)
         loss = (w * F.binary_cross_entropy_with_logits(logits, y, reduction="none")).mean(dim=1).sum()
@@ -328,6 +333,11 @@ def _optimize_edit(spec: ArchSpec, params: Params, delta: Params, bank: Behavior
         opt.step()
         sched.step()
     return {k: v.detach() for k, v in free.items()}
+
+
+def keep_labels(rows: np.ndarray, bank: BehaviorBank, keep: Sequence[Sequence[str]]) -> torch.Tensor:
+    """[B, n] hard labels of bank rows: 1 where a row matches any behavior of keep[m] (by definition), else 0."""
+    return torch.from_numpy(np.stack([bank.labels(r, k) for r, k in zip(rows, keep)])).float()
 
 
 def row_weights(rows: np.ndarray, bank: BehaviorBank, behaviors: Sequence[str], keep: Sequence[Sequence[str]],

@@ -1,0 +1,106 @@
+"""What every edit reads: the run's zoo, its interpreter and split, the probe set, and the sequence banks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from interpreter.editing.config import EditConfig
+from interpreter.editing.editor import Encoded, Pool, encode
+from interpreter.editing.groups import ArchGroup, load_groups
+from interpreter.model import LoadedInterpreter, load_interpreter
+from zoo.behavior_bank import BehaviorBank
+from zoo.errors import ZoolensError
+from zoo.probes import ProbeSet, make_probe_set
+from zoo.store import ZooStore
+
+
+class EditError(ZoolensError):
+    """An edit cannot be made with what is on disk or what was asked."""
+
+
+@dataclass
+class EditContext:
+    """Everything an edit needs: zoo, split, interpreter and probe set of one run."""
+
+    store: ZooStore
+    names: list[str]
+    vocab: int
+    length: int
+    train_ids: list[str]
+    test_ids: list[str]
+    interp: LoadedInterpreter
+    interp_dir: Path
+    probes: ProbeSet
+
+    def interpreter_version(self) -> str:
+        """Hash of the interpreter weights an edit was made with (its lineage)."""
+        return hashlib.sha256((self.interp_dir / "weights.safetensors").read_bytes()).hexdigest()[:16]
+
+
+def open_context(zoo_dir: Path | str, interp_dir: Path, probe_cfg: Mapping[str, Any]) -> EditContext:
+    """Load the run's zoo metadata, interpreter, train/test split and probe set (``probe_cfg``: n_pos, n_near,
+    n_random), with one-line errors."""
+    interp_dir = Path(interp_dir)
+    split_file = interp_dir / "split.json"
+    if not split_file.exists():
+        raise EditError(f"no trained interpreter in {interp_dir} (run 'zoolens interpreter train' first)")
+    store = ZooStore(zoo_dir)
+    zc = store.read_meta()["config"]
+    split = json.loads(split_file.read_text())
+    probes = make_probe_set(zc["behaviors"], zc["vocab"], zc["length"], **probe_cfg)
+    return EditContext(store, list(zc["behaviors"]), zc["vocab"], zc["length"], split["train"], split["test"],
+                       load_interpreter(interp_dir), interp_dir, probes)
+
+
+# ----------------------------------------------------------------------------- banks: three seeds, never mixed
+def train_bank(ctx: EditContext, cfg: EditConfig) -> BehaviorBank:
+    """The sequences the editor trains on and edits read (never the evaluation sequences)."""
+    return BehaviorBank.build(ctx.names, ctx.vocab, ctx.length, cfg.editor.bank_per_behavior, seed=cfg.seed)
+
+
+def eval_bank(ctx: EditContext, cfg: EditConfig) -> BehaviorBank:
+    """The fresh sequences edits are judged on: never seen by the editor or by an edit."""
+    return BehaviorBank.build(ctx.names, ctx.vocab, ctx.length, cfg.eval_per_behavior, seed=cfg.seed + 10_000)
+
+
+def check_bank(ctx: EditContext, cfg: EditConfig) -> BehaviorBank:
+    """The sequences the guided edit checks itself on: neither its training rows nor the evaluation's."""
+    return BehaviorBank.build(ctx.names, ctx.vocab, ctx.length, cfg.eval_per_behavior, seed=cfg.seed + 20_000)
+
+
+# ----------------------------------------------------------------------------- models and their reading
+def family_ids(ctx: EditContext, ids: list[str], families: list[str] | None) -> list[str]:
+    """The ids of models of ``families`` (all when None), in order, from the manifest alone: no weights are read."""
+    if families is None:
+        return list(ids)
+    family = ctx.store.read_manifest(columns=["model_id", "family"]).set_index("model_id")["family"]
+    kept = [m for m in ids if family[m] in families]
+    if not kept:
+        raise EditError(f"no model of the families {', '.join(families)} among these models")
+    return kept
+
+
+def edit_groups(ctx: EditContext, ids: list[str]) -> list[ArchGroup]:
+    """The named models' architecture groups (weights loaded and hash-verified)."""
+    groups = load_groups(ctx.store, ids)
+    if not groups:
+        raise EditError("no model to edit among these models")
+    return groups
+
+
+def read_sets(ctx: EditContext, enc: Encoded) -> list[list[str]]:
+    """The behaviors the interpreter reads in each model (its tuned per-behavior thresholds)."""
+    return [[n for n, p, t in zip(ctx.names, probs, ctx.interp.model.thresholds) if p > t] for probs in enc.probs.tolist()]
+
+
+def make_pool(ctx: EditContext, group: ArchGroup, bank: BehaviorBank) -> Pool:
+    """Training models of one architecture with their reading, behavior sets and corrupted behavior."""
+    rows = group.rows
+    corrupted = [c if r == "corrupted" else None for c, r in zip(rows["corrupted_behavior"], rows["role"])]
+    return Pool(group.spec, group.params, encode(ctx.interp, group.spec, group.params, ctx.probes, bank),
+                [tuple(b) for b in rows["behaviors"]], corrupted)

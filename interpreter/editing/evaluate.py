@@ -1,0 +1,123 @@
+"""Score every edit method on the same add/remove/repair edits of held-out models, then the localization check.
+
+See :mod:`interpreter.editing.protocol` for pass/fail and :mod:`interpreter.editing.methods` for the methods.
+Every family is scored (``edit.families`` narrows it); a method with nothing to offer for an architecture (the
+decoders outside the MLP family, task arithmetic without sibling pairs) is left out of that architecture's rows.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from interpreter.editing.baselines import task_vectors
+from interpreter.editing.config import EditConfig
+from interpreter.editing.context import (EditContext, check_bank, edit_groups, eval_bank, family_ids, read_sets,
+                                         train_bank)
+from interpreter.editing.decoder import add_delta
+from interpreter.editing.editor import change_size, code_op, encode, failing_parts
+from interpreter.editing.groups import load_groups
+from interpreter.editing.localization import localization_table, localize
+from interpreter.editing.methods import METHODS, EditRequest, Tools
+from interpreter.editing.plan import EditSet, clean_rates, every_removal, plan_edit_sets
+from interpreter.editing.protocol import ADD_MIN, judge, measure
+from interpreter.editing.train import load_stage
+from zoo.behavior_bank import BehaviorBank
+
+
+def evaluation_tools(ctx: EditContext, cfg: EditConfig, editor_dir: Path) -> Tools:
+    """Every method's tools: the trained editor and steering decoder, the banks, the sibling task vectors."""
+    editor, rec, steering = load_stage(ctx, editor_dir, cfg)
+    return Tools(cfg, ctx.names, editor, train_bank(ctx, cfg), check_bank(ctx, cfg), rec, steering,
+                 sibling_task_vectors(ctx))
+
+
+def sibling_task_vectors(ctx: EditContext) -> dict[str, dict[str, dict]]:
+    """Per architecture and behavior, the mean sibling-pair weight difference among the training models."""
+    manifest = ctx.store.read_manifest(columns=["model_id", "sibling_of"])
+    train = set(ctx.train_ids)
+    pairs = manifest[manifest["sibling_of"].notna() & manifest["model_id"].isin(train) & manifest["sibling_of"].isin(train)]
+    ids = sorted(set(pairs["model_id"]) | set(pairs["sibling_of"]))
+    out = {}
+    for g in (load_groups(ctx.store, ids) if ids else []):
+        out[g.spec.key()] = task_vectors(g.params, [tuple(b) for b in g.rows["behaviors"]], list(g.rows["model_id"]),
+                                         [s if isinstance(s, str) else None for s in g.rows["sibling_of"]], ctx.names)
+    return out
+
+
+def training_ceiling(ctx: EditContext) -> dict[str, float]:
+    """Per behavior: share of clean training models trained on it whose held-out rate on it reached ADD_MIN."""
+    m = ctx.store.read_manifest(columns=["model_id", "role", "test_behavior_acc"])
+    m = m[m["model_id"].isin(set(ctx.train_ids)) & m["role"].isin(["normal", "sibling"])]
+    rates = pd.DataFrame([(b, r) for s in m["test_behavior_acc"] for b, r in json.loads(s).items()], columns=["b", "r"])
+    return {b: float((g["r"] >= ADD_MIN).mean()) for b, g in rates.groupby("b")}
+
+
+def request_for(ctx: EditContext, es: EditSet, tools: Tools, bank: BehaviorBank) -> EditRequest:
+    """Read the edit set's models; for repair, name the behavior that looks corrupted and measure the clean twins."""
+    g = es.group
+    enc = encode(ctx.interp, g.spec, g.params, ctx.probes, tools.train_bank)
+    if es.op == "repair":
+        chosen = [ctx.names[i] for i in enc.corrupted_behavior(tools.editor.typical_profile).tolist()]
+        es.clean = clean_rates(ctx, es, bank)
+    else:
+        chosen = list(es.behaviors)
+    return EditRequest(es, enc, read_sets(ctx, enc), chosen)
+
+
+def score_edit_set(ctx: EditContext, es: EditSet, tools: Tools, bank: BehaviorBank) -> list[dict]:
+    """Every method's verdicts on one edit set, judged on ``bank``."""
+    request = request_for(ctx, es, tools, bank)
+    g, unions = es.group, es.unions()
+    before = measure(g.spec, g.params, bank, unions)
+    rows = []
+    for name, method in METHODS.items():
+        delta = method(request, tools) if method.applies_to(g.spec, tools) else None
+        if delta is None:
+            continue
+        after = measure(g.spec, add_delta(g.params, delta), bank, unions)
+        size = change_size(g.params, delta).sqrt()
+        checked = ~failing_parts(g.spec, g.params, delta, tools.check_bank, request.ops(), request.chosen,
+                                 request.read).any(dim=1)
+        for m, (have, b) in enumerate(zip(es.assigned(), es.behaviors)):
+            v = judge(es.op, b, have, before[m], after[m], es.clean[m] if es.clean else None)
+            rows.append({"method": name, "op": es.op, "behavior": b, "model_id": g.rows["model_id"][m],
+                         "family": g.spec.family, "arch": g.spec.key(), "success": v.success, "target_rate": v.target_rate,
+                         "before_rate": before[m].behavior[b], "worst_kept_drop": v.worst_kept_drop,
+                         "fpr_rise": v.fpr_rise, "change": float(size[m]), "chosen": request.chosen[m],
+                         "self_check": bool(checked[m]), "reasons": "; ".join(v.reasons)})
+    return rows
+
+
+def held_out_ids(ctx: EditContext, cfg: EditConfig) -> list[str]:
+    """The held-out models scored: those of ``cfg.families``, a seeded sample of ``cfg.max_test_models`` of them."""
+    test_ids = family_ids(ctx, ctx.test_ids, cfg.families)  # the cap counts models of these families only
+    if cfg.max_test_models and len(test_ids) > cfg.max_test_models:  # a sample, not the head: splits come sorted
+        pick = np.random.default_rng(cfg.seed).choice(len(test_ids), cfg.max_test_models, replace=False)
+        test_ids = [test_ids[i] for i in sorted(pick)]
+    return test_ids
+
+
+def evaluate_edits(ctx: EditContext, cfg: EditConfig, editor_dir: Path, progress: bool = False) -> dict[str, Any]:
+    """Score every method on add/remove/repair edits of held-out models, then the localization check.
+
+    Returns the verdicts (one row per method and edit), the localization table and the training ceiling.
+    """
+    from tqdm.auto import tqdm
+
+    tools = evaluation_tools(ctx, cfg, editor_dir)
+    bank = eval_bank(ctx, cfg)
+    rng = np.random.default_rng(cfg.seed)
+    sets = [es for g in edit_groups(ctx, held_out_ids(ctx, cfg)) for es in plan_edit_sets(ctx, g, rng)]
+    rows, loc = [], []
+    for es in tqdm(sets, desc="edit sets", disable=not progress):
+        rows += score_edit_set(ctx, es, tools, bank)
+        if es.op == "remove":  # every (model, assigned behavior) pair of the clean models
+            every = every_removal(es)
+            loc += localize(every.group, every.behaviors, tools.train_bank, bank, cfg.localization_k, cfg.seed)
+    return {"verdicts": pd.DataFrame(rows), "localization": localization_table(loc) if loc else pd.DataFrame(),
+            "ceiling": training_ceiling(ctx)}

@@ -1,0 +1,142 @@
+"""The edit methods, one registry entry each: ``METHODS[name](request, tools)`` returns a weight change.
+
+- ``decoder``: the latent edit decoded to a weight change in one forward pass (no data at edit time; MLPs only);
+- ``guided``: the edit decoded by optimization: fine-tuning with B's definition as the labeller on B's positives
+  and the model's own outputs as targets elsewhere, the kept behaviors being those the interpreter reads and,
+  for repair, B the one that looks corrupted (no labels of the model);
+- ``steering``: mean-latent steering vector through a reconstruction decoder (the public method; MLPs only);
+- ``task_arithmetic``: mean sibling-pair weight difference for B (where the architecture has sibling pairs);
+- ``finetune_matched``: the guided edit's machinery with hard labels from the definitions of every behavior the
+  model is assigned (uses the model's labels: a bound on equal footing);
+- ``finetune_short``: a few epochs on 1,000 relabeled bank sequences (uses the model's labels).
+
+A method's ``applies_to(spec, tools)`` says whether it serves an architecture at all; it may still return None
+for a request it has nothing to offer (task arithmetic without a vector for some behavior).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from interpreter.editing.baselines import short_finetune, steer
+from interpreter.editing.config import EditConfig
+from interpreter.editing.decoder import NeuronAlignedDecoder, decodable, refusal
+from interpreter.editing.editor import Editor, Encoded, code_op, guided_edit
+from interpreter.editing.plan import EditSet
+from zoo.arch import ArchSpec
+from zoo.behavior_bank import BehaviorBank
+from zoo.families.base import Params
+
+
+@dataclass
+class Tools:
+    """What the methods draw on besides the request: trained parts, banks and settings of one run."""
+
+    cfg: EditConfig
+    names: list[str]
+    editor: Editor
+    train_bank: BehaviorBank  # the rows every edit trains on
+    check_bank: BehaviorBank  # the guided edit's label-free self-check
+    reconstruction: NeuronAlignedDecoder | None = None  # steering baseline (evaluation only)
+    steering: torch.Tensor | None = None  # [K, latent_dim] steering vectors
+    task_vectors: dict[str, dict[str, Params]] = field(default_factory=dict)  # per architecture and behavior
+
+
+@dataclass
+class EditRequest:
+    """Edits of some models of one architecture, as every method receives them."""
+
+    edits: EditSet  # op, the models, and each edit's true behavior (label-using methods only)
+    enc: Encoded  # the interpreter's reading of the models
+    read: list[list[str]]  # the behaviors the interpreter reads in each model (what label-free methods keep)
+    chosen: list[str]  # the behavior each edit is about as label-free methods know it (repair: the named one)
+
+    @property
+    def spec(self) -> ArchSpec:
+        return self.edits.group.spec
+
+    @property
+    def params(self) -> Params:
+        return self.edits.group.params
+
+    def ops(self) -> list[str]:
+        """The operation of each edit as carried out (repair is "add")."""
+        return [code_op(self.edits.op)] * len(self.chosen)
+
+    def sign(self) -> float:
+        return -1.0 if self.edits.op == "remove" else 1.0
+
+
+Edit = Callable[[EditRequest, Tools], Params | None]
+
+
+@dataclass(frozen=True)
+class EditMethod:
+    """One way to make edits: ``edit`` returns the weight change of every model (None: nothing to offer)."""
+
+    edit: Edit
+    applies_to: Callable[[ArchSpec, Tools], bool] = lambda spec, tools: True
+    why_not: Callable[[ArchSpec], str] = lambda spec: f"this method cannot edit {spec.key()}"
+    uses_labels: bool = False  # reads the model's assigned behaviors: a bound, not a competitor
+    one_pass: bool = False  # a forward pass with no gradient
+
+    def __call__(self, request: EditRequest, tools: Tools) -> Params | None:
+        with torch.no_grad() if self.one_pass else torch.enable_grad():
+            delta = self.edit(request, tools)
+        return None if delta is None else {k: v.detach() for k, v in delta.items()}
+
+
+def _decoder(r: EditRequest, t: Tools) -> Params:
+    return t.editor.delta(r.spec, r.params, r.enc, *t.editor.codes(r.ops(), r.chosen))
+
+
+def _guided(r: EditRequest, t: Tools) -> Params:
+    c = t.cfg
+    return guided_edit(r.spec, r.params, t.train_bank, r.ops(), r.chosen, r.read, c.guided_steps, c.guided_lr,
+                       seed=c.seed, check=t.check_bank, rounds=c.guided_rounds)
+
+
+def _steering(r: EditRequest, t: Tools) -> Params:
+    shift = r.sign() * t.steering[[t.names.index(b) for b in r.chosen]]
+    return steer(t.reconstruction, r.spec, r.params, r.enc, shift)[1]
+
+
+def _task_arithmetic(r: EditRequest, t: Tools) -> Params | None:
+    vectors = t.task_vectors.get(r.spec.key(), {})
+    if not all(b in vectors for b in r.chosen):
+        return None
+    return {k: torch.stack([r.sign() * vectors[b][k] for b in r.chosen]) for k in r.params if k != "embed"}
+
+
+def _finetune_matched(r: EditRequest, t: Tools) -> Params:
+    c = t.cfg
+    return guided_edit(r.spec, r.params, t.train_bank, r.ops(), r.edits.behaviors, r.edits.assigned(), c.guided_steps,
+                       c.guided_lr, seed=c.seed, check=t.check_bank, rounds=c.guided_rounds, labelled=True)
+
+
+def _finetune_short(r: EditRequest, t: Tools) -> Params:
+    lr = torch.tensor(r.edits.group.rows["lr"].to_numpy(), dtype=torch.float32)
+    new = short_finetune(r.spec, r.params, t.train_bank, r.edits.true_targets(), r.edits.unions(), lr, t.cfg.seed,
+                         epochs=t.cfg.finetune_epochs)
+    return {k: new[k] - r.params[k] for k in r.params if k != "embed"}
+
+
+def _mlp_only(spec: ArchSpec, tools: Tools) -> bool:
+    return decodable(spec)
+
+
+def _has_siblings(spec: ArchSpec, tools: Tools) -> bool:
+    return spec.key() in tools.task_vectors
+
+
+METHODS: dict[str, EditMethod] = {
+    "decoder": EditMethod(_decoder, _mlp_only, refusal, one_pass=True),
+    "guided": EditMethod(_guided),
+    "steering": EditMethod(_steering, _mlp_only, refusal, one_pass=True),
+    "task_arithmetic": EditMethod(_task_arithmetic, _has_siblings),
+    "finetune_matched": EditMethod(_finetune_matched, uses_labels=True),
+    "finetune_short": EditMethod(_finetune_short, uses_labels=True),
+}

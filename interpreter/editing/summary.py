@@ -1,0 +1,34 @@
+"""The edit evaluation as plain JSON: success per method and operation, per family and behavior, localization."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from interpreter.editing.protocol import success_table
+
+
+def summarize(result: dict[str, Any]) -> dict[str, Any]:
+    """Success rates per method and operation, per behavior, and the localization verdict, as plain JSON."""
+    v, loc = result["verdicts"], result["localization"]
+    v = v.assign(checked_success=v["success"] & v["self_check"])
+    by_op = (v.groupby(["method", "op"])
+             .agg(n=("success", "size"), success_rate=("success", "mean"), mean_change=("change", "mean"),
+                  mean_target_rate=("target_rate", "mean"), self_check_rate=("self_check", "mean"),
+                  checked=("self_check", "sum"), checked_success=("checked_success", "sum"))
+             .reset_index())
+    # how far the label-free self-check can be trusted: the protocol's verdict on the edits that pass it
+    by_op["success_if_checked"] = by_op["checked_success"] / by_op["checked"].where(by_op["checked"] > 0)
+    by_op = by_op.drop(columns=["checked", "checked_success"]).to_dict(orient="records")
+    for row in by_op:  # None, not NaN, where no edit passed its check (report.json stays strict JSON)
+        row["success_if_checked"] = None if pd.isna(row["success_if_checked"]) else float(row["success_if_checked"])
+    by_family = (v.groupby(["method", "family", "op"]).agg(n=("success", "size"), success_rate=("success", "mean"))
+                 .reset_index().to_dict(orient="records"))
+    per_behavior = {m: success_table(g.to_dict(orient="records")) for m, g in v.groupby("method")}
+    loc_by_family = ({f: {"passes": int(g["passes"].sum()), "behaviors": len(g)} for f, g in loc.groupby("family")}
+                     if len(loc) else {})
+    return {"by_op": by_op, "by_family": by_family, "per_behavior": per_behavior, "training_ceiling": result["ceiling"],
+            "localization": loc.to_dict(orient="records"),
+            "localization_passes": int(loc["passes"].sum()) if len(loc) else 0,
+            "localization_behaviors": len(loc), "localization_by_family": loc_by_family}
