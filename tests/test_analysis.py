@@ -196,3 +196,154 @@ def test_cli_arguments_parse():
         p.parse_args(["analyze", "patching", "--zoo", "z", "--method", "bogus"])
     with pytest.raises(SystemExit):
         p.parse_args(["analyze", "sae"])  # --zoo is required
+
+
+# ----------------------------------------------------------------------------- recipes, results, drivers (no Ray)
+REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def test_every_analysis_recipe_validates_and_quick_variants_are_files():
+    from zoo.experiments.grokking import GrokkingConfig
+    from zoo.experiments.llc import LLCTrajectoryConfig, LLCValidationConfig
+    from zoo.experiments.zoo_analysis import LLCZooConfig, PatchingConfig, SAEConfig
+    from zoo.recipe import load_recipe
+
+    classes = {"llc_validate": LLCValidationConfig, "llc_trajectory": LLCTrajectoryConfig, "llc_zoo": LLCZooConfig,
+               "grokking": GrokkingConfig, "sae": SAEConfig, "patching": PatchingConfig}
+    files = sorted((REPO / "configs" / "analyze").glob("*.yaml"))
+    for path in files:
+        cls = next(c for stem, c in classes.items() if path.stem.startswith(stem))
+        assert load_recipe(cls, path) is not None
+    assert {p.stem for p in files} >= {"llc_validate_quick", "llc_trajectory_quick", "grokking_quick", "grokking_full"}
+    quick = load_recipe(LLCValidationConfig, REPO / "configs" / "analyze" / "llc_validate_quick.yaml")
+    assert len(quick.models) == 2 and quick.sgld.burnin < quick.sgld.steps < LLCValidationConfig().sgld.steps
+
+
+def test_result_writer_markdown_table_and_publish(tmp_path):
+    import json
+
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    from zoo.experiments.result import Result, markdown_table, publish, write_result
+
+    table = pd.DataFrame({"name": ["a", "b"], "x": [0.12345, 2.0]})
+    assert markdown_table(table).splitlines() == ["| name | x |", "|---|---|", "| a | 0.123 |", "| b | 2.000 |"]
+    fig = Figure()
+    fig.subplots().plot([0, 1], [1, 0])
+    paths = write_result(Result("demo", table, {"mean": 1.0}, ["# Demo", "", markdown_table(table)], {"rows": [1]}, fig),
+                         tmp_path / "run")
+    assert [p.name for p in paths] == ["demo.md", "demo.json", "demo.png"]
+    assert json.loads(paths[1].read_text()) == {"name": "demo", "summary": {"mean": 1.0},
+                                                "table": table.to_dict(orient="records"), "rows": [1]}
+    copies = publish(paths, tmp_path / "docs")
+    assert [p.read_bytes() for p in copies] == [p.read_bytes() for p in paths]
+
+
+def test_metric_and_param_flattening():
+    import numpy as np
+
+    from cluster.tracking import as_metrics, as_params, flatten
+
+    nested = {"a": {"b": 1, "c": [1, 2]}, "d": True, "e": np.float32(0.5), "f": float("nan"), "g": "text"}
+    assert flatten(nested) == {"a.b": 1, "a.c": [1, 2], "d": True, "e": np.float32(0.5), "f": nested["f"], "g": "text"}
+    assert as_metrics(nested) == {"a.b": 1.0, "d": 1.0, "e": 0.5}
+    assert as_params(nested)["a.c"] == "[1, 2]" and as_params(nested)["g"] == "text"
+
+
+def test_llc_drivers_return_results_without_ray(tmp_path):
+    from zoo.analysis.llc import SGLDConfig, dln_learning_coefficient
+    from zoo.experiments.llc import LLCTrajectoryConfig, LLCValidationConfig, llc_trajectory, llc_validation
+    from zoo.experiments.result import write_result
+
+    torch.set_num_threads(1)
+    sgld = SGLDConfig(lr=5e-6, gamma=1.0, steps=60, burnin=20, chains=2)
+    val = llc_validation(LLCValidationConfig(name="v", models=(((3, 2, 3), 1),), n=1000, fit_steps=50, sgld=sgld))
+    assert list(val.table["true_lambda"]) == [pytest.approx(dln_learning_coefficient((3, 2, 3), 1))]
+    assert val.summary["n_configs"] == 1
+    assert [p.name for p in write_result(val, tmp_path)] == ["v.md", "v.json", "v.png"]
+    traj = llc_trajectory(LLCTrajectoryConfig(name="t", seeds=(0,), width=8, n_train=64, n_test=32, epochs=2, every=1,
+                                              sgld=SGLDConfig(steps=20, burnin=5, chains=2)))
+    assert list(traj.table["epoch"]) == [0, 1, 2] and [s for s, _ in traj.steps] == [0, 1, 2]
+
+
+def test_grokking_driver_quick_recipe_with_overrides():
+    from zoo.experiments.grokking import GrokkingConfig, grokking_experiment
+    from zoo.recipe import load_recipe
+
+    cfg = load_recipe(GrokkingConfig, REPO / "configs" / "analyze" / "grokking_quick.yaml",
+                      ["grok.p=11", "grok.steps=40", "grok.eval_every=20", "device=cpu"])
+    res = grokking_experiment(cfg)
+    assert res.name == "grokking_quick" and res.figure is not None and "lottery" in res.data
+    assert [s for s, _ in res.steps] == [0, 20, 40] and set(res.table.columns) >= {"step", "restricted_loss"}
+
+
+def _random_cohort():
+    """A random-init MLP cohort of two models with a manifest and zoo settings, as a zoo store would hand it over."""
+    import pandas as pd
+
+    spec = ArchSpec(family="mlp", depth=1, width=8, embed_dim=2)
+    params = get_family(spec).init(spec, [0, 1])
+    manifest = pd.DataFrame({"model_id": ["m0", "m1"], "cohort_id": ["c0", "c0"], "behaviors": [["all_same"], ["palindrome"]],
+                             "n_train": [64, 64], "seed": [0, 1]})
+    zoo_cfg = {"behaviors": ["all_same", "palindrome"], "vocab": spec.vocab, "length": spec.length}
+    return spec, params, manifest, zoo_cfg
+
+
+@pytest.mark.parametrize("kind", ["sae", "patching", "llc"])
+def test_zoo_analysis_of_one_cohort_without_ray(kind):
+    import pandas as pd
+
+    from zoo.analysis.llc import SGLDConfig
+    from zoo.experiments.zoo_analysis import LLCZooConfig, PatchingConfig, SAEConfig, analyze_cohort, zoo_report
+
+    torch.set_num_threads(1)
+    cfg = {"sae": SAEConfig(kinds="topk,relu", steps=30), "patching": PatchingConfig(n_perms=2),
+           "llc": LLCZooConfig(sgld=SGLDConfig(steps=20, burnin=5, chains=2))}[kind]
+    spec, params, manifest, zoo_cfg = _random_cohort()
+    rows = analyze_cohort(cfg, spec, params, manifest, zoo_cfg)
+    assert [r["model_id"] for r in rows] == ["m0", "m1"]
+    if kind != "llc":
+        assert {r["hook"] for r in rows} == {"hidden.0"}  # the last neuron layer (zoo.families.neuron_points)
+    res = zoo_report(cfg, pd.DataFrame(rows), zoo_cfg["behaviors"], "tiny", seconds=1.0)
+    assert res.name == f"{kind}_tiny" and res.summary["n_models"] == 2
+    if kind == "sae":
+        assert list(res.table["dictionary"]) == ["topk", "relu"] and res.figure is not None
+
+
+def test_analyze_cli_refuses_bad_recipes_in_one_line(capsys):
+    from cluster.cli import main
+
+    assert main(["analyze", "grokking", "grok.bogus=1"]) == 2
+    assert "grok has no field 'bogus'" in capsys.readouterr().err
+    assert main(["analyze", "grokking", str(REPO / "configs" / "analyze" / "grokking.yaml"), "--quick"]) == 2
+    assert main(["analyze", "llc", "validate", "sgld.burnin=50000"]) == 2
+    assert "burnin 50000 leaves no draws" in capsys.readouterr().err
+
+
+def test_zoo_analysis_streams_cohorts_through_ray_data_into_its_run_dir(tmp_path, ray_local):
+    """A two-cohort zoo through ``zoolens analyze patching``: typed recipe into the actors, rows in Parquet, page in the run dir."""
+    import json
+
+    import pandas as pd
+
+    from cluster.cli import main
+    from zoo.build import build_cohort
+    from zoo.config import ZooConfig, plan_zoo
+    from zoo.store import ZooStore
+
+    cfg = ZooConfig(n_models=4, cohort_size=2, behaviors=["palindrome", "all_same"], behaviors_per_model=(1, 1),
+                    n_train=64, n_test=16, epochs=1, batch_size=32, architectures=[{"family": "mlp", "depth": 1, "width": 8}])
+    store = ZooStore(tmp_path / "run" / "zoo")
+    for plan in plan_zoo(cfg):
+        build_cohort(plan, cfg, store)
+    store.write_meta({"config": cfg.model_dump(mode="json"), "fingerprint": cfg.fingerprint()})
+    code = main(["analyze", "patching", "--zoo", str(store.root), "--n-perms", "2", "num_actors=1",
+                 "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    assert code == 0
+    run_dir = tmp_path / "run" / "analysis" / "patching"
+    rows = pd.read_parquet(run_dir / "rows")
+    assert sorted(rows["model_id"]) == sorted(store.read_manifest()["model_id"]) and set(rows["hook"]) == {"hidden.0"}
+    page = json.loads((run_dir / "patching_run.json").read_text())
+    assert page["summary"]["n_models"] == 4 and page["options"]["n_perms"] == 2
+    assert (run_dir / "patching_run.md").exists()

@@ -263,3 +263,52 @@ def test_antitraining_runs_on_every_family_through_hook_points(family, layers):
         core = state.cores[h]
         assert core.mask.shape == (2, sizes[h]) and bool((core.size >= 1).all())
     assert state.history[-1]["anti_steps"] > 0
+
+
+# ----------------------------------------------------------------------------- one config, recipes, overrides
+def test_one_antitrain_config_serves_experiments_zoo_and_sweep():
+    from zoo.config import AntitrainConfig, ZooConfig
+    from zoo.experiments.antitraining import ExperimentConfig, schedule
+    from zoo.recipe import load_recipe
+
+    repo = Path(__file__).resolve().parent.parent
+    zoo = load_recipe(ZooConfig, None, ["antitraining.fraction=0.5", "antitraining.cycle_steps=32"])
+    assert isinstance(zoo.antitraining, AntitrainConfig)
+    spec = ArchSpec(family="mlp", depth=2, width=8)
+    trained = zoo.antitraining.for_zoo(spec, epochs=20, batch_size=16)
+    assert (trained.layers, trained.epochs, trained.batch_size, trained.cycle_steps) == (("hidden.0",), 20, 16, 32)
+    with pytest.raises(ValueError, match="antitraining.epochs is set by the zoo"):
+        ZooConfig(antitraining={"fraction": 0.5, "epochs": 3})
+    # the regime's layer indexes zoo.families.neuron_points: for attention that skips the heads
+    assert AntitrainConfig(layer=0).hook(ArchSpec(family="attention", depth=1, width=8, n_heads=2)) == "mlp.0"
+    # zoos built before the merge keep their fingerprints (value computed with the old AntitrainRegime)
+    raw = yaml.safe_load((repo / "configs" / "antitrain_zoo.yaml").read_text())["zoo"]
+    assert ZooConfig(**raw).fingerprint() == "0bde902659bae3ac"
+    assert ZooConfig(**raw, contrast_frac=0.0).fingerprint() == ZooConfig(**raw).fingerprint()
+    assert ZooConfig(**{**raw, "antitraining": {**raw["antitraining"], "rounds": 4}}).fingerprint() != "0bde902659bae3ac"
+    quick = load_recipe(ExperimentConfig, repo / "configs" / "antitrain" / "quick.yaml", ["training.threshold=0.9"])
+    assert schedule(quick, False, l1=1e-3) == quick.training.model_copy(update={"antitrain": False, "l1": 1e-3})
+    assert quick.training.threshold == 0.9 and quick.name == "quick"
+
+
+def test_experiment_is_a_plain_function_of_its_recipe(single_thread):
+    from zoo.experiments.antitraining import EXPERIMENTS, ExperimentConfig
+    from zoo.recipe import load_recipe
+
+    quick = load_recipe(ExperimentConfig, Path(__file__).resolve().parent.parent / "configs" / "antitrain" / "quick.yaml")
+    res = EXPERIMENTS["accuracy"](quick)
+    assert res.name == "antitraining_accuracy" and list(res.table["regime"]) == ["antitrained", "normal"]
+    assert res.figure is not None and res.data["setup"]["name"] == "quick"
+
+
+def test_sweep_file_takes_overrides(tmp_path):
+    from cluster.cli import main
+    from cluster.tune import load_tune_spec
+    from zoo.errors import ConfigError
+
+    repo = Path(__file__).resolve().parent.parent
+    spec = load_tune_spec(repo / "tune_configs" / "antitraining.yaml", ["num_samples=3", "search_space.width=32"])
+    assert spec.num_samples == 3 and spec.search_space["width"] == 32
+    with pytest.raises(ConfigError, match="has no field 'samples'"):
+        load_tune_spec(repo / "tune_configs" / "antitraining.yaml", ["samples=3"])
+    assert main(["tune", str(repo / "tune_configs" / "antitraining.yaml"), "scheduler.max_t=0"]) == 2

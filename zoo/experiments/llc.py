@@ -45,6 +45,7 @@ class LLCValidationConfig(BaseModel):
         ((3, 4, 3, 3), 1), ((6, 5, 4, 6), 2), ((4, 4, 4, 4, 4), 1),  # deep linear networks
     )
     n: int = Field(100_000, ge=10)
+    fit_steps: int = Field(3000, ge=1, description="Adam steps from the teacher to the empirical minimizer w*")
     sgld: SGLDConfig = SGLDConfig(lr=5e-6, gamma=1.0, steps=40_000, burnin=10_000, chains=8)
 
 
@@ -60,7 +61,7 @@ def llc_validation(cfg: LLCValidationConfig) -> Result:
             rrr, _ = rrr_learning_coefficient(widths[0], widths[1], widths[2], r)
             assert abs(rrr - truth) < 1e-9, (widths, r, rrr, truth)  # the two theorems agree on 2 layers
         task = make_linear_task(widths, r, cfg.n, seed=0)
-        res = estimate_llc(linear_loss_fn(task), fit_linear(task), cfg.n, cfg.sgld)
+        res = estimate_llc(linear_loss_fn(task), fit_linear(task, steps=cfg.fit_steps), cfg.n, cfg.sgld)
         est, sd = float(res.llc[0]), float(res.llc_std[0])
         rows.append({"model": kind, "widths": "-".join(map(str, widths)), "rank": r,
                      "d": sum(a * b for a, b in zip(widths[:-1], widths[1:])), "true_lambda": truth, "estimate": est,
