@@ -4,6 +4,7 @@ interventions, localization and the guided edit, and what the registry derives f
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,7 @@ import torch
 import torch.nn as nn
 from reference_training import train_reference
 
+from cluster.config import load_config
 from interpreter.editing.editor import guided_edit
 from interpreter.editing.localization import greedy_carriers
 from interpreter.editing.protocol import judge, measure
@@ -167,6 +169,10 @@ def test_keys_classes_and_unknown_families():
         ArchSpec(family="lstm")
     with pytest.raises(ConfigError, match="known: mlp, gru, attention, conv1d"):
         get_family("lstm")
+    tiny = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
+    with pytest.raises(ConfigError, match=r"zoo\.architectures\.0\.family: .*unknown architecture family 'lstm'"):
+        load_config(tiny, ["zoo.architectures=[{family: lstm}]"])
+    assert load_config(tiny, ["zoo.architectures=[{family: conv1d, kernel_size: 5}]"]).zoo.architectures[0].kernel_size == 5
 
 
 def test_the_family_head_keeps_old_classes_and_widens_only_for_new_families():
