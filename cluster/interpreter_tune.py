@@ -17,7 +17,7 @@ from ray import tune
 from interpreter.config import InterpreterConfig
 from interpreter.metrics import evaluate_heads
 from interpreter.model import load_interpreter, save_interpreter
-from interpreter.targets import head_specs
+from interpreter.targets import family_head_size, head_specs
 from interpreter.train import predict, train_interpreter
 from zoo.store import ZooStore
 from zoo.version import code_version
@@ -43,7 +43,7 @@ def interpreter_trainable(config: dict[str, Any]) -> None:
     train_ids, _ = _split(config)
     records, targets, behaviors, _ = _load_split(zoo_dir, sig_dir, train_ids)
     cfg = InterpreterConfig(**{k: v for k, v in config.items() if k in InterpreterConfig.model_fields})
-    result = train_interpreter(records, targets, cfg, behaviors, specs=head_specs(behaviors),
+    result = train_interpreter(records, targets, cfg, behaviors, specs=head_specs(behaviors, family_head_size(targets)),
                                feature_names=signature_feature_names(sig_dir), probe_layout=probe_layout(sig_dir, cfg),
                                on_epoch=lambda epoch, metrics: tune.report({"epoch": epoch, **metrics}))
     with tempfile.TemporaryDirectory() as tmp:
