@@ -3,6 +3,8 @@
 The recipe defaults to the command's own file under ``configs/``; ``key.path=value`` overrides
 (:mod:`zoo.recipe`) change any field. A few old flags (``--quick``, ``--steps``, ...) survive as
 shorthands: each names a recipe file or becomes an override, so the recipe stays the one source.
+As with ``zoolens run CONFIG KEY=VALUE``, the overrides come right after the command's words, before
+any ``--flag`` (argparse does not resume a positional list after an option).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 def add_recipe_args(p: argparse.ArgumentParser, default: str, run_dir: str) -> None:
     """The recipe and overrides (positional), ``--out``, ``--publish`` and ``--tracking-uri``."""
     p.add_argument("recipe", nargs="*", metavar="[RECIPE.yaml] [KEY=VALUE]",
-                   help=f"recipe (default: configs/{default}) and key.path=value overrides")
+                   help=f"recipe (default: configs/{default}) and key.path=value overrides, before any --flag")
     p.add_argument("--out", "--output-dir", dest="out", help=f"run directory for the results (default: {run_dir})")
     p.add_argument("--publish", action="store_true", help=f"also copy the result's md/json/png into {RESULTS_DIR}/")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite under runs/)")
