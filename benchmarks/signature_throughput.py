@@ -28,7 +28,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 import ray  # noqa: E402
 
 from cluster.config import ProbeConfig  # noqa: E402
-from cluster.signature_stage import extract_signatures  # noqa: E402
+from cluster.stages.signatures import extract_signatures  # noqa: E402
 from zoo.arch import ArchSpec  # noqa: E402
 from zoo.behaviors import behavior_names  # noqa: E402
 from zoo.config import ZooConfig  # noqa: E402

@@ -26,15 +26,15 @@ from zoo.version import code_version
 from interpreter.editing.apply import edit_model
 from interpreter.editing.context import EditError, open_context
 
-from cluster import plots
+from cluster.tracking import plots
 from cluster.config import PipelineConfig, load_config
-from cluster.edit_stage import run_edit_task
-from cluster.interpreter_stage import best_baselines, evaluate_stage, results_table, train_stage
-from cluster.registry import register_interpreter
+from cluster.stages.edit import run_edit_task
+from cluster.stages.interpreter import best_baselines, evaluate_stage, results_table, train_stage
+from cluster.tracking.registry import register_interpreter
 from cluster.runtime import init_ray
-from cluster.signature_stage import extract_signatures
-from cluster.tracking import log_dataframe_input, resolve_tracking_uri, setup_tracking, stage_run
-from cluster.zoo_stage import build_zoo
+from cluster.stages.signatures import extract_signatures
+from cluster.tracking.runs import log_dataframe_input, resolve_tracking_uri, setup_tracking, stage_run
+from cluster.stages.zoo import build_zoo
 
 STAGES = ("zoo", "signatures", "interpreter_train", "interpreter_evaluate", "edit_train", "edit_evaluate")
 

@@ -62,7 +62,7 @@ class InterpreterConfig(BaseModel):
                            "0.960, Kendall tau 0.887 -> 0.9005; demo: balanced accuracy 0.954 -> 0.971)")
     feature_set: FeatureSet = Field(
         "all", description="signature columns the encoder reads: all, stats, stats+behavior or no_tokens (interpreter.features)")
-    # data parallelism (read by cluster/interpreter_stage.py; interpreter/ itself takes a DataParallel)
+    # data parallelism (read by cluster/stages/interpreter.py; interpreter/ itself takes a DataParallel)
     num_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         1, description="Ray Train workers; 'auto' = one per GPU in the cluster (at least 1). Each worker takes "
                        "batch_size models per step, so the global batch is batch_size x workers")

@@ -2,7 +2,7 @@
 
 ``train_interpreter`` takes a :class:`DataParallel`; the default is one process and no communication at all
 (so single-process training is exactly what it was before data parallelism existed). A runtime that starts
-several workers (cluster/interpreter_stage.py, with Ray Train's TorchTrainer) initializes ``torch.distributed``
+several workers (cluster/stages/interpreter.py, with Ray Train's TorchTrainer) initializes ``torch.distributed``
 and passes each worker its rank, the world size and a ``prepare_model`` that wraps the model for gradient
 averaging (``ray.train.torch.prepare_model``: DDP, gloo on CPU, nccl on GPU).
 

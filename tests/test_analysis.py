@@ -171,7 +171,7 @@ def test_llc_on_subject_models_and_checkpoints():
 
 
 def _parser() -> argparse.ArgumentParser:
-    from cluster.analyze_cli import add_commands
+    from cluster.cli.analyze import add_commands
 
     parser = argparse.ArgumentParser(prog="zoolens")
     add_commands(parser.add_subparsers(dest="cmd", required=True))
@@ -179,7 +179,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def test_cli_arguments_parse():
-    from cluster import analyze_cli
+    from cluster.cli import analyze as analyze_cli
 
     p = _parser()
     a = p.parse_args(["analyze", "llc", "validate", "--quick", "--out", "x"])
@@ -243,7 +243,7 @@ def test_result_writer_markdown_table_and_publish(tmp_path):
 def test_metric_and_param_flattening():
     import numpy as np
 
-    from cluster.tracking import as_metrics, as_params, flatten
+    from cluster.tracking.runs import as_metrics, as_params, flatten
 
     nested = {"a": {"b": 1, "c": [1, 2]}, "d": True, "e": np.float32(0.5), "f": float("nan"), "g": "text"}
     assert flatten(nested) == {"a.b": 1, "a.c": [1, 2], "d": True, "e": np.float32(0.5), "f": nested["f"], "g": "text"}

@@ -118,7 +118,7 @@ def test_batched_information_ranks_like_one_at_a_time():
 # ----------------------------------------------------------------------------- experiments
 @pytest.fixture(scope="module")
 def quick_results(tmp_path_factory, single_thread):
-    from cluster.antitraining_stage import run_experiment
+    from cluster.stages.antitraining import run_experiment
     from zoo.experiments.antitraining import EXPERIMENTS, ExperimentConfig
     from zoo.recipe import load_recipe
 
@@ -156,7 +156,7 @@ def test_antitrained_models_keep_accuracy_within_2_points(quick_results):
 def test_cli_registers_commands():
     import argparse
 
-    from cluster import antitraining_cli, tune_cli
+    from cluster.cli import antitrain as antitraining_cli, tune as tune_cli
 
     parser = argparse.ArgumentParser()
     subparsers = parser.add_subparsers(dest="command")
@@ -172,7 +172,7 @@ def test_cli_registers_commands():
 def test_sweep_file_maps_onto_tune_samplers(tmp_path):
     from ray import tune
 
-    from cluster.tune import load_tune_spec, param_space
+    from cluster.stages.tune import load_tune_spec, param_space
     from zoo.errors import ConfigError
 
     repo = Path(__file__).resolve().parent.parent
@@ -193,7 +193,7 @@ def test_interrupted_sweep_resumes_without_duplicating_trials(tmp_path, ray_loca
     """Ctrl-C a sweep after its first trial finishes, then --resume: every trial has exactly one MLflow run."""
     from mlflow.tracking import MlflowClient
 
-    from cluster.tune import run_tune
+    from cluster.stages.tune import run_tune
 
     monkeypatch.chdir(tmp_path)  # relative storage_path must still end up absolute
     sweep = {
@@ -303,7 +303,7 @@ def test_experiment_is_a_plain_function_of_its_recipe(single_thread):
 
 def test_sweep_file_takes_overrides(tmp_path):
     from cluster.cli import main
-    from cluster.tune import load_tune_spec
+    from cluster.stages.tune import load_tune_spec
     from zoo.errors import ConfigError
 
     repo = Path(__file__).resolve().parent.parent

@@ -122,7 +122,7 @@ def test_runtime_env_is_valid_and_excludes_local_state():
     for path in (".venv/bin/python", "runs/demo/report.json", ".git/HEAD", "mlruns/0/meta.yaml",
                  "runs/tiny/mlflow.db", "mlflow.db", "cluster/__pycache__/cli.cpython-311.pyc"):
         assert excluded(REPO / path), path
-    for path in ("cluster/cli.py", "configs/tiny.yaml", "zoo/behaviors.py", "pyproject.toml"):
+    for path in ("cluster/cli/__init__.py", "configs/tiny.yaml", "zoo/behaviors.py", "pyproject.toml"):
         assert not excluded(REPO / path), path
 
 

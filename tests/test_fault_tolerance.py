@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import yaml
 
-from cluster.zoo_stage import build_zoo
+from cluster.stages.zoo import build_zoo
 from zoo.config import ZooConfig, plan_zoo
 from zoo.store import ZooStore
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.interpreter_stage import _load_split, resolve_num_workers, train_stage
+from cluster.stages.interpreter import _load_split, resolve_num_workers, train_stage
 from interpreter.baselines import majority_baseline
 from interpreter.config import InterpreterConfig
 from interpreter.metrics import mean_balanced_accuracy

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cluster.interpreter_stage import split_zoo
+from cluster.stages.interpreter import split_zoo
 from interpreter.train import record_lineages, split_by_model
 from zoo.build import build_cohort
 from zoo.config import ZooConfig, plan_zoo

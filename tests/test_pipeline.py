@@ -94,7 +94,7 @@ def test_rerun_skips_finished_cohorts_and_keeps_weights(tiny_run: Path, ray_loca
 def test_interpreter_sweep_nests_trials_and_registers_the_best(tiny_run: Path, tmp_path: Path):
     import yaml
 
-    from cluster.tune import run_tune
+    from cluster.stages.tune import run_tune
 
     sweep = yaml.safe_load((REPO / "tune_configs" / "interpreter.yaml").read_text())
     sweep.update(num_samples=2, storage_path=str(tmp_path / "tune"), experiment="sweep-test")
@@ -127,7 +127,7 @@ def test_signatures_read_back_in_model_order_whatever_the_file_order(tiny_run: P
     """Ray Data's file names change per extraction; records must not (they fix the interpreter's batches)."""
     import shutil
 
-    from cluster.signature_stage import read_signatures
+    from cluster.stages.signatures import read_signatures
 
     copy = tmp_path / "signatures"
     shutil.copytree(tiny_run / "run" / "signatures", copy)

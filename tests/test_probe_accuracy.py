@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.signature_stage import SIGNATURE_META, SignatureError, read_probe_set
+from cluster.stages.signatures import SIGNATURE_META, SignatureError, read_probe_set
 from interpreter.batch import FeatureScaler, collate
 from interpreter.config import InterpreterConfig
 from interpreter.model import META_FILE, Interpreter, load_interpreter, save_interpreter

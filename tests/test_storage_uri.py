@@ -135,7 +135,7 @@ def _sweep(tmp_path: Path, storage_path: str) -> Path:
 
 
 def test_sweep_spec_accepts_storage_uris(tmp_path: Path, monkeypatch):
-    from cluster.tune import SweepStorage, load_tune_spec, param_space
+    from cluster.stages.tune import SweepStorage, load_tune_spec, param_space
 
     monkeypatch.chdir(tmp_path)
     uri = (tmp_path / "tune").as_uri()
@@ -159,7 +159,7 @@ def test_sweep_spec_accepts_storage_uris(tmp_path: Path, monkeypatch):
 
 def test_sweep_runs_and_resumes_with_a_file_uri_storage(tmp_path: Path, ray_local, monkeypatch):
     """Tune writes the experiment through pyarrow.fs; --resume finds it and the parent run id there."""
-    from cluster.tune import run_tune
+    from cluster.stages.tune import run_tune
 
     monkeypatch.chdir(tmp_path)
     uri = (tmp_path / "tune").as_uri()

@@ -4,7 +4,7 @@ Every experiment trains cohorts of M seeds at once (the same seeds for antitrain
 models) on one fixed task, an MLP whose first hidden layer ``hidden.0`` is the target. The
 numbers are reported whatever they show. The recipe (:class:`ExperimentConfig`,
 ``configs/antitrain/full.yaml``; ``quick.yaml`` shrinks everything to seconds for tests) fixes the
-task and the antitraining schedule; ``cluster/antitraining_stage.py`` records the results in MLflow.
+task and the antitraining schedule; ``cluster/stages/antitraining.py`` records the results in MLflow.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Per-zoo analyses: sparse dictionaries, the LLC and Shapley patching of every model, one cohort at a time.
 
 :func:`analyze_cohort` turns one cohort (its spec, stacked weights and manifest) into one row per model;
-:func:`zoo_report` turns all rows into a :class:`Result`. ``cluster/analyze_stage.py`` maps the first
+:func:`zoo_report` turns all rows into a :class:`Result`. ``cluster/stages/analyze.py`` maps the first
 over a zoo's cohorts with Ray Data and writes the rows to Parquet. Recipes: ``configs/analyze/{sae,llc_zoo,patching}*.yaml``.
 """
 

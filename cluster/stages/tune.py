@@ -33,9 +33,9 @@ from ray import tune
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from cluster.antitraining_stage import antitraining_trainable
-from cluster.interpreter_tune import interpreter_trainable, register_best
-from cluster.tracking import resolve_tracking_uri, setup_tracking
+from cluster.stages.antitraining import antitraining_trainable
+from cluster.stages.interpreter_tune import interpreter_trainable, register_best
+from cluster.tracking.runs import resolve_tracking_uri, setup_tracking
 from zoo.errors import ConfigError
 from zoo.recipe import load_recipe
 from zoo.store import (

@@ -1,4 +1,4 @@
-"""Stage 2: stream the zoo through the probe set with Ray Data (:mod:`cluster.cohorts`) and write signatures to Parquet."""
+"""Stage 2: stream the zoo through the probe set with Ray Data (:mod:`cluster.stages.cohorts`) and write signatures to Parquet."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from zoo.store import ZooStore, atomic_write_json
 from zoo.version import code_version
 
 from cluster.config import ProbeConfig
-from cluster.cohorts import CohortActor, map_cohorts
+from cluster.stages.cohorts import CohortActor, map_cohorts
 from cluster.runtime import cluster_gpus
 
 SIGNATURE_META = "_signatures.json"  # probe set, feature names, provenance ("_" keeps Parquet readers off it)

@@ -19,7 +19,7 @@ def add_commands(subparsers: Any) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from cluster.tune import run_tune
+    from cluster.stages.tune import run_tune
 
     summary = run_tune(args.sweep, resume=args.resume, tracking_uri=args.tracking_uri, overrides=args.overrides)
     print(json.dumps(summary, indent=1, default=str))

@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from cluster import analyze_cli, antitraining_cli, edit_cli, tune_cli
+from cluster.cli import analyze as analyze_cli, antitrain as antitraining_cli, edit as edit_cli, tune as tune_cli
 
 USAGE_ERROR = 2
 ZOO_HELP = "zoo directory, or a s3:// / gs:// / file:// URI (default: RUN_DIR/zoo)"
@@ -74,7 +74,7 @@ def _pipeline(args: argparse.Namespace):
 
 
 def _stage(args: argparse.Namespace, stage: str) -> int:
-    from cluster.report import print_summary
+    from cluster.tracking.report import print_summary
 
     pipe = _pipeline(args)
     with pipe.session(run_name=f"{pipe.cfg.name}-{stage}"):
@@ -87,7 +87,7 @@ def _stage(args: argparse.Namespace, stage: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from cluster.report import print_summary
+    from cluster.tracking.report import print_summary
 
     pipe = _pipeline(args)
     with pipe.session(run_name=pipe.cfg.name):
@@ -97,14 +97,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_zoo_show(args: argparse.Namespace) -> int:
-    from cluster.report import show_zoo
+    from cluster.tracking.report import show_zoo
 
     show_zoo(args.zoo)
     return 0
 
 
 def cmd_mlflow_serve(args: argparse.Namespace) -> int:
-    from cluster.serve import cmd_serve
+    from cluster.tracking.server import cmd_serve
 
     return cmd_serve(args)
 

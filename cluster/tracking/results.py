@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from zoo.experiments.result import Result, publish, write_result
 
-from cluster.tracking import as_metrics, as_params, resolve_tracking_uri, setup_tracking
+from cluster.tracking.runs import as_metrics, as_params, resolve_tracking_uri, setup_tracking
 
 R = TypeVar("R", bound=BaseModel)
 

@@ -22,8 +22,8 @@ from interpreter.train import predict, train_interpreter
 from zoo.store import ZooStore
 from zoo.version import code_version
 
-from cluster.interpreter_stage import _load_split, probe_layout, signature_feature_names, split_zoo
-from cluster.registry import register_interpreter
+from cluster.stages.interpreter import _load_split, probe_layout, signature_feature_names, split_zoo
+from cluster.tracking.registry import register_interpreter
 
 
 def _paths(config: dict[str, Any]) -> tuple[str, str]:

@@ -18,7 +18,7 @@ from zoo.arch import ArchSpec
 from zoo.config import AntitrainConfig
 from zoo.experiments.antitraining import EXPERIMENTS, HOOK, ExperimentConfig
 
-from cluster.results import run_recorded, start_tracking
+from cluster.tracking.results import run_recorded, start_tracking
 
 EXPERIMENT = "zoolens-antitraining"
 RUN_ROOT = Path("runs/antitraining")  # the default MLflow store and run directories live here

@@ -49,7 +49,7 @@ def split_rest(rest: list[str], config_opt: str | None) -> tuple[str | None, lis
 
 def cmd_edit(args: argparse.Namespace) -> int:
     from cluster.pipeline import Pipeline
-    from cluster.report import print_edit_summary
+    from cluster.tracking.report import print_edit_summary
 
     op = "add" if args.add else "remove" if args.remove else "repair" if args.repair else None
     config, args.overrides = split_rest(args.rest, args.config_opt)

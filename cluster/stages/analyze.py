@@ -3,7 +3,7 @@
 The analyses are plain functions in :mod:`zoo.experiments` (a recipe in, a Result out). Here they
 get their placement and their records: experiments with known answers (LLC validation, the LLC
 trajectory, grokking) run in the driver; zoo-wide ones (``sae``, ``llc``, ``patching``) stream the
-zoo's cohorts through a Ray Data actor pool (:mod:`cluster.cohorts`, one Parquet row per model).
+zoo's cohorts through a Ray Data actor pool (:mod:`cluster.stages.cohorts`, one Parquet row per model).
 Every command is one MLflow run (experiment ``zoolens-analysis``) and writes under its run
 directory; ``publish_to`` also copies the page into ``docs/results/``.
 """
@@ -26,11 +26,11 @@ from zoo.experiments.result import Result
 from zoo.experiments.zoo_analysis import ZooAnalysis, analyze_cohort, zoo_report
 from zoo.store import ZooStore
 
-from cluster.cohorts import CohortActor, map_cohorts
+from cluster.stages.cohorts import CohortActor, map_cohorts
 from cluster.config import RayConfig
-from cluster.results import record, run_recorded, start_tracking
+from cluster.tracking.results import record, run_recorded, start_tracking
 from cluster.runtime import init_ray
-from cluster.tracking import as_params
+from cluster.tracking.runs import as_params
 
 EXPERIMENT = "zoolens-analysis"
 RUN_ROOT = Path("runs/analysis")  # the default MLflow store and run directories of the driver analyses

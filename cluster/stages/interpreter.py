@@ -37,7 +37,7 @@ from zoo.lineage import LINK_COLUMNS, manifest_lineage, split_by_lineage
 from zoo.store import ZooStore, atomic_write_json
 
 from cluster.runtime import cluster_cpus, cluster_gpus
-from cluster.signature_stage import read_probe_set, read_signature_meta, read_signatures
+from cluster.stages.signatures import read_probe_set, read_signature_meta, read_signatures
 
 
 class InterpreterStageError(ZoolensError):
@@ -125,7 +125,7 @@ def _train_loop(config: dict[str, Any]) -> None:
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
         if run_id and rank0:
-            from cluster.tracking import log_epoch_metrics
+            from cluster.tracking.runs import log_epoch_metrics
 
             log_epoch_metrics(run_id, metrics, step=epoch)
             if epoch % 10 == 0:

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from zoo.store import ZooStore
 
-from cluster import plots
+from cluster.tracking import plots
 
 
 def _console() -> Console:

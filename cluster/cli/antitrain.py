@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from cluster.recipe_cli import add_recipe_args, load_from_args, publish_dir
+from cluster.cli.recipe import add_recipe_args, load_from_args, publish_dir
 
 EXPERIMENT_NAMES = ("width", "accuracy", "erasure", "pruning", "memorization")
 
@@ -23,7 +23,7 @@ def add_commands(subparsers: Any) -> None:
 
 
 def cmd_antitrain_experiment(args: argparse.Namespace) -> int:
-    from cluster.antitraining_stage import run_experiment
+    from cluster.stages.antitraining import run_experiment
     from zoo.experiments.antitraining import ExperimentConfig
 
     cfg = load_from_args(ExperimentConfig, args, "antitrain/quick.yaml" if args.quick else "antitrain/full.yaml")

@@ -12,7 +12,7 @@ from typing import Any
 
 from zoo.errors import ConfigError
 
-from cluster.recipe_cli import add_recipe_args, load_from_args, publish_dir
+from cluster.cli.recipe import add_recipe_args, load_from_args, publish_dir
 
 
 def add_commands(subparsers: Any) -> None:
@@ -61,7 +61,7 @@ def _print(result: dict[str, Any]) -> None:
 
 
 def cmd_llc(args: argparse.Namespace) -> int:
-    from cluster.analyze_stage import analyze_zoo, run_analysis
+    from cluster.stages.analyze import analyze_zoo, run_analysis
     from zoo.experiments.llc import LLCTrajectoryConfig, LLCValidationConfig, llc_trajectory, llc_validation
     from zoo.experiments.zoo_analysis import LLCZooConfig
 
@@ -81,7 +81,7 @@ def cmd_llc(args: argparse.Namespace) -> int:
 
 
 def cmd_grokking(args: argparse.Namespace) -> int:
-    from cluster.analyze_stage import run_analysis
+    from cluster.stages.analyze import run_analysis
     from zoo.experiments.grokking import GrokkingConfig, grokking_experiment
 
     if args.full and args.quick:
@@ -93,7 +93,7 @@ def cmd_grokking(args: argparse.Namespace) -> int:
 
 
 def cmd_sae(args: argparse.Namespace) -> int:
-    from cluster.analyze_stage import analyze_zoo
+    from cluster.stages.analyze import analyze_zoo
     from zoo.experiments.zoo_analysis import SAEConfig
 
     cfg = load_from_args(SAEConfig, args, "analyze/sae.yaml", _shorthands(args, kinds="kinds", k="k"))
@@ -102,7 +102,7 @@ def cmd_sae(args: argparse.Namespace) -> int:
 
 
 def cmd_patching(args: argparse.Namespace) -> int:
-    from cluster.analyze_stage import analyze_zoo
+    from cluster.stages.analyze import analyze_zoo
     from zoo.experiments.zoo_analysis import PatchingConfig
 
     cfg = load_from_args(PatchingConfig, args, "analyze/patching.yaml", _shorthands(args, method="method", n_perms="n_perms"))
