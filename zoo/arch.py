@@ -1,18 +1,25 @@
-"""Architecture specs and hook points: the vocabulary every family shares."""
+"""Architecture specs, hook points, the family interface and the registry of families: the vocabulary every family shares.
+
+A family's own module (``zoo/families/<name>.py``) registers it with ``@register``; importing the ``zoo`` package
+imports every family, so a spec's family name is checked against all of them.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Protocol
+
+import torch
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from zoo.errors import ConfigError
 
 
 def registered_family(name: str) -> str:
     """``name`` if a module in zoo/families registered it, else a one-line ValueError naming the known families."""
-    from zoo.families import get_family  # imported here: every family imports this module
-
     return get_family(name).name
 
 
@@ -41,8 +48,6 @@ class ArchSpec(BaseModel):
     def key(self) -> str:
         """Short human-readable name, unique per architecture, e.g. ``mlp-d2-w32-e8-relu`` or
         ``attention-d1-w16-e8-h2-relu``: the family adds what only it reads (head count, kernel size)."""
-        from zoo.families import get_family  # imported here: every family imports this module
-
         suffix = get_family(self).key_suffix(self)
         return f"{self.family}-d{self.depth}-w{self.width}-e{self.embed_dim}{suffix}-{self.activation}"
 
@@ -67,3 +72,69 @@ class HookPoint:
     n_neurons: int
     kind: NeuronKind = NeuronKind.HIDDEN
     fan_in: int = 0
+
+
+# ----------------------------------------------------------------------------- the family interface and registry
+Params = dict[str, torch.Tensor]
+Cache = dict[str, torch.Tensor]
+# An intervention takes the activation at a hook point ([M, B, ..., n_neurons]) and returns a replacement.
+Interventions = dict[str, Callable[[torch.Tensor], torch.Tensor]]
+
+
+class SubjectFamily(Protocol):
+    """A batched functional architecture family.
+
+    ``name`` is what configs and ``ArchSpec.family`` call it; ``cpu_chunk`` is how many models the cohort
+    trainer steps at once on CPU (small enough that a chunk's activations stay in cache, large enough to
+    amortize per-op overhead; measured with benchmarks/zoo_throughput.py).
+    """
+
+    name: str
+    cpu_chunk: int
+
+    def init(self, spec: ArchSpec, seeds: Sequence[int]) -> Params:
+        """Stacked parameters for len(seeds) models; model m depends only on seeds[m]."""
+        ...
+
+    def forward(
+        self,
+        spec: ArchSpec,
+        params: Params,
+        tokens: torch.Tensor,
+        cache: Cache | None = None,
+        interventions: Interventions | None = None,
+    ) -> torch.Tensor:
+        """Logits [M, B] for tokens [M, B, L] (per-model inputs) or [B, L] (shared inputs)."""
+        ...
+
+    def hook_points(self, spec: ArchSpec) -> list[HookPoint]:
+        """The addressable neuron layers, in forward order; the output logit comes last."""
+        ...
+
+    def key_suffix(self, spec: ArchSpec) -> str:
+        """What ``ArchSpec.key`` adds for the fields only this family reads (e.g. ``-h2``), "" if none."""
+        ...
+
+
+FAMILIES: dict[str, SubjectFamily] = {}  # name -> family, in registration order (see zoo/families/__init__.py)
+
+
+class UnknownFamily(ConfigError, ValueError):
+    """A family name nothing registered (a ValueError too, so pydantic reports it on the config field)."""
+
+
+def register(cls: type) -> type:
+    """Class decorator: add one instance of a family class to :data:`FAMILIES` under its ``name``."""
+    if cls.name in FAMILIES:
+        raise ValueError(f"family '{cls.name}' is registered twice")
+    FAMILIES[cls.name] = cls()
+    return cls
+
+
+def get_family(spec_or_name: ArchSpec | str) -> SubjectFamily:
+    """Look up the family object for a spec or family name."""
+    name = spec_or_name.family if isinstance(spec_or_name, ArchSpec) else spec_or_name
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise UnknownFamily(f"unknown architecture family '{name}'; known: {', '.join(FAMILIES)}") from None

@@ -17,9 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zoo.arch import ArchSpec
+from zoo.arch import ArchSpec, Params, SubjectFamily
 from zoo.families import get_family
-from zoo.families.base import Params, SubjectFamily
 
 
 @dataclass

@@ -6,7 +6,7 @@ all M models in one forward pass. Every activation worth reading passes through 
 named hook point, so the same forward serves training, evaluation, signature
 capture and interventions (ablation, randomization, patching).
 
-A family's module registers it (``@register`` in :mod:`zoo.families.base`) with everything
+A family's module registers it (``@register`` from :mod:`zoo.arch`) with everything
 the rest of zoolens asks of it: its name, its key suffix, its CPU chunk size and its hook
 points. The imports below are the registration order, which the interpreter's family head
 follows (``interpreter.targets.FAMILY_CLASSES``): append new families, never reorder.
@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from zoo.arch import ArchSpec, HookPoint, NeuronKind
+from zoo.arch import FAMILIES, ArchSpec, Cache, HookPoint, Interventions, NeuronKind, SubjectFamily, UnknownFamily, get_family
 from zoo.families import mlp, gru, attention, conv1d  # noqa: F401  (importing a family registers it)
-from zoo.families.base import FAMILIES, Cache, Interventions, SubjectFamily, UnknownFamily, get_family
 
 
 def neuron_points(spec: ArchSpec) -> list[HookPoint]:

@@ -36,19 +36,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from zoo.arch import ArchSpec, HookPoint, NeuronKind
-from zoo.families.base import (
-    ACTIVATIONS,
-    StackedFamily,
-    Cache,
-    Interventions,
-    Params,
-    embed_tokens,
-    hook,
-    linear_init,
-    readout,
-    register,
-)
+from zoo.arch import ArchSpec, Cache, HookPoint, Interventions, NeuronKind, Params, register
+from zoo.families.base import ACTIVATIONS, StackedFamily, embed_tokens, hook, linear_init, readout
 
 MLP_RATIO = 4
 LN_EPS = 1e-5

@@ -1,81 +1,14 @@
-"""The interface every subject-model family implements, the registry of families, and shared building blocks."""
+"""Building blocks the families share: hook points, initialization, embeddings, the readout, stacking."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
-from zoo.arch import ArchSpec, HookPoint
-from zoo.errors import ConfigError
-
-Params = dict[str, torch.Tensor]
-Cache = dict[str, torch.Tensor]
-# An intervention takes the activation at a hook point ([M, B, ..., n_neurons]) and returns a replacement.
-Interventions = dict[str, Callable[[torch.Tensor], torch.Tensor]]
-
-
-class SubjectFamily(Protocol):
-    """A batched functional architecture family.
-
-    ``name`` is what configs and ``ArchSpec.family`` call it; ``cpu_chunk`` is how many models the cohort
-    trainer steps at once on CPU (small enough that a chunk's activations stay in cache, large enough to
-    amortize per-op overhead; measured with benchmarks/zoo_throughput.py).
-    """
-
-    name: str
-    cpu_chunk: int
-
-    def init(self, spec: ArchSpec, seeds: Sequence[int]) -> Params:
-        """Stacked parameters for len(seeds) models; model m depends only on seeds[m]."""
-        ...
-
-    def forward(
-        self,
-        spec: ArchSpec,
-        params: Params,
-        tokens: torch.Tensor,
-        cache: Cache | None = None,
-        interventions: Interventions | None = None,
-    ) -> torch.Tensor:
-        """Logits [M, B] for tokens [M, B, L] (per-model inputs) or [B, L] (shared inputs)."""
-        ...
-
-    def hook_points(self, spec: ArchSpec) -> list[HookPoint]:
-        """The addressable neuron layers, in forward order; the output logit comes last."""
-        ...
-
-    def key_suffix(self, spec: ArchSpec) -> str:
-        """What ``ArchSpec.key`` adds for the fields only this family reads (e.g. ``-h2``), "" if none."""
-        ...
-
-
-FAMILIES: dict[str, SubjectFamily] = {}  # name -> family, in registration order (see zoo/families/__init__.py)
-
-
-class UnknownFamily(ConfigError, ValueError):
-    """A family name nothing registered (a ValueError too, so pydantic reports it on the config field)."""
-
-
-def register(cls: type) -> type:
-    """Class decorator: add one instance of a family class to :data:`FAMILIES` under its ``name``."""
-    if cls.name in FAMILIES:
-        raise ValueError(f"family '{cls.name}' is registered twice")
-    FAMILIES[cls.name] = cls()
-    return cls
-
-
-def get_family(spec_or_name: ArchSpec | str) -> SubjectFamily:
-    """Look up the family object for a spec or family name."""
-    name = spec_or_name.family if isinstance(spec_or_name, ArchSpec) else spec_or_name
-    try:
-        return FAMILIES[name]
-    except KeyError:
-        raise UnknownFamily(f"unknown architecture family '{name}'; known: {', '.join(FAMILIES)}") from None
-
+from zoo.arch import ArchSpec, Cache, Interventions, Params
 
 def hook(name: str, act: torch.Tensor, cache: Cache | None, interventions: Interventions | None) -> torch.Tensor:
     """Pass an activation through a named hook point: apply an intervention, then record it."""

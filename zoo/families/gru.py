@@ -28,9 +28,8 @@ from collections.abc import Sequence
 
 import torch
 
-from zoo.arch import ArchSpec, HookPoint, NeuronKind
-from zoo.families.base import (Cache, Interventions, Params, StackedFamily, embed_tokens, hook, linear_init, readout,
-                               register)
+from zoo.arch import ArchSpec, Cache, HookPoint, Interventions, NeuronKind, Params, register
+from zoo.families.base import StackedFamily, embed_tokens, hook, linear_init, readout
 
 
 @register

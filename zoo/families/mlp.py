@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from zoo.arch import ArchSpec, HookPoint, NeuronKind
-from zoo.families.base import (ACTIVATIONS, Cache, Interventions, Params, StackedFamily, embed_tokens, hook, linear_init,
-                               readout, register)
+from zoo.arch import ArchSpec, Cache, HookPoint, Interventions, NeuronKind, Params, register
+from zoo.families.base import ACTIVATIONS, StackedFamily, embed_tokens, hook, linear_init, readout
 
 
 @register
