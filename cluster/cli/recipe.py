@@ -21,7 +21,7 @@ from zoo.experiments.result import RESULTS_DIR
 from zoo.recipe import load_recipe
 
 R = TypeVar("R", bound=BaseModel)
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def add_recipe_args(p: argparse.ArgumentParser, default: str, run_dir: str) -> None:

@@ -1,4 +1,4 @@
-"""Stages 3 and 4: train the interpreter on a split by model, then score it on held-out
+"""Stages 3 and 4: train the interpreter on a split by lineage (zoo/lineage.py), then score it on held-out
 models beside baselines computed in the same run."""
 
 from __future__ import annotations

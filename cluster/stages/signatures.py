@@ -50,7 +50,7 @@ def probe_set_for(zoo_meta: dict[str, Any], probe_cfg: ProbeConfig) -> ProbeSet:
 
 def extractor_sha256() -> str:
     """Hash of the source that turns weights into signatures (features, probes, the families' forward passes)."""
-    zoo_pkg = Path(__file__).resolve().parent.parent / "zoo"
+    zoo_pkg = Path(__file__).resolve().parents[2] / "zoo"
     files = [zoo_pkg / "signatures.py", zoo_pkg / "probes.py", zoo_pkg / "behaviors.py", zoo_pkg / "arch.py",
              *sorted((zoo_pkg / "families").glob("*.py"))]
     h = hashlib.sha256()

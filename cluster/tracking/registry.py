@@ -9,7 +9,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CHAMPION = "champion"
 SCORE_TAG = "heldout_mean_balanced_accuracy"
 
@@ -18,7 +18,7 @@ def register_interpreter(interp_dir: Path, name: str, score: float, tags: dict[s
     """Log the interpreter (code + safetensors) in the active run, register a version, maybe move ``champion``."""
     info = mlflow.pyfunc.log_model(
         name="interpreter",
-        python_model=str(REPO_ROOT / "cluster" / "interpreter_pyfunc.py"),
+        python_model=str(Path(__file__).with_name("pyfunc.py")),
         artifacts={"interpreter": str(interp_dir)},
         code_paths=[str(REPO_ROOT / "interpreter"), str(REPO_ROOT / "zoo")],
         pip_requirements=["torch==2.13.0", "safetensors", "numpy", "pandas", "pydantic"],
