@@ -263,6 +263,7 @@ def test_edit_one_model_writes_it_with_lineage(edit_config, tiny_run, capsys) ->
     new = edited.loc[f"{row['model_id']}.add-{behavior}"]
     assert new["parent_id"] == row["model_id"] and new["edit_op"] == "add" and new["edit_behavior"] == behavior
     assert new["role"] == "edited" and new["interpreter_version"] and new["editor_version"]
+    assert new["lineage"] == row["lineage"]  # an edit never lands on the other side of a split from its parent
     assert behavior in list(new["behaviors"])
     assert new["edit_self_check"] == "passed" or set(new["edit_self_check"].split(", ")) <= set(CHECK_PARTS)
     assert "self-check on the check bank (no labels)" in " ".join(capsys.readouterr().out.split())  # rich wraps long lines

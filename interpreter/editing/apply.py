@@ -19,6 +19,7 @@ from interpreter.editing.plan import EditSet
 from interpreter.editing.protocol import measure
 from interpreter.editing.train import load_stage
 from zoo.behaviors import get_behavior
+from zoo.lineage import manifest_lineage
 from zoo.store import ZooStore, model_sha256
 from zoo.train import predict
 from zoo.version import code_version
@@ -82,6 +83,7 @@ def _edited_row(ctx: EditContext, group: ArchGroup, new_id: str, parent: str, op
             "family": group.spec.family, "arch": group.spec.key(), "spec": group.spec.model_dump_json(),
             "depth": group.spec.depth, "width": group.spec.width, "activation": group.spec.activation,
             "behaviors": behaviors, "role": "edited", "parent_id": parent, "edit_op": op, "edit_behavior": behavior,
+            "lineage": str(manifest_lineage(group.rows.iloc[:1]).iloc[0]),  # an edit stays with its parent's lineage
             "edit_method": method, "interpreter_version": ctx.interpreter_version(), "editor_version": editor_hash,
             "parent_test_acc": float(parent_row["test_acc"]), "index": 0,
             "code_version": code_version()}
