@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from cluster.cli import analyze as analyze_cli, antitrain as antitraining_cli, edit as edit_cli, tune as tune_cli
 
@@ -21,6 +22,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _add_stage(group: Any, name: str, stage: str, text: str) -> None:
+    """A command that runs one pipeline stage: CONFIG, overrides, the common flags and ``--zoo``."""
+    p = group.add_parser(name, help=text)
+    _add_common(p)
+    p.add_argument("--zoo", help=ZOO_HELP)
+    p.set_defaults(handler=lambda a: _stage(a, stage))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zoolens", description="Read, explain and edit neural networks through their behavior.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -30,27 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=cmd_run)
 
     zoo = sub.add_parser("zoo", help="build or describe a zoo of subject models").add_subparsers(dest="zoo_cmd", required=True)
-    build = zoo.add_parser("build", help="train the zoo described by CONFIG (reruns skip finished cohorts)")
-    _add_common(build)
-    build.add_argument("--zoo", help=ZOO_HELP)
-    build.set_defaults(handler=lambda a: _stage(a, "zoo"))
+    _add_stage(zoo, "build", "zoo", "train the zoo described by CONFIG (reruns skip finished cohorts)")
     show = zoo.add_parser("show", help="describe a zoo: counts by family and behavior, accuracy, size")
     show.add_argument("zoo", help="zoo directory, or a s3:// / gs:// / file:// URI")
     show.set_defaults(handler=cmd_zoo_show)
 
     sig = sub.add_parser("signatures", help="activation signatures").add_subparsers(dest="sig_cmd", required=True)
-    extract = sig.add_parser("extract", help="stream the zoo through the probe set with Ray Data")
-    _add_common(extract)
-    extract.add_argument("--zoo", help=ZOO_HELP)
-    extract.set_defaults(handler=lambda a: _stage(a, "signatures"))
+    _add_stage(sig, "extract", "signatures", "stream the zoo through the probe set with Ray Data")
 
     interp = sub.add_parser("interpreter", help="train or evaluate the interpreter").add_subparsers(dest="int_cmd", required=True)
-    for name, stage, text in (("train", "train", "train on a split by model"),
-                              ("evaluate", "evaluate", "score held-out models beside baselines and register")):
-        p = interp.add_parser(name, help=text)
-        _add_common(p)
-        p.add_argument("--zoo", help=ZOO_HELP)
-        p.set_defaults(handler=lambda a, s=stage: _stage(a, s))
+    _add_stage(interp, "train", "train", "train on a split by lineage")
+    _add_stage(interp, "evaluate", "evaluate", "score held-out models beside baselines and register")
 
     mlf = sub.add_parser("mlflow", help="MLflow tracking server for cluster runs").add_subparsers(dest="mlflow_cmd", required=True)
     serve = mlf.add_parser("serve", help="run a local MLflow server (sqlite + artifacts under --root); workers log over HTTP")
