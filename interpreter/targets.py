@@ -31,7 +31,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from zoo.families import FAMILIES
+from zoo.families import family_names
 
 HeadKind = Literal["multilabel", "regression", "classes", "binary"]
 
@@ -58,11 +58,11 @@ class HeadSpec:
         return cls(str(d["name"]), d["kind"], int(d["n_out"]), tuple(d.get("classes", ())))
 
 
-# Stored interpreters have a 3-class family head in this order; families registered later follow them, in
-# registration order (zoo/families/__init__.py), so an index never changes meaning. A family head is as wide as
-# the zoo needs and never narrower than the first three (`family_head_size`).
+# Each family names its own class (`class_index`), so an index never changes meaning; stored interpreters have a
+# 3-class head (mlp, gru, attention). A family head is as wide as the zoo needs and never narrower than those
+# three (`family_head_size`).
 FIRST_FAMILIES = ("mlp", "gru", "attention")
-FAMILY_CLASSES = FIRST_FAMILIES + tuple(f for f in FAMILIES if f not in FIRST_FAMILIES)
+FAMILY_CLASSES = tuple(family_names())  # each family's own class_index
 DEPTH_CLASSES = ("1", "2", "3", "4+")
 WIDTH_CLASSES = ("<=16", "32", "64", "128+")
 # Learning-rate buckets: [0, 3e-3) | [3e-3, 6e-3) | [6e-3, inf). The zoo samples lr log-uniformly in

@@ -158,3 +158,24 @@ def test_training_does_not_depend_on_chunking(cohort, monkeypatch):
     for k in runs[0][0]:
         torch.testing.assert_close(runs[0][0][k], runs[1][0][k], rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(runs[0][1], runs[1][1], rtol=1e-6, atol=1e-7)
+
+
+def test_a_family_is_its_file_and_names_its_own_class():
+    import pkgutil
+
+    import zoo.families
+    from interpreter.targets import FAMILY_CLASSES
+    from zoo.arch import register
+    from zoo.families import FAMILIES
+
+    modules = {m.name for m in pkgutil.iter_modules(zoo.families.__path__)} - {"base"}
+    assert modules == set(FAMILIES)  # every file in zoo/families is a registered family, nothing else is
+    assert FAMILY_CLASSES[:3] == ("mlp", "gru", "attention")  # what stored interpreters' family heads read
+    assert [FAMILIES[n].class_index for n in FAMILY_CLASSES] == list(range(len(FAMILIES)))
+
+    class Impostor:
+        name, class_index = "impostor", FAMILIES["gru"].class_index
+
+    with pytest.raises(ValueError, match="class_index"):
+        register(Impostor)
+    assert "impostor" not in FAMILIES

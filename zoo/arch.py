@@ -1,11 +1,13 @@
 """Architecture specs, hook points, the family interface and the registry of families: the vocabulary every family shares.
 
-A family's own module (``zoo/families/<name>.py``) registers it with ``@register``; importing the ``zoo`` package
-imports every family, so a spec's family name is checked against all of them.
+A family's own module (``zoo/families/<name>.py``) registers it with ``@register``. The registry loads them on
+first use, as plugins (``zoo.families`` imports every module in its folder), so this module imports none of them
+and a command that never looks at a family never pays for torch-heavy imports.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -84,12 +86,14 @@ Interventions = dict[str, Callable[[torch.Tensor], torch.Tensor]]
 class SubjectFamily(Protocol):
     """A batched functional architecture family.
 
-    ``name`` is what configs and ``ArchSpec.family`` call it; ``cpu_chunk`` is how many models the cohort
-    trainer steps at once on CPU (small enough that a chunk's activations stay in cache, large enough to
-    amortize per-op overhead; measured with benchmarks/zoo_throughput.py).
+    ``name`` is what configs and ``ArchSpec.family`` call it; ``class_index`` is its class in the interpreter's
+    family head (the next free number; stored interpreters rely on it, so it never changes); ``cpu_chunk`` is how
+    many models the cohort trainer steps at once on CPU (small enough that a chunk's activations stay in cache,
+    large enough to amortize per-op overhead; measured with benchmarks/zoo_throughput.py).
     """
 
     name: str
+    class_index: int
     cpu_chunk: int
 
     def init(self, spec: ArchSpec, seeds: Sequence[int]) -> Params:
@@ -116,7 +120,7 @@ class SubjectFamily(Protocol):
         ...
 
 
-FAMILIES: dict[str, SubjectFamily] = {}  # name -> family, in registration order (see zoo/families/__init__.py)
+FAMILIES: dict[str, SubjectFamily] = {}  # name -> family; every module in zoo/families registers its own
 
 
 class UnknownFamily(ConfigError, ValueError):
@@ -127,14 +131,29 @@ def register(cls: type) -> type:
     """Class decorator: add one instance of a family class to :data:`FAMILIES` under its ``name``."""
     if cls.name in FAMILIES:
         raise ValueError(f"family '{cls.name}' is registered twice")
+    taken = {f.class_index: f.name for f in FAMILIES.values()}
+    if cls.class_index in taken:
+        raise ValueError(f"family '{cls.name}' takes class_index {cls.class_index}, already '{taken[cls.class_index]}''s")
     FAMILIES[cls.name] = cls()
     return cls
+
+
+def registry() -> dict[str, SubjectFamily]:
+    """Every registered family, loading the modules of zoo/families on first use (each registers itself)."""
+    if not FAMILIES:
+        importlib.import_module("zoo.families")
+    return FAMILIES
 
 
 def get_family(spec_or_name: ArchSpec | str) -> SubjectFamily:
     """Look up the family object for a spec or family name."""
     name = spec_or_name.family if isinstance(spec_or_name, ArchSpec) else spec_or_name
     try:
-        return FAMILIES[name]
+        return registry()[name]
     except KeyError:
-        raise UnknownFamily(f"unknown architecture family '{name}'; known: {', '.join(FAMILIES)}") from None
+        raise UnknownFamily(f"unknown architecture family '{name}'; known: {', '.join(family_names())}") from None
+
+
+def family_names() -> list[str]:
+    """The registered families in the order of their classes (``class_index``): mlp, gru, attention, ..."""
+    return sorted(registry(), key=lambda name: FAMILIES[name].class_index)

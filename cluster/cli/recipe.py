@@ -17,7 +17,6 @@ from typing import TypeVar
 from pydantic import BaseModel
 
 from zoo.errors import ConfigError
-from zoo.experiments.result import RESULTS_DIR
 from zoo.recipe import load_recipe
 
 R = TypeVar("R", bound=BaseModel)
@@ -29,7 +28,7 @@ def add_recipe_args(p: argparse.ArgumentParser, default: str, run_dir: str) -> N
     p.add_argument("recipe", nargs="*", metavar="[RECIPE.yaml] [KEY=VALUE]",
                    help=f"recipe (default: configs/{default}) and key.path=value overrides, before any --flag")
     p.add_argument("--out", "--output-dir", dest="out", help=f"run directory for the results (default: {run_dir})")
-    p.add_argument("--publish", action="store_true", help=f"also copy the result's md/json/png into {RESULTS_DIR}/")
+    p.add_argument("--publish", action="store_true", help="also copy the result's md/json/png into docs/results/")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite under runs/)")
 
 
@@ -47,4 +46,6 @@ def load_from_args(cls: type[R], args: argparse.Namespace, default: str, shortha
 
 def publish_dir(args: argparse.Namespace) -> Path | None:
     """Where ``--publish`` copies results (None without it)."""
+    from zoo.experiments.result import RESULTS_DIR  # pandas and matplotlib: only for the command that runs
+
     return RESULTS_DIR if args.publish else None

@@ -7,17 +7,23 @@ named hook point, so the same forward serves training, evaluation, signature
 capture and interventions (ablation, randomization, patching).
 
 A family's module registers it (``@register`` from :mod:`zoo.arch`) with everything
-the rest of zoolens asks of it: its name, its key suffix, its CPU chunk size and its hook
-points. The imports below are the registration order, which the interpreter's family head
-follows (``interpreter.targets.FAMILY_CLASSES``): append new families, never reorder.
+the rest of zoolens asks of it: its name, its class in the interpreter's family head, its key
+suffix, its CPU chunk size and its hook points. Every module in this folder is imported here,
+so adding a family is adding its file.
 """
 
 from __future__ import annotations
 
 import torch
 
-from zoo.arch import FAMILIES, ArchSpec, Cache, HookPoint, Interventions, NeuronKind, SubjectFamily, UnknownFamily, get_family
-from zoo.families import mlp, gru, attention, conv1d  # noqa: F401  (importing a family registers it)
+import importlib
+import pkgutil
+
+from zoo.arch import (FAMILIES, ArchSpec, Cache, HookPoint, Interventions, NeuronKind, SubjectFamily, UnknownFamily,
+                      family_names, get_family)
+
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name != "base"):
+    importlib.import_module(f"{__name__}.{_module}")  # importing a family's module registers it
 
 
 def neuron_points(spec: ArchSpec) -> list[HookPoint]:
@@ -35,5 +41,5 @@ def split_neurons(spec: ArchSpec, mask: torch.Tensor) -> dict[str, torch.Tensor]
     return {p.name: part for p, part in zip(points, parts)}
 
 
-__all__ = ["FAMILIES", "Cache", "Interventions", "SubjectFamily", "UnknownFamily", "get_family", "neuron_points",
+__all__ = ["FAMILIES", "Cache", "Interventions", "SubjectFamily", "UnknownFamily", "family_names", "get_family", "neuron_points",
            "split_neurons"]

@@ -46,6 +46,7 @@ LN_EPS = 1e-5
 @register
 class AttentionFamily(StackedFamily):
     name = "attention"
+    class_index = 2
     cpu_chunk = 16
 
     def key_suffix(self, spec: ArchSpec) -> str:

@@ -29,6 +29,7 @@ from zoo.families.base import ACTIVATIONS, StackedFamily, embed_tokens, hook, li
 @register
 class Conv1dFamily(StackedFamily):
     name = "conv1d"
+    class_index = 3
     cpu_chunk = 16  # zoo4's shapes, one core: 16 and 32 within noise of each other, 64 about 15% slower
 
     def key_suffix(self, spec: ArchSpec) -> str:

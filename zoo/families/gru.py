@@ -35,6 +35,7 @@ from zoo.families.base import StackedFamily, embed_tokens, hook, linear_init, re
 @register
 class GRUFamily(StackedFamily):
     name = "gru"
+    class_index = 1
     cpu_chunk = 32
 
     def _init_one(self, spec: ArchSpec, seed: int) -> Params:

@@ -22,6 +22,7 @@ from zoo.families.base import ACTIVATIONS, StackedFamily, embed_tokens, hook, li
 @register
 class MLPFamily(StackedFamily):
     name = "mlp"
+    class_index = 0
     cpu_chunk = 64
 
     def _init_one(self, spec: ArchSpec, seed: int) -> Params:
