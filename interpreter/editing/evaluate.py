@@ -19,7 +19,7 @@ from interpreter.editing.config import EditConfig
 from interpreter.editing.context import (EditContext, check_bank, edit_groups, eval_bank, family_ids, read_sets,
                                          train_bank)
 from interpreter.editing.decoder import add_delta
-from interpreter.editing.editor import change_size, code_op, encode, failing_parts
+from interpreter.editing.editor import change_size, encode, failing_parts
 from interpreter.editing.groups import load_groups
 from interpreter.editing.localization import localization_table, localize
 from interpreter.editing.methods import METHODS, EditRequest, Tools
