@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cluster.cli import analyze as analyze_cli, antitrain as antitraining_cli, edit as edit_cli, tune as tune_cli
+from cluster.cli import analyze as analyze_cli, antitrain as antitraining_cli, edit as edit_cli, read as read_cli, tune as tune_cli
 
 USAGE_ERROR = 2
 ZOO_HELP = "zoo directory, or a s3:// / gs:// / file:// URI (default: RUN_DIR/zoo)"
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=cmd_mlflow_serve)
 
     edit_cli.add_commands(sub)
+    read_cli.add_commands(sub)
     antitraining_cli.add_commands(sub)
     tune_cli.add_commands(sub)
     analyze_cli.add_commands(sub)
