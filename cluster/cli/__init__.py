@@ -8,7 +8,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cluster.cli import analyze as analyze_cli, antitrain as antitraining_cli, edit as edit_cli, read as read_cli, tune as tune_cli
+from cluster.cli import analyze as analyze_cli, antitrain as antitraining_cli, edit as edit_cli, foreign as foreign_cli
+from cluster.cli import read as read_cli, tune as tune_cli
 
 USAGE_ERROR = 2
 ZOO_HELP = "zoo directory, or a s3:// / gs:// / file:// URI (default: RUN_DIR/zoo)"
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = zoo.add_parser("show", help="describe a zoo: counts by family and behavior, accuracy, size")
     show.add_argument("zoo", help="zoo directory, or a s3:// / gs:// / file:// URI")
     show.set_defaults(handler=cmd_zoo_show)
+    foreign_cli.add_commands(zoo)
 
     sig = sub.add_parser("signatures", help="activation signatures").add_subparsers(dest="sig_cmd", required=True)
     _add_stage(sig, "extract", "signatures", "stream the zoo through the probe set with Ray Data")

@@ -32,7 +32,7 @@ def check_probe_fit(subject: Subject, probes: ProbeSet) -> None:
 @torch.no_grad()
 def run_cached(subject: Subject, tokens: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Logits [N] and every hook point's activations [1, N, ..., n], in chunks of PROBE_CHUNK sequences."""
-    x = torch.as_tensor(tokens, dtype=torch.int64)
+    x = torch.tensor(np.asarray(tokens), dtype=torch.int64)  # a copy: probes that crossed Ray are read-only
     logits, caches = [], []
     for lo in range(0, len(x), PROBE_CHUNK):
         cache: dict[str, torch.Tensor] = {}
