@@ -33,7 +33,15 @@ from cluster.stages.interpreter import best_baselines, evaluate_stage, results_t
 from cluster.tracking.registry import register_interpreter
 from cluster.runtime import init_ray
 from cluster.stages.signatures import extract_signatures
-from cluster.tracking.runs import log_dataframe_input, resolve_tracking_uri, setup_tracking, stage_run
+from cluster.tracking.runs import (
+    check_tracking_uri,
+    log_dataframe_input,
+    make_run_dir,
+    resolve_tracking_uri,
+    setup_tracking,
+    stage_run,
+    start_run,
+)
 from cluster.stages.zoo import build_zoo
 
 STAGES = ("zoo", "signatures", "interpreter_train", "interpreter_evaluate", "edit_train", "edit_evaluate")
@@ -100,14 +108,62 @@ class Pipeline:
     def session(self, run_name: str, ray: bool = True) -> Iterator[mlflow.ActiveRun]:
         """Create the tracking store and experiment, start Ray (unless ``ray`` is False: a stage that needs it
         later starts it then), and open the parent run."""
-        self.paths.root.mkdir(parents=True, exist_ok=True)
+        check_tracking_uri(self.tracking_uri)
+        make_run_dir(self.paths.root)
         setup_tracking(self.tracking_uri, self.cfg.tracking.experiment, self.paths.root / "mlartifacts")
         if ray:
             init_ray(self.cfg.ray)
-        with mlflow.start_run(run_name=run_name, tags={"zoolens.code_version": code_version(),
-                                                       "zoolens.config": self.cfg.name}) as run:
+        with start_run(run_name=run_name, tags={"zoolens.code_version": code_version(),
+                                                "zoolens.config": self.cfg.name}) as run:
             mlflow.log_dict(self.cfg.model_dump(mode="json"), "config.json")
             yield run
+
+    # -- checks before anything is written -----------------------------------------
+    def preflight(self, stage: str) -> None:
+        """Refuse a stage whose inputs are missing or corrupted before any run, directory or Ray instance is made."""
+        from cluster.stages.signatures import read_signature_meta
+        from cluster.stages.zoo import check_store
+
+        if stage == "zoo":
+            check_store(self.cfg.zoo, self.zoo_dir)
+            return
+        store = ZooStore(self.zoo_dir)
+        store.require()
+        if stage == "signatures":
+            store.verify()  # a corrupted shard is named here, and old signatures of it are not reused
+            return
+        read_signature_meta(self.paths.signatures)
+        if stage == "evaluate" and not (self.paths.interpreter / "split.json").exists():
+            raise EditError(f"no trained interpreter in {self.paths.interpreter} (run 'zoolens interpreter train' first)")
+
+    def check_edit(self, model_id: str, op: str, behavior: str | None, force: bool = False) -> None:
+        """Refuse an edit that names no model of the zoo, or that would do nothing (unless ``force``), before any training.
+
+        Adding a behavior the model was trained to flag, removing one it was not, or repairing a model
+        none of whose labels were corrupted changed weights a lot and raised false positives for nothing.
+        """
+        from zoo.behaviors import get_behavior
+
+        store = ZooStore(self.zoo_dir)
+        manifest = store.read_manifest().set_index("model_id")
+        if model_id not in manifest.index:
+            raise EditError(f"model '{model_id}' is not in the zoo at {store.uri}")
+        row = manifest.loc[model_id]
+        has = set(row["behaviors"])
+        if behavior is not None:
+            get_behavior(behavior)
+            known = store.read_meta().get("config", {}).get("behaviors") or sorted(has)
+            if behavior not in known:
+                raise EditError(f"behavior '{behavior}' is not one of this zoo's behaviors: {', '.join(known)}")
+        if force:
+            return
+        hint = "(--force edits anyway)"
+        if op == "add" and behavior in has:
+            raise EditError(f"model {model_id} already flags {behavior}: nothing to add {hint}")
+        if op == "remove" and behavior not in has:
+            raise EditError(f"model {model_id} does not flag {behavior}: nothing to remove {hint}")
+        if op == "repair" and not (isinstance(row.get("corrupted_behavior"), str) and row.get("role") == "corrupted"):
+            raise EditError(f"model {model_id} was not trained on corrupted labels: nothing to repair {hint}")
 
     # -- stages -------------------------------------------------------------------
     def zoo(self) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, replace
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from zoo.arch import Activation, ArchSpec, Family
 from zoo.behaviors import behavior_names, check_compatible
@@ -38,6 +38,18 @@ class ArchChoice(BaseModel):
         if self.kernel_size == type(self).model_fields["kernel_size"].default:
             data.pop("kernel_size", None)
         return data
+
+    def check_choices(self, index: int, vocab: int, length: int) -> None:
+        """Every value of every choice must make a valid architecture (checked before any zoo file is written)."""
+        for name in ("depth", "width", "embed_dim", "n_heads", "kernel_size", "activation"):
+            values = getattr(self, name)
+            for v in values if isinstance(values, list) else [values]:
+                try:
+                    ArchSpec(family=self.family, vocab=vocab, length=length, **{name: v})
+                except ValidationError as e:
+                    raise ValueError(f"architectures.{index}.{name} = {v!r}: {e.errors()[0]['msg']}") from None
+            if isinstance(values, list) and not values:
+                raise ValueError(f"architectures.{index}.{name}: an empty list of choices")
 
     def sample(self, rng: np.random.Generator, vocab: int, length: int) -> ArchSpec:
         """Draw one concrete architecture from the template's choices."""
@@ -171,6 +183,8 @@ class ZooConfig(BaseModel):
             raise ValueError(f"lr_range {self.lr_range} must be positive and ordered")
         if not self.architectures:
             raise ValueError("at least one architecture is needed")
+        for i, a in enumerate(self.architectures):
+            a.check_choices(i, self.vocab, self.length)
         for name, (a, b) in (("label_noise", self.label_noise), ("corrupt_range", self.corrupt_range)):
             if not 0.0 <= a <= b < 1.0:
                 raise ValueError(f"{name} {(a, b)} must satisfy 0 <= lo <= hi < 1")

@@ -20,7 +20,7 @@ R = TypeVar("R", bound=BaseModel)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping from ``path`` (an empty file is an empty mapping), with one-line errors."""
+    """A YAML mapping from ``path``, with one-line errors; an empty file is refused (it would silently mean "all defaults")."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -35,7 +35,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise ConfigError(f"malformed YAML in {path}{where}: {getattr(e, 'problem', e)}") from None
     if raw is None:
-        return {}
+        raise ConfigError(f"config {path} is empty (write at least one setting, e.g. name: or output_dir:)")
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path} must be a YAML mapping, got {type(raw).__name__}")
     return raw

@@ -281,9 +281,19 @@ class ZooStore:
             raise ZooStoreError(f"zoo file corrupted: {path}: {e}") from None
         if verify:
             for m, (model_id, expected) in enumerate(zip(manifest["model_id"], manifest["sha256"])):
-                if model_sha256(params, m) != expected:
-                    raise ZooStoreError(f"zoo file corrupted: {path}: weights of {model_id} do not match their sha256")
+                found = model_sha256(params, m)
+                if found != expected:
+                    raise ZooStoreError(f"zoo file corrupted: {path}: weights of {model_id} do not match their sha256 "
+                                        f"(recorded {expected[:16]}, read {found[:16]})")
         return spec, params, manifest
+
+    def verify(self) -> int:
+        """Check every finished cohort's weights against the recorded hashes; returns the number of models.
+
+        Run in the driver before a stage streams the zoo, so a corrupted file is one line naming it and
+        its hash, not a worker's traceback (and stale results of a since-corrupted zoo are not reused).
+        """
+        return sum(len(self.load_cohort(c, verify=True)[2]) for c in self.require())
 
     def size_bytes(self) -> int:
         return sum(i.size for i in self._files(recursive=True))

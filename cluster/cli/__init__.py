@@ -15,6 +15,13 @@ USAGE_ERROR = 2
 ZOO_HELP = "zoo directory, or a s3:// / gs:// / file:// URI (default: RUN_DIR/zoo)"
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line naming the problem (exit 2), like every other bad input."""
+
+    def error(self, message: str) -> Any:
+        self.exit(USAGE_ERROR, f"zoolens: error: {message} (see '{self.prog} --help')\n")
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="pipeline YAML (e.g. configs/demo.yaml)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any config field, e.g. zoo.n_models=400")
@@ -32,7 +39,7 @@ def _add_stage(group: Any, name: str, stage: str, text: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zoolens", description="Read, explain and edit neural networks through their behavior.")
+    parser = OneLineParser(prog="zoolens", description="Read, explain and edit neural networks through their behavior.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="the main job: zoo, signatures, interpreter, evaluation")
@@ -79,6 +86,7 @@ def _stage(args: argparse.Namespace, stage: str) -> int:
     from cluster.tracking.report import print_summary
 
     pipe = _pipeline(args)
+    pipe.preflight(stage)
     with pipe.session(run_name=f"{pipe.cfg.name}-{stage}"):
         getattr(pipe, stage)()
     if stage == "evaluate":
@@ -92,6 +100,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from cluster.tracking.report import print_summary
 
     pipe = _pipeline(args)
+    pipe.preflight("zoo")
     with pipe.session(run_name=pipe.cfg.name):
         report = pipe.run_all()
     print_summary(report, pipe.tracking_uri)

@@ -31,6 +31,9 @@ def add_commands(subparsers: Any) -> None:
     what.add_argument("--repair", action="store_true", help="restore the behavior whose labels were corrupted")
     edit.add_argument("--method", choices=("guided", "decoder"), default="guided",
                       help="guided: decode by optimization against the forward pass (default); decoder: one decoder pass")
+    edit.add_argument("--force", action="store_true",
+                      help="edit even when it would do nothing (add a behavior the model has, remove one it lacks, "
+                           "repair a model with no corrupted labels)")
     edit.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite in the run dir)")
     edit.add_argument("--output-dir", help="run directory (overrides output_dir in the config)")
     edit.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -68,6 +71,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
         raise ConfigError("say what to do to the model: --add B, --remove B or --repair")
     args.config = config or DEFAULT_CONFIG
     pipe = Pipeline.from_args(args)
+    pipe.check_edit(args.target, op, args.add or args.remove, force=args.force)
     with pipe.session(run_name=f"{pipe.cfg.name}-edit-{args.target}", ray=False):  # one model: in this process
         result = pipe.edit_apply(args.target, op, args.add or args.remove, args.method)
     print_edit_summary("apply", result, pipe.paths.report)

@@ -30,7 +30,7 @@ from cluster.stages.cohorts import CohortActor, map_cohorts
 from cluster.config import RayConfig
 from cluster.tracking.results import record, run_recorded, start_tracking
 from cluster.runtime import init_ray
-from cluster.tracking.runs import as_params
+from cluster.tracking.runs import as_params, start_run
 
 EXPERIMENT = "zoolens-analysis"
 RUN_ROOT = Path("runs/analysis")  # the default MLflow store and run directories of the driver analyses
@@ -65,11 +65,12 @@ def analyze_zoo(cfg: ZooAnalysis, zoo_dir: str | Path, tracking_uri: str | None 
     store = ZooStore(zoo_dir)
     cohorts = store.require()
     meta = store.read_meta()
+    store.verify()  # a corrupted shard is one line naming it, before Ray starts
     run_dir = Path(out_dir or store.root.parent / "analysis" / cfg.kind)
     init_ray(ray_cfg or RayConfig())
     start_tracking(tracking_uri, EXPERIMENT, store.root.parent)
     t0 = time.perf_counter()
-    with mlflow.start_run(run_name=f"analyze-{cfg.kind}", tags={"zoolens.stage": f"analyze.{cfg.kind}"}):
+    with start_run(run_name=f"analyze-{cfg.kind}", tags={"zoolens.stage": f"analyze.{cfg.kind}"}):
         mlflow.log_params(as_params({"zoo_dir": store.uri, "n_cohorts": len(cohorts), **cfg.model_dump(mode="json")}))
         map_cohorts(ZooAnalyzer, store.uri, cohorts, run_dir / "rows", cfg.num_actors, cfg=cfg)
         df = pd.read_parquet(run_dir / "rows")

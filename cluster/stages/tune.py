@@ -28,10 +28,14 @@ from typing import Any, Literal
 import mlflow
 import pyarrow.fs as pafs
 from mlflow.tracking import MlflowClient
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import tune
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
+
+from interpreter.config import InterpreterConfig
+from zoo.config import AntitrainConfig
+from zoo.recipe import format_validation_error
 
 from cluster.stages.antitraining import antitraining_trainable
 from cluster.stages.interpreter_tune import interpreter_trainable, register_best
@@ -52,6 +56,29 @@ TRAINABLES: dict[str, Callable[[dict[str, Any]], None]] = {
     "antitraining": antitraining_trainable,
     "interpreter": interpreter_trainable,
 }
+
+
+class AntitrainTrial(AntitrainConfig):
+    """What one antitraining trial reads from its config (``antitraining_trainable``)."""
+
+    seeds: list[int] = [0, 1, 2, 3]
+    behaviors: list[str] = ["palindrome"]
+    width: int = Field(64, ge=1)
+    n_train: int = Field(1000, ge=8)
+    epochs_per_report: int = Field(5, ge=1)
+
+
+class InterpreterTrial(InterpreterConfig):
+    """What one interpreter trial reads from its config (``interpreter_trainable``)."""
+
+    run_dir: str
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    split_seed: int = 0
+    threads: int = Field(1, ge=1)
+
+
+# name -> the config a trial of that trainable accepts: search spaces are checked against it before any trial starts
+TRIAL_CONFIGS: dict[str, type[BaseModel]] = {"antitraining": AntitrainTrial, "interpreter": InterpreterTrial}
 # name -> what to do once the sweep ends (result grid, metric, mode, tracking URI, parent run id)
 AFTER_SWEEP: dict[str, Callable[[Any, str, str, str, str], dict[str, Any]]] = {"interpreter": register_best}
 SAMPLERS: dict[str, Callable[..., Any]] = {"choice": tune.choice, "uniform": tune.uniform,
@@ -96,8 +123,55 @@ def load_tune_spec(path: str | Path, overrides: Sequence[str] = ()) -> TuneSpec:
             check_uri_scheme(spec.storage_path)
         except ValueError as e:
             raise ConfigError(f"bad sweep file {path}: storage_path: {e}") from None
-    param_space(spec)  # validate the samplers now, not inside Ray
+    check_search_space(spec)  # the samplers and every value they can draw, now, not inside Ray
     return spec
+
+
+def _candidates(key: str, value: Any) -> list[Any]:
+    """The values a search-space entry can give a trial (a sampler's choices or bounds), checked for shape."""
+    if not (isinstance(value, dict) and len(value) == 1):
+        return [value]
+    kind, args = next(iter(value.items()))
+    where = f"search_space.{key}"
+    if kind not in SAMPLERS:
+        raise ConfigError(f"{where}: unknown sampler '{kind}' (known: {', '.join(SAMPLERS)})")
+    if kind == "choice":
+        if not isinstance(args, list) or not args:
+            raise ConfigError(f"{where}: choice needs a non-empty list, got {args!r}")
+        return list(args)
+    numeric = isinstance(args, list) and len(args) == 2 and all(
+        isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)
+    if not numeric:
+        raise ConfigError(f"{where}: {kind} needs [low, high], got {args!r}")
+    lo, hi = args
+    if not lo < hi:
+        raise ConfigError(f"{where}: {kind} needs low < high, got [{lo}, {hi}]")
+    if kind == "loguniform" and lo <= 0:
+        raise ConfigError(f"{where}: loguniform needs a positive low bound, got {lo}")
+    if kind == "randint":
+        if not (isinstance(lo, int) and isinstance(hi, int)):
+            raise ConfigError(f"{where}: randint needs integer bounds, got [{lo}, {hi}]")
+        return [lo, hi - 1]  # the upper bound is exclusive
+    return [lo, hi]
+
+
+def check_search_space(spec: TuneSpec) -> None:
+    """Every key of the search space must be a setting of the trainable, and every value a sampler can draw valid.
+
+    The trial config is validated with each key's first candidate, then with each other candidate in turn, so
+    an unknown key, an empty choice, reversed bounds or an out-of-range value is one line before Ray starts.
+    """
+    model = TRIAL_CONFIGS.get(spec.trainable)
+    candidates = {k: _candidates(k, v) for k, v in spec.search_space.items()}
+    if model is None:
+        return
+    base = {k: v[0] for k, v in candidates.items()}
+    trials = [base] + [{**base, k: c} for k, vs in candidates.items() for c in vs[1:]]
+    for trial in trials:
+        try:
+            model.model_validate(trial)
+        except ValidationError as e:
+            raise ConfigError(f"search_space of {spec.trainable} trials: {format_validation_error(e)}") from None
 
 
 def param_space(spec: TuneSpec) -> dict[str, Any]:
@@ -193,6 +267,10 @@ def run_tune(yaml_path: str | Path, resume: bool = False, tracking_uri: str | No
     spec = load_tune_spec(yaml_path, overrides)
     storage = SweepStorage(spec.storage_path)
     exp_dir = storage.experiment(spec.name)
+    if resume and not (storage.read_parent_run(spec.name) and tune.Tuner.can_restore(exp_dir)):
+        raise ConfigError(f"nothing to resume at {exp_dir}; run without --resume first")
+    if not resume and storage.exists(spec.name):
+        raise ConfigError(f"sweep {exp_dir} already exists; pass --resume to continue it or remove it")
     uri = resolve_tracking_uri(tracking_uri, spec.tracking_uri, storage.local_dir)
     exp_id = setup_tracking(uri, spec.experiment, storage.local_dir / "mlartifacts")
     if not ray.is_initialized():

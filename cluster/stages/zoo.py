@@ -50,8 +50,8 @@ class CohortTrainer:
         return {**build_cohort(plan, self.cfg, self.store, device=self.device), "pid": os.getpid()}
 
 
-def prepare_store(cfg: ZooConfig, zoo_dir: Path | str) -> ZooStore:
-    """Open (or create) the zoo (a directory or a storage URI), refusing one built from another recipe."""
+def check_store(cfg: ZooConfig, zoo_dir: Path | str) -> ZooStore:
+    """Open the zoo (a directory or a storage URI) without writing, refusing one built from another recipe."""
     store = ZooStore(zoo_dir)
     if store.has_meta():
         meta = store.read_meta()
@@ -59,7 +59,13 @@ def prepare_store(cfg: ZooConfig, zoo_dir: Path | str) -> ZooStore:
             raise ZooMismatchError(
                 f"zoo at {store.uri} was built from a different zoo config; choose a new path or restore that config"
             )
-    else:
+    return store
+
+
+def prepare_store(cfg: ZooConfig, zoo_dir: Path | str) -> ZooStore:
+    """Open (or create) the zoo, refusing one built from another recipe."""
+    store = check_store(cfg, zoo_dir)
+    if not store.has_meta():
         store.write_meta({"config": cfg.model_dump(mode="json"), "fingerprint": cfg.fingerprint(),
                           "code_version": code_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return store

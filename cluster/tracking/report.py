@@ -89,6 +89,7 @@ def show_zoo(zoo_dir: Path | str) -> None:
     """
     store = ZooStore(zoo_dir)
     manifest = store.read_manifest()
+    store.verify()  # a corrupted shard is named with its hash, not described as a healthy zoo
     console = _console()
     console.print(f"zoo {store.uri}: {len(manifest)} models in {manifest['cohort_id'].nunique()} cohorts, "
                   f"{store.size_bytes() / 1e6:.1f} MB on disk", soft_wrap=True)  # one line, however long the path

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from zoo.experiments.result import Result, publish, write_result
 
-from cluster.tracking.runs import as_metrics, as_params, resolve_tracking_uri, setup_tracking
+from cluster.tracking.runs import as_metrics, as_params, resolve_tracking_uri, setup_tracking, start_run
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -53,7 +53,7 @@ def run_recorded(fn: Callable[[R], Result], cfg: R, run_name: str, stage: str, r
                  publish_to: str | Path | None = None) -> dict[str, Any]:
     """``fn(cfg)`` inside one MLflow run (tracking already set up), recorded as above; adds ``seconds``."""
     t0 = time.perf_counter()
-    with mlflow.start_run(run_name=run_name, tags={"zoolens.stage": stage}):
+    with start_run(run_name=run_name, tags={"zoolens.stage": stage}):
         mlflow.log_params(as_params(cfg.model_dump(mode="json")))
         result = fn(cfg)
         seconds = time.perf_counter() - t0

@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
+import socket
+import sqlite3
+import tempfile
+import urllib.error
+import urllib.request
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -28,6 +34,65 @@ class TrackingError(ZoolensError):
     """The MLflow store cannot be reached or set up."""
 
 
+HEALTH_TIMEOUT_S = 5.0  # a tracking server that does not answer its /health in this long is reported, not waited on
+OWNER_TAGS = ("zoolens.host", "zoolens.pid")  # which process runs a run: a RUNNING run whose process is gone is stale
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Fail within seconds, in one line, when an HTTP tracking server does not answer (MLflow itself retries for minutes)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_S) as r:
+            if r.status == 200:
+                return
+            problem = f"HTTP {r.status}"
+    except urllib.error.HTTPError as e:
+        problem = f"HTTP {e.code}"
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        problem = str(getattr(e, "reason", e))
+    raise TrackingError(f"MLflow tracking server {uri} does not answer ({problem}); start it (zoolens mlflow serve) "
+                        "or pass another --tracking-uri")
+
+
+def make_run_dir(path: Path) -> None:
+    """Create a run directory, or say in one line why it cannot be (a file in the way, no permission)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise TrackingError(f"cannot use {path} as a run directory: a file of that name (or above it) is in the way") from None
+    except (NotADirectoryError, PermissionError, OSError) as e:
+        raise TrackingError(f"cannot create run directory {path}: {e.strerror or e}") from None
+
+
+def create_sqlite_store(uri: str, artifact_root: Path) -> None:
+    """Create a new sqlite store whole or not at all: migrated in a temporary file, then renamed into place.
+
+    MLflow's first open runs ~50 schema migrations; a driver killed among them left a file every later
+    open refused (``table _alembic_tmp_experiments already exists``).
+    """
+    path = Path(uri.removeprefix("sqlite:///"))
+    if path.exists():
+        return
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    os.unlink(tmp)  # sqlite creates it; an empty file of another name is all mkstemp was for
+    for name in ("mlflow.store.db.utils", "alembic"):  # "Creating initial MLflow database tables..." is no news
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        store = SqlAlchemyStore(f"sqlite:///{tmp}", artifact_root.resolve().as_uri())
+        store.engine.dispose()
+        with contextlib.closing(sqlite3.connect(tmp)) as db:  # registry tables come with the same migrations
+            db.execute("PRAGMA user_version")
+        if not path.exists():
+            os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
 def resolve_tracking_uri(explicit: str | None, configured: str | None, run_root: Path) -> str:
     """Choose the tracking URI: flag > MLFLOW_TRACKING_URI > config > ``sqlite:///<run_root>/mlflow.db``."""
     uri = explicit or os.environ.get("MLFLOW_TRACKING_URI") or configured
@@ -41,11 +106,13 @@ def resolve_tracking_uri(explicit: str | None, configured: str | None, run_root:
 
 def setup_tracking(uri: str, experiment: str, artifact_root: Path) -> str:
     """Create the store and experiment once, in the driver; returns the experiment id."""
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    check_tracking_uri(uri)
     os.environ["MLFLOW_TRACKING_URI"] = uri  # inherited by Ray workers started from here
     mlflow.set_tracking_uri(uri)
     try:
+        if uri.startswith("sqlite:///"):
+            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            create_sqlite_store(uri, artifact_root)
         exp = mlflow.get_experiment_by_name(experiment)
         if exp is None:
             location = None if uri.startswith("http") else artifact_root.resolve().as_uri()
@@ -55,14 +122,58 @@ def setup_tracking(uri: str, experiment: str, artifact_root: Path) -> str:
     except Exception as e:  # noqa: BLE001 - any store failure becomes one clear line
         raise TrackingError(f"cannot open MLflow tracking store {uri}: {str(e).splitlines()[0]}") from None
     mlflow.set_experiment(experiment_id=exp_id)
+    end_stale_runs(exp_id)
     return exp_id
+
+
+def owner_tags() -> dict[str, str]:
+    """Tags that name the process running a run (see :func:`end_stale_runs`)."""
+    return {"zoolens.host": socket.gethostname(), "zoolens.pid": str(os.getpid())}
+
+
+def end_stale_runs(experiment_id: str) -> list[str]:
+    """Mark FAILED the RUNNING runs of this experiment whose driver (on this host) is gone, and their children.
+
+    A killed driver cannot end its runs; the next start does. Runs of live processes, of other hosts,
+    or without the owner tags are left alone.
+    """
+    import psutil
+
+    client = MlflowClient()
+    try:
+        running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000)
+    except Exception:  # noqa: BLE001 - tidying is best effort; the run that starts now must not fail for it
+        return []
+    host = socket.gethostname()
+    stale = {r.info.run_id for r in running
+             if r.data.tags.get("zoolens.host") == host and r.data.tags.get("zoolens.pid", "").isdigit()
+             and not psutil.pid_exists(int(r.data.tags["zoolens.pid"]))}
+    stale |= {r.info.run_id for r in running if r.data.tags.get("mlflow.parentRunId") in stale}
+    for run_id in stale:
+        client.set_terminated(run_id, status="FAILED")
+        client.set_tag(run_id, "zoolens.ended_by", "the next start (its driver was gone)")
+    return sorted(stale)
+
+
+@contextlib.contextmanager
+def start_run(**kwargs: Any) -> Iterator[mlflow.ActiveRun]:
+    """``mlflow.start_run`` with the owner tags, ending the run KILLED when the process is interrupted (Ctrl-C, SIGTERM)."""
+    tags = {**owner_tags(), **(kwargs.pop("tags", None) or {})}
+    with mlflow.start_run(tags=tags, **kwargs) as run:
+        try:
+            yield run
+        except KeyboardInterrupt:
+            active = mlflow.active_run()
+            if active is not None and active.info.run_id == run.info.run_id:
+                mlflow.end_run("KILLED")
+            raise
 
 
 @contextlib.contextmanager
 def stage_run(name: str, params: dict[str, Any] | None = None, tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
     """A child run of the active pipeline run (or a top-level run when a stage runs alone)."""
     nested = mlflow.active_run() is not None
-    with mlflow.start_run(run_name=name, nested=nested, tags={"zoolens.stage": name, **(tags or {})}) as run:
+    with start_run(run_name=name, nested=nested, tags={"zoolens.stage": name, **(tags or {})}) as run:
         if params:
             mlflow.log_params(as_params(params))
         yield run
