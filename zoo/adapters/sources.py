@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -132,7 +133,9 @@ def hooked_transformer(config: str | Path | Mapping[str, Any]) -> torch.nn.Modul
     except ImportError as e:
         raise AdapterError(f"reading a HookedTransformer needs transformer-lens<4 ({e})") from None
     try:
-        return HookedTransformer(HookedTransformerConfig(**cfg))
+        with warnings.catch_warnings():  # 3.x warns that 4.0 drops the class; zoolens pins <4
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return HookedTransformer(HookedTransformerConfig(**cfg))
     except Exception as e:  # noqa: BLE001 - a bad config is user input
         raise AdapterError(f"HookedTransformer config: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
 

@@ -266,7 +266,7 @@ class ModuleSubject(Subject):
                    if _fan_in(m) or m in [named[p.module] for p in self._points]]
         try:
             with torch.no_grad():
-                self.module(tokens)
+                self._call(tokens)
         finally:
             for h in handles:
                 h.remove()
@@ -280,9 +280,10 @@ class ModuleSubject(Subject):
                 previous = m
 
     # -- the Subject interface -----------------------------------------------------------------------------------
-    def _call(self, tokens: torch.Tensor) -> torch.Tensor:
+    def _call(self, tokens: torch.Tensor, params: Params | None = None) -> torch.Tensor:
         try:
-            out = self.module(tokens)
+            # with params: the module's function at those weights (differentiable in them); hooks fire as usual
+            out = self.module(tokens) if params is None else torch.func.functional_call(self.module, params, (tokens,))
         except AdapterError:
             raise
         except (RuntimeError, IndexError, ValueError, TypeError) as e:
@@ -296,8 +297,10 @@ class ModuleSubject(Subject):
 
     def hook_points(self) -> list[HookPoint]:
         if self._discovered is None:
-            length = self.length or 2
-            probe = torch.zeros(2, length, dtype=torch.int64)
+            if self.length is None:
+                raise AdapterError(f"{self.name}: sequence length unknown; give it (length in the arguments) or read "
+                                   "it through a probe set")
+            probe = torch.zeros(2, self.length, dtype=torch.int64)
             self._set_unit_dims(probe)
             cache: Cache = {}
             self.forward(probe, cache=cache)
@@ -311,10 +314,11 @@ class ModuleSubject(Subject):
             self._discovered = points + [HookPoint("output", len(points), 1, NeuronKind.OUTPUT, points[-1].fan_in)]
         return self._discovered
 
-    def forward(self, tokens: torch.Tensor, cache: Cache | None = None, interventions: Interventions | None = None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, cache: Cache | None = None, interventions: Interventions | None = None,
+                params: Params | None = None) -> torch.Tensor:
         self._run = _Run(record=cache is not None, interventions=dict(interventions or {}))
         try:
-            logits = self._call(tokens)
+            logits = self._call(tokens, params)
         finally:
             recorded, self._run = self._run.cache, _Run()
         if cache is not None:
