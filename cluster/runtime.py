@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import ray
+
+from zoo.version import COMMIT_ENV
 
 from cluster.config import RayConfig
 
@@ -23,6 +26,16 @@ def init_ray(cfg: RayConfig) -> None:
     # the dashboard (on 127.0.0.1) also serves the state API that Ray Train's cleanup actor polls
     ray.init(num_cpus=cfg.num_cpus or os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
              log_to_driver=True, logging_level="WARNING", configure_logging=True)
+
+
+def code_env() -> dict[str, Any]:
+    """Ray options that hand the driver's ``ZOOLENS_GIT_COMMIT`` to an actor or task (merged into the job's runtime env).
+
+    A job submitted with ``--working-dir`` has no ``.git`` on the cluster, so workers record the commit the
+    submitter named (``zoo.version``); with none set, nothing is added.
+    """
+    commit = os.environ.get(COMMIT_ENV)
+    return {"runtime_env": {"env_vars": {COMMIT_ENV: commit}}} if commit else {}
 
 
 def cluster_cpus() -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -125,9 +126,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TQDM_MININTERVAL", "1")
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
+    previous = _terminate_as_interrupt()
     try:
         return handler(args)
     except KeyboardInterrupt:
+        _end_active_runs("KILLED")
         print("zoolens: interrupted; finished work is kept, rerun the same command to resume", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - translated into one line below, or re-raised
@@ -136,6 +139,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"zoolens: error: {message}", file=sys.stderr)
         return USAGE_ERROR
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate_as_interrupt() -> Any:
+    """SIGTERM (``kill``, a scheduler's stop) unwinds like Ctrl-C, so the MLflow runs end KILLED, not RUNNING.
+
+    Returns the previous handler, or None where handlers cannot be set (not the main thread).
+    """
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:
+        return None
+
+
+def _end_active_runs(status: str) -> None:
+    """End every MLflow run this process still has open (innermost first) with ``status``."""
+    mlflow = sys.modules.get("mlflow")
+    while mlflow is not None and mlflow.active_run() is not None:
+        mlflow.end_run(status)
 
 
 def user_error_message(e: BaseException) -> str | None:

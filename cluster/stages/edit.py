@@ -19,7 +19,7 @@ from interpreter.editing.evaluate import evaluate_edits
 from interpreter.editing.summary import summarize
 from interpreter.editing.train import train_stage
 
-from cluster.runtime import cluster_cpus
+from cluster.runtime import cluster_cpus, code_env
 
 
 @ray.remote(max_retries=0)
@@ -50,5 +50,5 @@ def run_edit_task(kind: str, zoo_dir: Path | str, interp_dir: Path, editor_dir: 
                   progress: bool = False) -> dict[str, Any]:
     """Submit an edit stage to the cluster with every CPU of it and wait for the result."""
     cpus = cluster_cpus()
-    return ray.get(edit_task.options(num_cpus=cpus).remote(kind, str(zoo_dir), str(interp_dir), str(editor_dir),
+    return ray.get(edit_task.options(num_cpus=cpus, **code_env()).remote(kind, str(zoo_dir), str(interp_dir), str(editor_dir),
                                                           probe_cfg, cfg, cpus, progress))

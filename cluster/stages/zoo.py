@@ -23,7 +23,7 @@ from zoo.errors import ZoolensError
 from zoo.store import ZooStore
 from zoo.version import code_version
 
-from cluster.runtime import cluster_cpus, cluster_gpus, worker_device
+from cluster.runtime import cluster_cpus, cluster_gpus, code_env, worker_device
 
 GPU_SHARE = 0.25  # cohorts of small models leave most of a GPU idle: four actors share one
 
@@ -77,7 +77,7 @@ def make_trainers(cfg: ZooConfig, root: str, n_actors: int | None, n_cohorts: in
     options = {"num_cpus": 1, "num_gpus": GPU_SHARE} if gpus else {"num_cpus": 1}
     default = int(gpus / GPU_SHARE) if gpus else cluster_cpus()
     n = min(n_actors or default, n_cohorts)
-    return [CohortTrainer.options(**options).remote(cfg, root) for _ in range(n)]
+    return [CohortTrainer.options(**options, **code_env()).remote(cfg, root) for _ in range(n)]
 
 
 def build_zoo(cfg: ZooConfig, zoo_dir: Path | str, n_actors: int | None = None, progress: bool = True) -> dict[str, Any]:
