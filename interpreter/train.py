@@ -290,15 +290,20 @@ def _train_metrics(sums: dict[str, float], count: int, weights: Mapping[str, flo
 def _val_metrics(model: Interpreter, val: _Split, specs: Sequence[HeadSpec], weights: Mapping[str, float],
                  target_var: Mapping[str, float], batch_size: int, per_head: bool) -> dict[str, float]:
     """Validation losses (total and per head) and every head's headline metrics (those defined on the split)."""
-    out = _forward_all(model, val.data, batch_size)
+    return _val_metrics_of(_forward_all(model, val.data, batch_size), val.y_np, specs, weights, target_var, per_head)
+
+
+def _val_metrics_of(out: Mapping[str, torch.Tensor], y_np: Mapping[str, np.ndarray], specs: Sequence[HeadSpec],
+                    weights: Mapping[str, float], target_var: Mapping[str, float], per_head: bool) -> dict[str, float]:
+    """_val_metrics from head outputs already computed (a streamed validation side's, concatenated)."""
     with torch.no_grad():
-        val_losses = head_losses(out, val.y, specs, target_var)
+        val_losses = head_losses(out, {k: torch.from_numpy(v) for k, v in y_np.items()}, specs, target_var)
     metrics = {"val_loss": _weighted_total(val_losses, weights).item()}
     if per_head:
         metrics.update({f"val_loss_{k}": v.item() for k, v in val_losses.items()})
     preds = outputs_to_preds(out, specs)
-    metrics["val_mean_balanced_accuracy"] = mean_balanced_accuracy(val.y_np["behaviors"], preds["behaviors"] >= 0.5)
-    row = headline_metrics(evaluate_heads(val.y_np, preds, specs))
+    metrics["val_mean_balanced_accuracy"] = mean_balanced_accuracy(y_np["behaviors"], preds["behaviors"] >= 0.5)
+    row = headline_metrics(evaluate_heads(y_np, preds, specs))
     row.pop("behaviors_mean_balanced_accuracy", None)  # same as val_mean_balanced_accuracy
     metrics.update({f"val_{k}": v for k, v in row.items() if v is not None})
     return metrics

@@ -4,6 +4,7 @@ models beside baselines computed in the same run."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import sys
@@ -30,14 +31,18 @@ from interpreter.metrics import evaluate_heads, headline_metrics
 from interpreter.model import load_interpreter, save_interpreter
 from interpreter.parallel import DataParallel
 from interpreter.probe_accuracy import ProbeLayout
+from interpreter.stream import ScalerAccumulator, TargetTable, profile_sample, train_streamed
 from interpreter.targets import build_targets, specs_for
-from interpreter.train import predict, train_interpreter
+from interpreter.train import predict, split_by_model, train_interpreter
 from zoo.errors import ZoolensError
 from zoo.lineage import LINK_COLUMNS, manifest_lineage, split_by_lineage
 from zoo.store import ZooStore, atomic_write_json
 
 from cluster.runtime import cluster_cpus, cluster_gpus
+from cluster.stages.signature_data import iter_record_chunks, ordered, ordered_options, split_dataset
 from cluster.stages.signatures import read_probe_set, read_signature_meta, read_signatures
+
+CHUNK_ROWS = 4096  # signature rows a process holds at once while training or scanning (bounded memory per process)
 
 
 class InterpreterStageError(ZoolensError):
@@ -101,22 +106,74 @@ def _subset(records: list[dict], targets: dict[str, np.ndarray], mask: np.ndarra
     return [records[i] for i in idx], {k: v[idx] for k, v in targets.items()}
 
 
-def _train_loop(config: dict[str, Any]) -> None:
-    """Ray Train worker loop: fit the interpreter (data-parallel over the workers), report every epoch, and
-    checkpoint the best state from rank 0 at the end."""
-    import ray.train.torch
-    from ray.train import Checkpoint
+def _split_targets(zoo_dir: str | Path, ids: list[str]) -> tuple[dict[str, np.ndarray], list[str], pd.DataFrame]:
+    """Every head's targets, the behavior names and the manifest rows (with lineage) of `ids`, in that order:
+    the manifest only, no signatures (a few numbers per model)."""
+    store = ZooStore(zoo_dir)
+    behaviors = store.read_meta()["config"]["behaviors"]
+    manifest = store.read_manifest(columns=_manifest_columns(store) + _lineage_columns(store)[1:])
+    rows = manifest.assign(lineage=manifest_lineage(manifest)).set_index("model_id").loc[ids].reset_index()
+    return build_targets(rows, behaviors), behaviors, rows
 
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one line per report otherwise
+
+def _scan_fit_side(sig_dir: Path, fit_ids: list[str], cfg: InterpreterConfig,
+                   table: TargetTable) -> tuple[ScalerAccumulator, tuple[np.ndarray, np.ndarray] | None]:
+    """One streamed pass over the fit side: the feature scaler's statistics, and the behavior profile's sample
+    (raw probe logits and behavior targets of at most PROFILE_SAMPLE models, in model-id order)."""
+    acc = ScalerAccumulator(cfg, signature_feature_names(sig_dir))
+    sample = profile_sample(fit_ids, cfg.seed) if cfg.probe_profile else set()
+    picked: list[tuple[str, np.ndarray]] = []
+    for chunk in iter_record_chunks(ordered(split_dataset(sig_dir, fit_ids)), CHUNK_ROWS):
+        chunk.sort(key=lambda r: r["model_id"])  # a chunk's sums in model-id order, as FeatureScaler.fit adds them
+        acc.add(chunk)
+        picked += [(r["model_id"], np.nan_to_num(np.asarray(r["logits"], dtype=np.float32))) for r in chunk
+                   if r["model_id"] in sample]
+    if acc.n == 0:
+        raise InterpreterStageError(f"no signatures in {sig_dir} for the interpreter's training models")
+    if not picked:
+        return acc, None
+    picked.sort(key=lambda p: p[0])
+    raw = np.stack([p[1] for p in picked])
+    return acc, (raw, table.take([p[0] for p in picked])["behaviors"])
+
+
+def _quiet_train_logs() -> None:
+    """Ray Train logs one line per report otherwise."""
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     with contextlib.suppress(ImportError):  # Ray Train v2 names its report logger by file path, not "ray.train..."
         from ray.train.v2._internal.execution import context as train_context
 
         logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
+def _train_loop(config: dict[str, Any]) -> None:
+    """Ray Train worker loop: stream this worker's shard of the fit side each epoch and fit the interpreter
+    (data-parallel over the workers), checkpoint every epoch (resumable), and report rank 0's best state at the end."""
+    import ray.train.torch
+    from ray.train import Checkpoint
+
+    from interpreter.batch import FeatureScaler
+
+    _quiet_train_logs()
     torch.set_num_threads(config["threads"])
-    records, targets, behaviors, _ = _load_split(config["zoo_dir"], config["sig_dir"], config["train_ids"])
+    cfg: InterpreterConfig = config["cfg"]
     ctx = ray.train.get_context()
     parallel = DataParallel(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.prepare_model)
     rank0 = parallel.is_main
+    previous = ray.train.get_checkpoint()
+    resume = None
+    if previous is not None:
+        with previous.as_directory() as d:
+            if (Path(d) / "train_summary.json").exists():  # this run already finished: hand its result back
+                if rank0:
+                    with tempfile.TemporaryDirectory() as tmp:
+                        previous.to_directory(tmp)
+                        ray.train.report(json.loads((Path(tmp) / "train_summary.json").read_text()),
+                                         checkpoint=Checkpoint.from_directory(tmp))
+                else:
+                    ray.train.report({})
+                return
+            resume = torch.load(Path(d) / "train_state.pt", weights_only=False)
     run_id = config.get("run_id")
     if run_id and rank0:
         import mlflow
@@ -134,49 +191,108 @@ def _train_loop(config: dict[str, Any]) -> None:
                 # and log the line as well, so each line reached the driver twice
                 print(f"interpreter epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items()),
                       file=sys.__stdout__, flush=True)
-        ray.train.report({"epoch": epoch, **metrics})
 
+    def on_checkpoint(epoch: int, state: dict[str, Any]) -> None:
+        metrics = {"epoch": epoch, **state["history"][-1]}
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank0:
+                torch.save(state, Path(tmp) / "train_state.pt")
+                checkpoint = Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint)
+        if config.get("halt_after_epoch") == epoch:  # tests: a driver killed after this epoch's checkpoint
+            raise RuntimeError(f"halted after epoch {epoch}")
+
+    shard = ray.train.get_dataset_shard("fit")
+    val = ray.train.get_dataset_shard("val") if config["has_val"] else None
+    shuffle = {}
+    if config["n_fit"] > CHUNK_ROWS:  # beyond one chunk, also mix rows across neighbouring cohorts (seeded per epoch)
+        shuffle = {"local_shuffle_buffer_size": 2 * CHUNK_ROWS}
+
+    def fit_chunks(epoch: int) -> Any:
+        seed = {"local_shuffle_seed": cfg.seed * 1_000_003 + epoch} if shuffle else {}
+        return iter_record_chunks(shard, CHUNK_ROWS, **shuffle, **seed)
+
+    scaler = FeatureScaler.from_state_dict(resume["scaler"]) if resume else config["scaler"]
+    table = TargetTable(config["target_ids"], config["targets"])
     t0 = time.perf_counter()
-    result = train_interpreter(records, targets, config["cfg"], behaviors, on_epoch=on_epoch,
-                               specs=specs_for(targets, behaviors), parallel=parallel,
-                               feature_names=signature_feature_names(config["sig_dir"]),
-                               probe_layout=probe_layout(config["sig_dir"], config["cfg"]))
+    result = train_streamed(fit_chunks, (lambda: iter_record_chunks(val, CHUNK_ROWS)) if val is not None else None,
+                            table, config["fit_ids"], scaler, cfg, config["behaviors"], config["specs"],
+                            profile=config["profile"], parallel=parallel,
+                            probe_layout=probe_layout(config["sig_dir"], cfg), on_epoch=on_epoch,
+                            on_checkpoint=on_checkpoint, resume=resume)
     summary = {"seconds": time.perf_counter() - t0, "best_epoch": result.best_epoch,
-               "epochs_run": len(result.history), "n_train_models": len(records),
-               "num_workers": parallel.world_size, "models_per_rank": result.models_per_rank}
+               "epochs_run": len(result.history), "n_train_models": config["n_train"],
+               "num_workers": parallel.world_size, "models_per_rank": result.models_per_rank,
+               "resumed_from_epoch": None if resume is None else int(resume["epoch"])}
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank0:
-            save_interpreter(result.model, result.scaler, behaviors, tmp)
+            save_interpreter(result.model, result.scaler, config["behaviors"], tmp)
             atomic_write_json(Path(tmp) / "train_summary.json", summary)
             checkpoint = Checkpoint.from_directory(tmp)
         ray.train.report(summary, checkpoint=checkpoint)
 
 
-def train_stage(zoo_dir: Path, sig_dir: Path, out_dir: Path, cfg: InterpreterConfig, test_fraction: float, seed: int,
-                tracking_uri: str | None = None, run_id: str | None = None) -> dict[str, Any]:
-    """Split the zoo by model and fit the interpreter with Ray Train on the training side.
+def _run_name(cfg: InterpreterConfig, train_ids: list[str], sig_meta: dict[str, Any], workers: int) -> str:
+    """The Ray Train run's name: the same config, split, signatures and workers give the same name, so a rerun of
+    the same command finds the run's checkpoints and resumes from the latest."""
+    h = hashlib.sha256(json.dumps({"cfg": cfg.model_dump(mode="json"), "workers": workers,
+                                   "signatures": [sig_meta.get(k) for k in ("probe_sha256", "zoo_fingerprint", "extractor_sha256")]},
+                                  sort_keys=True).encode())
+    for model_id in train_ids:
+        h.update(model_id.encode() + b"\0")
+    return f"interpreter-{h.hexdigest()[:16]}"
 
-    ``cfg.num_workers`` data-parallel workers (DDP: gloo on CPU, nccl on GPU; one worker by default, one per
-    GPU with ``auto``) share the CPUs left beside the Train controller, and a GPU each when the cluster has
-    GPUs. Rank 0's best state is checkpointed by Ray Train under ``<run dir>/ray_train`` and copied to ``out_dir``.
+
+def train_stage(zoo_dir: Path, sig_dir: Path, out_dir: Path, cfg: InterpreterConfig, test_fraction: float, seed: int,
+                tracking_uri: str | None = None, run_id: str | None = None,
+                halt_after_epoch: int | None = None) -> dict[str, Any]:
+    """Split the zoo by lineage and fit the interpreter with Ray Train on the training side, streamed from Ray Data.
+
+    The driver reads the manifest (targets, the split, the validation split by lineage) and makes one streamed
+    pass over the fit side's signatures (the scaler, the behavior profile's sample); the signatures go to the
+    workers as Ray Data datasets: each worker streams its own shard of the fit side every epoch (``CHUNK_ROWS`` rows
+    at a time) and rank 0 the validation side. ``cfg.num_workers`` data-parallel workers (DDP: gloo on CPU, nccl
+    on GPU; one by default, one per GPU with ``auto``) share the CPUs left beside the Train controller, and a GPU
+    each when the cluster has GPUs. Every epoch is checkpointed under ``<run dir>/ray_train/<run name>``; rerunning
+    the same command resumes from the latest checkpoint. The best state is copied to ``out_dir``.
+    ``halt_after_epoch`` (tests) fails the run after that epoch's checkpoint, as a killed driver would leave it.
     """
-    from ray.train import LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     sig_meta = read_signature_meta(sig_dir)  # fail here, in one line, rather than inside a Train worker
     train_ids, test_ids = split_zoo(ZooStore(zoo_dir), test_fraction, seed)
+    targets, behaviors, rows = _split_targets(zoo_dir, train_ids)
+    fit_idx, val_idx = split_by_model(len(train_ids), cfg.val_fraction, cfg.seed, [str(x) for x in rows["lineage"]])
+    fit_ids, val_ids = [train_ids[i] for i in fit_idx], [train_ids[i] for i in val_idx]
+    table = TargetTable.of(train_ids, targets)
+    specs = specs_for(targets, behaviors)
     gpus = cluster_gpus()
     workers = resolve_num_workers(cfg.num_workers, gpus)
     if gpus and workers > gpus:
         raise InterpreterStageError(f"interpreter.num_workers={workers} but the cluster has {gpus} GPUs (one per worker)")
+    if len(fit_ids) < workers:
+        raise InterpreterStageError(f"{len(fit_ids)} training models cannot be shared by {workers} workers")
+    acc, profile = _scan_fit_side(sig_dir, fit_ids, cfg, table)
+    datasets = {"fit": split_dataset(sig_dir, fit_ids)}
+    if val_ids:
+        datasets["val"] = split_dataset(sig_dir, val_ids)
     cpus = max(1, cluster_cpus() - 1) / workers  # leave one CPU for the Train controller
+    config = {"sig_dir": str(sig_dir), "cfg": cfg, "threads": max(1, int(cpus)), "tracking_uri": tracking_uri,
+              "run_id": run_id, "scaler": acc.scaler(), "target_ids": table.ids, "targets": table.y, "fit_ids": fit_ids,
+              "behaviors": behaviors, "specs": specs, "profile": profile, "has_val": bool(val_ids),
+              "n_fit": len(fit_ids), "n_train": len(train_ids), "halt_after_epoch": halt_after_epoch}
     trainer = TorchTrainer(
         _train_loop,
-        train_loop_config={"zoo_dir": str(zoo_dir), "sig_dir": str(sig_dir), "train_ids": train_ids, "cfg": cfg,
-                           "threads": max(1, int(cpus)), "tracking_uri": tracking_uri, "run_id": run_id},
+        train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus >= 1, resources_per_worker={"CPU": cpus}),
-        run_config=RunConfig(name=f"interpreter-{int(time.time())}", storage_path=str(out_dir.parent / "ray_train"),
+        datasets=datasets,
+        # shards in a fixed order (no locality preference: which node a block was read on must not pick its worker)
+        dataset_config=DataConfig(datasets_to_split=["fit"], execution_options=ordered_options(), enable_shard_locality=False),
+        run_config=RunConfig(name=_run_name(cfg, train_ids, sig_meta, workers), storage_path=str(out_dir.parent / "ray_train"),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
                              logging_config=LoggingConfig(log_level="WARNING")),
     )
     result = trainer.fit()
@@ -222,14 +338,33 @@ def score_methods(train: tuple[list[dict], dict], test: tuple[list[dict], dict],
     return {m: evaluate_heads(test_y, p, specs, thresholds if m == "interpreter" else None) for m, p in preds.items()}
 
 
+# The held-out protocol holds the models it scores in memory (the baselines fit matrices, the shuffled-label control
+# and the cross-family rotations train interpreters in memory): beyond these sizes it reads a seeded sample of each
+# side (eval_sample), read from Parquet with a filter so memory follows the sample, not the zoo. A zoo of 100,000
+# models holds out 20,000 at the default test_fraction, so only larger zoos are sampled.
+EVAL_TRAIN_SAMPLE = 20_000
+EVAL_TEST_SAMPLE = 50_000
+
+
+def eval_sample(model_ids: list[str], cap: int, seed: int) -> list[str]:
+    """`model_ids` when there are at most `cap`, else a seeded sample of `cap` of them (sorted, like the split)."""
+    if len(model_ids) <= cap:
+        return list(model_ids)
+    pick = np.random.default_rng(seed).choice(len(model_ids), size=cap, replace=False)
+    return sorted(model_ids[i] for i in pick)
+
+
 @ray.remote(max_retries=1)
 def _evaluate_remote(zoo_dir: str, sig_dir: str, interp_dir: str, cfg: InterpreterConfig, cross_family: bool,
                      threads: int) -> dict[str, Any]:
-    """Ray task: the held-out protocol, then (with several families) the leave-one-family-out rotations."""
+    """Ray task: the held-out protocol, then (with several families) the leave-one-family-out rotations, on at most
+    EVAL_TRAIN_SAMPLE training and EVAL_TEST_SAMPLE held-out models (eval_sample)."""
     torch.set_num_threads(threads)
     split = json.loads((Path(interp_dir) / "split.json").read_text())
-    train_records, train_y, behaviors, train_rows = _load_split(zoo_dir, sig_dir, split["train"])
-    test_records, test_y, _, test_rows = _load_split(zoo_dir, sig_dir, split["test"])
+    train_ids, test_ids = (eval_sample(split[side], cap, cfg.seed) for side, cap in (("train", EVAL_TRAIN_SAMPLE),
+                                                                                     ("test", EVAL_TEST_SAMPLE)))
+    train_records, train_y, behaviors, train_rows = _load_split(zoo_dir, sig_dir, train_ids)
+    test_records, test_y, _, test_rows = _load_split(zoo_dir, sig_dir, test_ids)
     names, layout = signature_feature_names(sig_dir), probe_layout(sig_dir, cfg)
     loaded = load_interpreter(interp_dir)
     model_preds = predict(loaded.model, loaded.scaler, test_records)
@@ -257,6 +392,7 @@ def _evaluate_remote(zoo_dir: str, sig_dir: str, interp_dir: str, cfg: Interpret
         "families": list(test_rows["family"]),
         "n_train_models": len(train_records),
         "n_test_models": len(test_records),
+        "sampled": {"train": [len(train_ids), len(split["train"])], "test": [len(test_ids), len(split["test"])]},
     }
 
 

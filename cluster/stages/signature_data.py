@@ -1,0 +1,108 @@
+"""Signatures as Ray Data datasets: one split's rows streamed from Parquet in a fixed order, and rows as records.
+
+The interpreter's stages read signatures through these instead of loading a split into one Python list, so a
+zoo of a million models streams (bounded memory per process) and Ray Train's workers each read their own shard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import ray
+
+from cluster.stages.signatures import SignatureError, read_signature_meta
+
+RECORD_COLUMNS = ["model_id", "n_neurons", "n_features", "features", "layer", "rel_depth", "kind", "logits", "weight_stats"]
+
+
+def signature_files(sig_dir: Path | str) -> list[str]:
+    """The signature Parquet files, ordered by their first model id.
+
+    Ray Data names files after the write, so their listed order changes from one extraction to the next; the
+    rows inside a file (one cohort's models, in order) do not. Reads only each file's footer statistics.
+    """
+    read_signature_meta(Path(sig_dir))
+    files = pads.dataset(str(sig_dir), format="parquet", exclude_invalid_files=True).files
+    if not files:
+        raise SignatureError(f"no signatures in {sig_dir}")
+    return sorted(files, key=_first_model_id)
+
+
+def _first_model_id(path: str) -> str:
+    """The smallest model id in one Parquet file (footer statistics; the column itself where they are missing)."""
+    meta = pq.ParquetFile(path).metadata
+    column = meta.schema.names.index("model_id")
+    mins = [meta.row_group(g).column(column).statistics for g in range(meta.num_row_groups)]
+    if mins and all(s is not None and s.has_min_max for s in mins):
+        return min(str(s.min) for s in mins)
+    ids = pq.read_table(path, columns=["model_id"]).column("model_id")
+    return str(pc.min(ids).as_py()) if len(ids) else ""
+
+
+def _keep_ids(batch: pa.Table, keep: pa.Array) -> pa.Table:
+    """The rows of `batch` whose model id is in `keep`."""
+    return batch.filter(pc.is_in(batch.column("model_id"), value_set=keep))
+
+
+def split_dataset(sig_dir: Path | str, model_ids: Sequence[str]) -> ray.data.Dataset:
+    """A lazy Ray Data dataset of the given models' signature rows, in file order (by model id within a cohort).
+
+    Nothing is read until it is iterated; iterate with ``preserve_order`` (``ordered_options``) for a fixed order.
+    """
+    ds = ray.data.read_parquet(signature_files(sig_dir)).select_columns(RECORD_COLUMNS)
+    keep = pa.array(sorted(model_ids), pa.string())
+    ds = ds.map_batches(_keep_ids, fn_kwargs={"keep": keep}, batch_format="pyarrow", batch_size=None)
+    ds.context.enable_progress_bars = False  # read every epoch inside Train workers: bars and banners would flood the log
+    ds.context.print_on_execution_start = False
+    return ds
+
+
+def ordered_options() -> Any:
+    """Ray Data execution options that keep rows in dataset order (deterministic epochs and shards)."""
+    from ray.train import DataConfig
+
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
+
+
+def table_records(table: pa.Table) -> list[dict[str, Any]]:
+    """Signature rows as interpreter records (features [n, F]); vectorised, no per-value Python objects."""
+    n_rows = table.num_rows
+    if n_rows == 0:
+        return []
+    cols = {name: table.column(name).combine_chunks() for name in table.column_names}
+    neurons = cols["n_neurons"].to_numpy()
+    width = cols["n_features"].to_numpy()
+
+    def rows(name: str, dtype: type) -> list[np.ndarray]:
+        arr = cols[name]
+        offsets = arr.offsets.to_numpy()
+        values = arr.values.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+        return [values[offsets[i] : offsets[i + 1]] for i in range(n_rows)]
+
+    feats, layer, depth, kind, logits = (rows("features", np.float32), rows("layer", np.int16),
+                                         rows("rel_depth", np.float32), rows("kind", np.int8), rows("logits", np.float32))
+    stats = rows("weight_stats", np.float32) if "weight_stats" in cols else [np.zeros(0, np.float32)] * n_rows
+    ids = cols["model_id"].to_pylist()
+    return [{"model_id": ids[i], "features": feats[i].reshape(int(neurons[i]), int(width[i])), "layer": layer[i],
+             "rel_depth": depth[i], "kind": kind[i], "logits": logits[i], "weight_stats": stats[i]} for i in range(n_rows)]
+
+
+def iter_record_chunks(ds: ray.data.Dataset | Any, rows: int, **iter_kwargs: Any) -> Iterator[list[dict[str, Any]]]:
+    """Stream a dataset (or a Ray Train shard) as lists of at most `rows` records."""
+    for batch in ds.iter_batches(batch_size=rows, batch_format="pyarrow", **iter_kwargs):
+        yield table_records(batch)
+
+
+def ordered(ds: ray.data.Dataset) -> ray.data.Dataset:
+    """The dataset iterated in its own order (for driver-side passes: the scaler, evaluation)."""
+    ds.context.execution_options.preserve_order = True
+    return ds
