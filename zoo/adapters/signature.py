@@ -24,6 +24,9 @@ def check_probe_fit(subject: Subject, probes: ProbeSet) -> None:
     if subject.vocab is not None and subject.vocab != probes.vocab:
         raise AdapterError(f"{subject.name}: vocabulary {subject.vocab} does not match the interpreter's probe set "
                            f"(vocabulary {probes.vocab})")
+    if subject.max_length is not None and probes.length > subject.max_length:
+        raise AdapterError(f"{subject.name}: takes sequences of at most {subject.max_length} tokens; the interpreter's "
+                           f"probe set has length {probes.length}")
     if subject.length is not None and subject.length != probes.length:
         raise AdapterError(f"{subject.name}: sequence length {subject.length} does not match the interpreter's probe set "
                            f"(length {probes.length})")

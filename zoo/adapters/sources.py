@@ -145,8 +145,10 @@ def from_hooked_transformer(config: str | Path | Mapping[str, Any], weights: str
     """A HookedTransformer from its config plus safetensors weights, read through its own hook names."""
     model = hooked_transformer(config)
     load_state(model, load_weights(weights), "the HookedTransformer config")
-    return ModuleSubject(model, name=name or Path(weights).stem, vocab=model.cfg.d_vocab, length=model.cfg.n_ctx,
-                         hook_modules=hook_modules, source={"source": "hooked_transformer", "weights": str(weights)})
+    subject = ModuleSubject(model, name=name or Path(weights).stem, vocab=model.cfg.d_vocab, hook_modules=hook_modules,
+                            source={"source": "hooked_transformer", "weights": str(weights)})
+    subject.max_length = model.cfg.n_ctx  # any length up to its context
+    return subject
 
 
 def from_zoo(zoo: str | Path, model_id: str) -> FamilySubject:

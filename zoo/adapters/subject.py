@@ -46,6 +46,7 @@ class Subject:
     name: str
     vocab: int | None
     length: int | None
+    max_length: int | None = None  # longest input it takes (a transformer's context), when the length is free
 
     def hook_points(self) -> list[HookPoint]:
         """The addressable unit layers in forward order; the output logit last."""
@@ -297,10 +298,11 @@ class ModuleSubject(Subject):
 
     def hook_points(self) -> list[HookPoint]:
         if self._discovered is None:
-            if self.length is None:
+            length = self.length or self.max_length
+            if length is None:
                 raise AdapterError(f"{self.name}: sequence length unknown; give it (length in the arguments) or read "
                                    "it through a probe set")
-            probe = torch.zeros(2, self.length, dtype=torch.int64)
+            probe = torch.zeros(2, length, dtype=torch.int64)
             self._set_unit_dims(probe)
             cache: Cache = {}
             self.forward(probe, cache=cache)
