@@ -29,4 +29,12 @@ class EditConfig(BaseModel):
     families: list[Family] | None = Field(
         None, description="families the edit stages train on and score (None: every family in the zoo); the guided "
                           "edit serves all, the one-pass decoder and the steering baseline MLPs only")
+    judge_max_sequences: int = Field(
+        4_000_000, ge=0, description="judge edits (the protocol and the self-check) over every sequence of the input "
+                                     "space when it holds at most this many (V=L=7: 823,543); beyond, on sampled banks")
+    methods: list[str] | None = Field(None, description="the edit methods the evaluation scores (None: all of METHODS)")
+    targeted_share: float = Field(0.2, gt=0, le=1, description="guided_targeted: share of each hidden layer's neurons "
+                                                                 "whose weights the edit may change (B's carriers first)")
+    targeted_penalty: float = Field(1.0, ge=0, description="guided_targeted: weight of the relative squared weight change")
+    rank_one_steps: int = Field(300, ge=1, description="rank_one: Adam steps fitting the value vector of the rank-one change")
     seed: int = 0

@@ -12,6 +12,7 @@ from typing import Any
 from interpreter.editing.config import EditConfig
 from interpreter.editing.editor import Encoded, Pool, encode
 from interpreter.editing.groups import ArchGroup, load_groups
+from interpreter.editing.space import judging_bank
 from interpreter.model import LoadedInterpreter, load_interpreter
 from zoo.behavior_bank import BehaviorBank
 from zoo.errors import ZoolensError
@@ -63,14 +64,23 @@ def train_bank(ctx: EditContext, cfg: EditConfig) -> BehaviorBank:
     return BehaviorBank.build(ctx.names, ctx.vocab, ctx.length, cfg.editor.bank_per_behavior, seed=cfg.seed)
 
 
-def eval_bank(ctx: EditContext, cfg: EditConfig) -> BehaviorBank:
-    """The fresh sequences edits are judged on: never seen by the editor or by an edit."""
+def fresh_bank(ctx: EditContext, cfg: EditConfig) -> BehaviorBank:
+    """Fresh sequences never seen by the editor or by an edit (a sample: positives, near misses, randoms)."""
     return BehaviorBank.build(ctx.names, ctx.vocab, ctx.length, cfg.eval_per_behavior, seed=cfg.seed + 10_000)
 
 
+def eval_bank(ctx: EditContext, cfg: EditConfig) -> BehaviorBank:
+    """What edits are judged on: the whole input space when it holds at most ``cfg.judge_max_sequences`` sequences,
+    else :func:`fresh_bank`."""
+    return judging_bank(ctx.names, ctx.vocab, ctx.length, cfg.judge_max_sequences, lambda: fresh_bank(ctx, cfg))
+
+
 def check_bank(ctx: EditContext, cfg: EditConfig) -> BehaviorBank:
-    """The sequences the guided edit checks itself on: neither its training rows nor the evaluation's."""
-    return BehaviorBank.build(ctx.names, ctx.vocab, ctx.length, cfg.eval_per_behavior, seed=cfg.seed + 20_000)
+    """What the guided edit checks itself on: the whole input space like the evaluation when it is small enough,
+    else sequences that are neither its training rows nor the evaluation's."""
+    return judging_bank(ctx.names, ctx.vocab, ctx.length, cfg.judge_max_sequences,
+                        lambda: BehaviorBank.build(ctx.names, ctx.vocab, ctx.length, cfg.eval_per_behavior,
+                                                   seed=cfg.seed + 20_000))
 
 
 # ----------------------------------------------------------------------------- models and their reading

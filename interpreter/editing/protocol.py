@@ -12,6 +12,9 @@ An edit succeeds iff
 - repair B: B's rate >= the clean model's rate - 0.02
 and, for all three, every other assigned behavior's rate drops by at most 0.05 and the
 false-positive rate rises by at most 0.05.
+
+Rates are exact when the bank is the whole input space (:mod:`interpreter.editing.space`: with V = L = 7, all
+823,543 sequences, every one flagged in one chunked pass per model); on a sampled bank they are estimates.
 """
 
 from __future__ import annotations
@@ -22,11 +25,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from interpreter.editing.space import InputSpace
 from zoo.arch import ArchSpec
 from zoo.behavior_bank import BehaviorBank
 from zoo.families import get_family
 from zoo.families.base import Interventions, Params
-from zoo.train import predict
 
 ADD_MIN = 0.90
 REMOVE_MAX = 0.10
@@ -56,7 +59,8 @@ class Verdict:
 
 
 def eval_rows(bank: BehaviorBank, union: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Row ids of each behavior's own positives within ``union`` and of the negatives of ``union``."""
+    """Row ids of each behavior's own positives within ``union`` and of the negatives of ``union`` (over the whole
+    input space: every sequence matching nothing in ``union``)."""
     cols = bank.index(union)
     m = bank.matches[:, cols]
     own = {}
@@ -64,25 +68,44 @@ def eval_rows(bank: BehaviorBank, union: Sequence[str]) -> tuple[dict[str, np.nd
         rows = bank.positives[cols[j]]
         others = np.delete(m[rows], j, axis=1).any(axis=1)
         own[b] = rows[~others]
+    if isinstance(bank, InputSpace):
+        return own, bank.negatives(cols)
     near = np.concatenate([bank.near[c] for c in cols] + [bank.random])
     return own, near[~m[near].any(axis=1)]
 
 
+FLAG_CELLS = 1 << 25  # activations per forward chunk (models x rows x width x positions): bounds memory on any bank
+
+
 @torch.no_grad()
+def flags_on(spec: ArchSpec, params: Params, bank: BehaviorBank, interventions: Interventions | None = None) -> torch.Tensor:
+    """Which bank sequences each stacked model flags [M, T] bool: one pass over shared inputs, in chunks (the whole
+    input space is 823,543 rows); interventions (e.g. resampling) act within each chunk."""
+    family, x = get_family(spec), torch.from_numpy(bank.x)
+    n_models = next(iter(params.values())).shape[0]
+    chunk = int(min(max(FLAG_CELLS // max(1, n_models * spec.width * spec.length * 4), 256), 65536))
+    return torch.cat([family.forward(spec, params, x[s: s + chunk], interventions=interventions) > 0
+                      for s in range(0, len(x), chunk)], dim=1)
+
+
+def rates_from_flags(flags: torch.Tensor, bank: BehaviorBank, unions: Sequence[Sequence[str]]) -> list[Rates]:
+    """Rates of each model m over unions[m] from its flags [M, T] on the bank's sequences."""
+    out, rows = [], {}
+    for m, union in enumerate(unions):
+        key = tuple(union)
+        if key not in rows:  # many models share a behavior set
+            rows[key] = eval_rows(bank, union)
+        own, neg = rows[key]
+        f = flags[m].numpy()
+        out.append(Rates({b: float(f[r].mean()) if len(r) else float("nan") for b, r in own.items()},
+                         float(f[neg].mean()) if len(neg) else float("nan")))
+    return out
+
+
 def measure(spec: ArchSpec, params: Params, bank: BehaviorBank, unions: Sequence[Sequence[str]],
             interventions: Interventions | None = None) -> list[Rates]:
     """Rates of each stacked model m over its behavior set unions[m], on the bank's sequences (optionally intervened on)."""
-    x = torch.from_numpy(bank.x)
-    if interventions is None:
-        flags = predict(spec, params, x.unsqueeze(0).expand(len(unions), -1, -1)) > 0
-    else:
-        flags = get_family(spec).forward(spec, params, x, interventions=interventions) > 0
-    out = []
-    for m, union in enumerate(unions):
-        own, neg = eval_rows(bank, union)
-        f = flags[m].numpy()
-        out.append(Rates({b: float(f[r].mean()) if len(r) else float("nan") for b, r in own.items()}, float(f[neg].mean())))
-    return out
+    return rates_from_flags(flags_on(spec, params, bank, interventions), bank, unions)
 
 
 def judge(op: str, behavior: str, kept: Sequence[str], before: Rates, after: Rates,
