@@ -85,3 +85,35 @@ def test_several_chunks_learn_and_resume_ends_as_the_uninterrupted_run(data):
     resumed = _streamed(records, labels, fit, val, chunk_rows=40, cfg=cfg, resume=states[2])
     assert resumed.history == full.history and resumed.best_epoch == full.best_epoch
     assert np.array_equal(predict(resumed.model, resumed.scaler, records[200:])["behaviors"], probs)
+
+
+def test_signature_rows_as_records_and_files_in_model_order(tmp_path):
+    """Rows convert as row_to_record does (vectorised), and files are read by their first model id, whatever their names."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from cluster.stages.signature_data import signature_files, table_records
+    from cluster.stages.signatures import SIGNATURE_META
+    from zoo.signatures import row_to_record, signature_table
+
+    rng = np.random.default_rng(0)
+
+    def cohort(ids: list[str], n_neurons: int) -> dict:
+        return {"features": rng.normal(size=(len(ids), n_neurons, 3)).astype(np.float32),
+                "layer": np.arange(n_neurons) % 2, "rel_depth": np.linspace(0, 1, n_neurons).astype(np.float32),
+                "kind": np.zeros(n_neurons, np.int8), "fan_in": np.full(n_neurons, 4),
+                "logits": rng.normal(size=(len(ids), 5)).astype(np.float32),
+                "weight_stats": rng.normal(size=(len(ids), 7)).astype(np.float32)}
+
+    late, early = ["m0000003", "m0000004"], ["m0000000", "m0000001", "m0000002"]
+    pq.write_table(signature_table(late, "mlp", cohort(late, 6)), tmp_path / "a.parquet")
+    pq.write_table(signature_table(early, "mlp", cohort(early, 4)), tmp_path / "b.parquet")
+    (tmp_path / SIGNATURE_META).write_text(json.dumps({}))
+    files = signature_files(tmp_path)
+    assert [f.rsplit("/", 1)[-1] for f in files] == ["b.parquet", "a.parquet"]
+    table = pq.read_table(files[1])
+    for got, want in zip(table_records(table), (row_to_record(r) for r in table.to_pylist()), strict=True):
+        assert got.keys() == want.keys() and got["model_id"] == want["model_id"]
+        for key in ("features", "layer", "rel_depth", "kind", "logits", "weight_stats"):
+            assert got[key].dtype == want[key].dtype and np.array_equal(got[key], want[key])

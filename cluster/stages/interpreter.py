@@ -37,6 +37,7 @@ from interpreter.train import predict, split_by_model, train_interpreter
 from zoo.errors import ZoolensError
 from zoo.lineage import LINK_COLUMNS, manifest_lineage, split_by_lineage
 from zoo.store import ZooStore, atomic_write_json
+from zoo.version import code_version
 
 from cluster.runtime import cluster_cpus, cluster_gpus
 from cluster.stages.signature_data import iter_record_chunks, ordered, ordered_options, split_dataset
@@ -235,9 +236,10 @@ def _train_loop(config: dict[str, Any]) -> None:
 
 
 def _run_name(cfg: InterpreterConfig, train_ids: list[str], sig_meta: dict[str, Any], workers: int) -> str:
-    """The Ray Train run's name: the same config, split, signatures and workers give the same name, so a rerun of
-    the same command finds the run's checkpoints and resumes from the latest."""
-    h = hashlib.sha256(json.dumps({"cfg": cfg.model_dump(mode="json"), "workers": workers,
+    """The Ray Train run's name: the same config, split, signatures, workers and code give the same name, so a rerun
+    of the same command finds the run's checkpoints and resumes from the latest (or returns its finished result);
+    changed code starts afresh rather than resume a model the code would no longer make."""
+    h = hashlib.sha256(json.dumps({"cfg": cfg.model_dump(mode="json"), "workers": workers, "code": code_version(),
                                    "signatures": [sig_meta.get(k) for k in ("probe_sha256", "zoo_fingerprint", "extractor_sha256")]},
                                   sort_keys=True).encode())
     for model_id in train_ids:
