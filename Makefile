@@ -10,8 +10,8 @@ CONFIG ?= configs/demo.yaml
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	$(VENV)/bin/python -m pip install -qq --disable-pip-version-check --upgrade pip
+	$(VENV)/bin/python -m pip install -qq --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -25,6 +25,7 @@ from zoo.version import code_version
 
 from interpreter.editing.apply import edit_model
 from interpreter.editing.context import EditError, open_context
+from interpreter.editing.tradeoff import tradeoff_figure
 
 from cluster.tracking import plots
 from cluster.config import PipelineConfig, load_config
@@ -36,6 +37,7 @@ from cluster.stages.signatures import extract_signatures
 from cluster.tracking.runs import (
     check_tracking_uri,
     log_dataframe_input,
+    log_headline,
     make_run_dir,
     resolve_tracking_uri,
     setup_tracking,
@@ -209,6 +211,13 @@ class Pipeline:
             return self._finish("interpreter_train", summary)
 
     def evaluate(self) -> dict[str, Any]:
+        """Score held-out models beside baselines and register; the headline numbers also go on the parent run."""
+        summary = self._evaluate()
+        if mlflow.active_run() is not None:  # the pipeline's parent run, where the runs list shows them
+            log_headline(summary["table"])
+        return summary
+
+    def _evaluate(self) -> dict[str, Any]:
         with stage_run("interpreter_evaluate") as run:
             result = evaluate_stage(self.zoo_dir, self.paths.signatures, self.paths.interpreter, self.cfg.interpreter,
                                     cross_family=self.cfg.evaluation.cross_family)
@@ -269,10 +278,14 @@ class Pipeline:
             for row in result["by_op"]:
                 mlflow.log_metric(f"{row['method']}.{row['op']}.success_rate", row["success_rate"])
                 mlflow.log_metric(f"{row['method']}.{row['op']}.self_check_rate", row["self_check_rate"])
+                mlflow.log_metric(f"{row['method']}.{row['op']}.median_change", row["median_change"])
+                mlflow.log_metric(f"{row['method']}.{row['op']}.median_neurons_changed", row["median_neurons_changed"])
                 if row["success_if_checked"] is not None:
                     mlflow.log_metric(f"{row['method']}.{row['op']}.success_if_checked", row["success_if_checked"])
             mlflow.log_metric("localization_passes", result["localization_passes"])
             self._log_plot(plots.edit_success(result["by_op"], self.paths.plots / "edit_success.png"))
+            self._log_plot(tradeoff_figure(result["by_op"], self.paths.plots / "edit_tradeoff.png",
+                                           f"judged on {result['judged_on']} ({result['judged_sequences']:,} sequences)"))
             self._log_plot(plots.edit_heatmap(result["per_behavior"], result["training_ceiling"],
                                               self.paths.plots / "edit_per_behavior.png"))
             return self._finish("edit_evaluate", result)

@@ -47,6 +47,12 @@ def test_run_produces_zoo_signatures_registered_interpreter_and_report(tiny_run:
     assert [d.dataset.name for d in zoo_run.inputs.dataset_inputs] == ["zoo"]
     version = client.get_model_version_by_alias("zoolens-interpreter", "champion")
     assert int(version.version) == ev["registered_model"]["version"]
+    # the parent run, first in the runs list, carries the headline numbers and the results table as its note
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["heldout.behaviors_mean_balanced_accuracy"] == ev["table"][0]["behaviors_mean_balanced_accuracy"]
+    assert parent.data.tags["mlflow.note.content"].startswith("| method |")
+    assert (run_dir / "report.json").stat().st_mode & 0o044 == 0o044  # readable by the group (atomic writes were 0600)
 
 
 def test_registered_interpreter_loads_and_predicts(tiny_run: Path):

@@ -39,6 +39,7 @@ from zoo.arch import ArchSpec
 from zoo.errors import ZoolensError
 from zoo.families.base import Params
 
+FILE_MODE = 0o644  # what atomic writes leave: readable by group and others, as open() under the usual umask would
 URI_SCHEMES = ("file", "s3", "gs")  # what pyarrow.fs opens without extra setup (credentials from the environment)
 
 
@@ -112,6 +113,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600; results are for the group to read, like any file written plainly
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -205,10 +205,14 @@ def log_dataframe_input(df: pd.DataFrame, source: str, name: str, context: str) 
     """Record a table (zoo manifest, signatures) as an MLflow dataset input of the active run.
 
     MLflow's hint that integer columns cannot hold missing values is silenced: these tables are
-    written by zoolens, never have missing values, and the hint only cluttered every run's output.
+    written by zoolens, never have missing values, and the hint only cluttered every run's output;
+    so are its notes on how it read the source path and on its own use of pandas.
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Integer columns in Python cannot represent missing values.*")
+        # a local path source matches two of MLflow's source types (same class twice): it picks one, which is right
+        warnings.filterwarnings("ignore", message=".*dataset source can be interpreted in multiple ways.*")
+        warnings.filterwarnings("ignore", message=".*all arguments of all will be keyword-only.*")  # MLflow's digest vs pandas 4
         dataset = mlflow.data.from_pandas(df, source=source, name=name)
         mlflow.log_input(dataset, context=context)
 
@@ -218,3 +222,30 @@ def log_epoch_metrics(run_id: str, metrics: dict[str, float], step: int) -> None
     client = MlflowClient()
     for k, v in metrics.items():
         client.log_metric(run_id, k, float(v), step=step)
+
+
+def log_headline(table: list[dict[str, Any]]) -> None:
+    """The interpreter's held-out numbers as metrics of the active run, and the whole results table as its note.
+
+    The pipeline's parent run is what the MLflow runs list shows first; without these it showed no numbers.
+    """
+    ours = next((row for row in table if row.get("method") == "interpreter"), None)
+    if ours is not None:
+        mlflow.log_metrics(as_metrics({f"heldout.{k}": v for k, v in ours.items() if k != "method"}))
+    mlflow.set_tag("mlflow.note.content", markdown_table(table))
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """Rows of a results table as a Markdown table (numbers to 3 decimals, blanks for missing values)."""
+    if not rows:
+        return ""
+    cols = list(rows[0])
+
+    def cell(v: Any) -> str:
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):
+            return ""
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
