@@ -104,7 +104,8 @@ def test_every_method_says_which_families_it_serves() -> None:
     tools = Tools(EditConfig(), NAMES, None, None, None, task_vectors={mlp.key(): {}})
     serves = {name: (m.applies_to(mlp, tools), m.applies_to(gru, tools)) for name, m in METHODS.items()}
     assert serves == {"decoder": (True, False), "guided": (True, True), "steering": (True, False),
-                      "task_arithmetic": (True, False), "finetune_matched": (True, True), "finetune_short": (True, True)}
+                      "task_arithmetic": (True, False), "finetune_matched": (True, True), "finetune_short": (True, True),
+                      "guided_targeted": (True, True), "rank_one": (True, False)}
     assert {n for n, m in METHODS.items() if m.uses_labels} == {"finetune_matched", "finetune_short"}
     assert "one-pass decoder writes mlp weights only" in METHODS["decoder"].why_not(gru)
 
@@ -187,7 +188,8 @@ def edit_config(tiny_run, tmp_path_factory):
     cfg = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
     cfg["output_dir"] = str(tiny_run / "run")
     cfg["edit"] = {"editor": {"steps": 30, "batch_models": 16, "bank_per_behavior": 100}, "eval_per_behavior": 40,
-                   "guided_steps": 20, "finetune_epochs": 1, "reconstruction_steps": 10, "max_test_models": 12}
+                   "guided_steps": 20, "finetune_epochs": 1, "reconstruction_steps": 10, "max_test_models": 12,
+                   "rank_one_steps": 5, "judge_max_sequences": 0}  # sampled banks: the whole space is tested apart
     path = tmp_path_factory.mktemp("edit") / "tiny_edit.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -231,15 +233,19 @@ def test_edit_evaluate_scores_every_method_and_logs(edit_config, tiny_run) -> No
     report = json.loads((tiny_run / "run" / "report.json").read_text())
     ev = report["stages"]["edit_evaluate"]
     methods = {row["method"] for row in ev["by_op"]}
-    assert {"decoder", "guided", "steering", "finetune_matched", "finetune_short"} <= methods
+    assert {"decoder", "guided", "steering", "finetune_matched", "finetune_short", "guided_targeted", "rank_one"} <= methods
     assert {row["op"] for row in ev["by_op"]} == {"add", "remove"}  # the tiny zoo has no repair pairs
+    assert ev["judged_on"] == "bank" and ev["judged_sequences"] > 0
     for row in ev["by_op"]:
         assert 0.0 <= row["success_rate"] <= 1.0 and row["n"] > 0
+        assert 0.0 <= row["median_neurons_changed"] <= 1.0 and row["median_change"] >= 0.0
+        if row["method"] == "rank_one":
+            assert row["median_max_rank"] <= 1
         assert 0.0 <= row["self_check_rate"] <= 1.0
         assert (row["success_if_checked"] is None) == (row["self_check_rate"] == 0.0)
     assert ev["localization_behaviors"] > 0
     assert report["stages"]["edit_train"]["interpreter_version"]
-    for plot in ("edit_success.png", "edit_per_behavior.png", "edit_localization.png"):
+    for plot in ("edit_success.png", "edit_per_behavior.png", "edit_localization.png", "edit_tradeoff.png"):
         assert (tiny_run / "run" / "plots" / plot).stat().st_size > 0
 
     import mlflow
@@ -248,6 +254,7 @@ def test_edit_evaluate_scores_every_method_and_logs(edit_config, tiny_run) -> No
     runs = mlflow.search_runs(experiment_names=["zoolens"], filter_string="tags.mlflow.runName = 'edit_evaluate'")
     assert len(runs) >= 1
     assert "metrics.guided.add.success_rate" in runs.columns
+    assert "metrics.guided_targeted.add.median_change" in runs.columns
 
 
 def test_edit_one_model_writes_it_with_lineage(edit_config, tiny_run, capsys) -> None:

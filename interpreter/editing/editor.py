@@ -30,7 +30,7 @@ from torch import nn
 
 from interpreter.batch import collate
 from interpreter.editing.decoder import NeuronAlignedDecoder, add_delta
-from interpreter.editing.protocol import FPR_TOL, KEEP_TOL, judge, measure
+from interpreter.editing.protocol import FPR_TOL, KEEP_TOL, flags_on, judge, rates_from_flags
 from interpreter.model import LoadedInterpreter
 from zoo.arch import ArchSpec
 from zoo.behavior_bank import BehaviorBank
@@ -270,7 +270,8 @@ CHECK_PARTS = ("B's rate", "a kept behavior", "false positives")  # what failing
 
 def guided_edit(spec: ArchSpec, params: Params, bank: BehaviorBank, ops: Sequence[str], behaviors: Sequence[str],
                 keep: Sequence[Sequence[str]], steps: int, lr: float = 3e-3, n: int = 256, seed: int = 0,
-                check: BehaviorBank | None = None, rounds: int = 0, labelled: bool = False) -> Params:
+                check: BehaviorBank | None = None, rounds: int = 0, labelled: bool = False, mask: Params | None = None,
+                penalty: float = 0.0) -> Params:
     """Decode edits by optimization: a change of every weight but the embedding, found by ``steps`` Adam steps
     against the edit targets (:func:`edit_targets`). Returns the change.
 
@@ -286,34 +287,48 @@ def guided_edit(spec: ArchSpec, params: Params, bank: BehaviorBank, ops: Sequenc
     as the reference (:func:`failing_parts`); the models that miss them continue from their change for half as
     many steps at half the step size, with REFINE_UP times the weight on each part they missed (B's positives,
     the kept behaviors' positives, the negatives).
+
+    A ``mask`` (0/1 per weight entry, as :func:`interpreter.editing.neurons.weight_mask` makes) confines the change to
+    the entries it marks (a targeted edit); ``penalty`` adds that times the relative squared size of the change.
     """
     rng = np.random.default_rng(seed)
-    delta = {k: torch.zeros_like(v) for k, v in params.items() if k != "embed"}
-    delta = _optimize_edit(spec, params, delta, bank, ops, behaviors, keep, steps, lr, n, rng, labelled=labelled)
+    names = [k for k in params if k != "embed" and (mask is None or k in mask)]
+    delta = {k: torch.zeros_like(params[k]) for k in names}
+    delta = _optimize_edit(spec, params, delta, bank, ops, behaviors, keep, steps, lr, n, rng, labelled=labelled,
+                           mask=mask, penalty=penalty)
     weights = torch.ones(len(ops), 3)
-    for _ in range(rounds if check is not None else 0):
-        fails = failing_parts(spec, params, delta, check, ops, behaviors, keep)
+    if check is None or not rounds:
+        return delta
+    before = flags_on(spec, params, check)  # the reference, computed once
+    fails = failing_parts(spec, params, delta, check, ops, behaviors, keep, before=before)
+    for _ in range(rounds):
         bad = fails.any(dim=1).nonzero().flatten()
         if not len(bad):
             break
         weights[fails] *= REFINE_UP
         idx = bad.tolist()
-        refined = _optimize_edit(spec, {k: v[bad] for k, v in params.items()}, {k: v[bad] for k, v in delta.items()},
-                                 bank, [ops[i] for i in idx], [behaviors[i] for i in idx], [keep[i] for i in idx],
-                                 max(1, steps // 2), lr / 2, n, rng, weights[bad], labelled)
+        sub = {k: v[bad] for k, v in params.items()}
+        sub_mask = None if mask is None else {k: v[bad] for k, v in mask.items()}
+        picked = ([ops[i] for i in idx], [behaviors[i] for i in idx], [keep[i] for i in idx])
+        refined = _optimize_edit(spec, sub, {k: v[bad] for k, v in delta.items()}, bank, *picked,
+                                 max(1, steps // 2), lr / 2, n, rng, weights[bad], labelled, sub_mask, penalty)
         for k, v in refined.items():
             delta[k] = delta[k].index_copy(0, bad, v)
+        fails[bad] = failing_parts(spec, sub, refined, check, *picked, before=before[bad])  # only these changed
     return delta
 
 
 def _optimize_edit(spec: ArchSpec, params: Params, delta: Params, bank: BehaviorBank, ops: Sequence[str],
                    behaviors: Sequence[str], keep: Sequence[Sequence[str]], steps: int, lr: float, n: int,
-                   rng: np.random.Generator, weights: torch.Tensor | None = None, labelled: bool = False) -> Params:
+                   rng: np.random.Generator, weights: torch.Tensor | None = None, labelled: bool = False,
+                   mask: Params | None = None, penalty: float = 0.0) -> Params:
     """``steps`` Adam steps (cosine-annealed: large moves first, then settle) on the change ``delta`` from
     ``params``; ``weights`` [B, 3] scales the loss on B's positives, the kept behaviors' positives and the rest;
-    ``labelled``: held to the definitions of ``keep`` rather than to the model's own outputs."""
+    ``labelled``: held to the definitions of ``keep`` rather than to the model's own outputs; ``mask``: only the
+    marked entries move; ``penalty``: weight of the relative squared change."""
     family = get_family(spec)
     free = {k: v.clone().requires_grad_(True) for k, v in delta.items()}
+    masked = (lambda: free) if mask is None else (lambda: {k: v * mask[k] for k, v in free.items()})
     opt = torch.optim.Adam(free.values(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for _ in range(steps):
@@ -326,13 +341,16 @@ def _optimize_edit(spec: ArchSpec, params: Params, delta: Params, bank: Behavior
             teacher = keep_labels(rows, bank, keep) if labelled else torch.sigmoid(family.forward(spec, params, x))
             y = edit_targets(teacher, rows, bank, ops, behaviors, keep)
             w = 1.0 if weights is None else row_weights(rows, bank, behaviors, keep, weights)
-        logits = family.forward(spec, add_delta(params, free), x)
+        change = masked()
+        logits = family.forward(spec, add_delta(params, change), x)
         loss = (w * F.binary_cross_entropy_with_logits(logits, y, reduction="none")).mean(dim=1).sum()
+        if penalty:
+            loss = loss + penalty * change_size(params, change).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-    return {k: v.detach() for k, v in free.items()}
+    return {k: v.detach() for k, v in masked().items()}
 
 
 def keep_labels(rows: np.ndarray, bank: BehaviorBank, keep: Sequence[Sequence[str]]) -> torch.Tensor:
@@ -352,11 +370,15 @@ def row_weights(rows: np.ndarray, bank: BehaviorBank, behaviors: Sequence[str], 
 
 
 def failing_parts(spec: ArchSpec, params: Params, delta: Params, check: BehaviorBank, ops: Sequence[str],
-                  behaviors: Sequence[str], keep: Sequence[Sequence[str]]) -> torch.Tensor:
+                  behaviors: Sequence[str], keep: Sequence[Sequence[str]], before: torch.Tensor | None = None,
+                  after: torch.Tensor | None = None) -> torch.Tensor:
     """Which part of each edit misses the protocol's bars on ``check`` (by CHECK_MARGIN) [B, 3] bool: B's rate,
-    a kept behavior's drop, the false-positive rise. The reference is the model's own flags before the edit."""
+    a kept behavior's drop, the false-positive rise. The reference is the model's own flags before the edit;
+    ``before`` / ``after`` are those flags on ``check`` [B, T] where already computed (:func:`flags_on`)."""
     unions = [sorted(set(k) | {b}) for k, b in zip(keep, behaviors)]
-    before, after = measure(spec, params, check, unions), measure(spec, add_delta(params, delta), check, unions)
+    before = flags_on(spec, params, check) if before is None else before
+    after = flags_on(spec, add_delta(params, delta), check) if after is None else after
+    before, after = rates_from_flags(before, check, unions), rates_from_flags(after, check, unions)
     fails = torch.zeros(len(ops), 3, dtype=torch.bool)
     for m, (op, b, k) in enumerate(zip(ops, behaviors, keep)):
         v = judge(op, b, k, before[m], after[m], margin=CHECK_MARGIN)

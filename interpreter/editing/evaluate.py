@@ -16,15 +16,17 @@ import pandas as pd
 
 from interpreter.editing.baselines import task_vectors
 from interpreter.editing.config import EditConfig
-from interpreter.editing.context import (EditContext, check_bank, edit_groups, eval_bank, family_ids, read_sets,
-                                         train_bank)
+from interpreter.editing.context import (EditContext, EditError, check_bank, edit_groups, eval_bank, family_ids,
+                                         fresh_bank, read_sets, train_bank)
 from interpreter.editing.decoder import add_delta
-from interpreter.editing.editor import change_size, encode, failing_parts
+from interpreter.editing.editor import encode, failing_parts
 from interpreter.editing.groups import load_groups
 from interpreter.editing.localization import localization_table, localize
 from interpreter.editing.methods import METHODS, EditRequest, Tools
 from interpreter.editing.plan import EditSet, clean_rates, every_removal, plan_edit_sets
-from interpreter.editing.protocol import ADD_MIN, judge, measure
+from interpreter.editing.neurons import change_metrics
+from interpreter.editing.protocol import ADD_MIN, flags_on, judge, rates_from_flags
+from interpreter.editing.space import judged_on
 from interpreter.editing.train import load_stage
 from zoo.behavior_bank import BehaviorBank
 
@@ -69,27 +71,36 @@ def request_for(ctx: EditContext, es: EditSet, tools: Tools, bank: BehaviorBank)
     return EditRequest(es, enc, read_sets(ctx, enc), chosen)
 
 
-def score_edit_set(ctx: EditContext, es: EditSet, tools: Tools, bank: BehaviorBank) -> list[dict]:
-    """Every method's verdicts on one edit set, judged on ``bank``."""
+def score_edit_set(ctx: EditContext, es: EditSet, tools: Tools, bank: BehaviorBank,
+                   methods: list[str] | None = None) -> list[dict]:
+    """Every method's verdicts on one edit set, judged on ``bank`` (the whole input space where it is small), with
+    each edit's relative L2 weight change, share of hidden neurons changed and largest per-matrix rank."""
     request = request_for(ctx, es, tools, bank)
     g, unions = es.group, es.unions()
-    before = measure(g.spec, g.params, bank, unions)
+    before_flags = flags_on(g.spec, g.params, bank)  # once per edit set: every method is compared with it
+    before = rates_from_flags(before_flags, bank, unions)
+    check_before = before_flags if tools.check_bank is bank else flags_on(g.spec, g.params, tools.check_bank)
+    where = judged_on(bank)
     rows = []
-    for name, method in METHODS.items():
+    for name in methods or list(METHODS):
+        method = METHODS[name]
         delta = method(request, tools) if method.applies_to(g.spec, tools) else None
         if delta is None:
             continue
-        after = measure(g.spec, add_delta(g.params, delta), bank, unions)
-        size = change_size(g.params, delta).sqrt()
-        checked = ~failing_parts(g.spec, g.params, delta, tools.check_bank, request.ops(), request.chosen,
-                                 request.read).any(dim=1)
+        after_flags = flags_on(g.spec, add_delta(g.params, delta), bank)
+        after = rates_from_flags(after_flags, bank, unions)
+        sizes = change_metrics(g.spec, g.params, delta)
+        checked = ~failing_parts(g.spec, g.params, delta, tools.check_bank, request.ops(), request.chosen, request.read,
+                                 before=check_before, after=after_flags if tools.check_bank is bank else None).any(dim=1)
         for m, (have, b) in enumerate(zip(es.assigned(), es.behaviors)):
             v = judge(es.op, b, have, before[m], after[m], es.clean[m] if es.clean else None)
             rows.append({"method": name, "op": es.op, "behavior": b, "model_id": g.rows["model_id"][m],
                          "family": g.spec.family, "arch": g.spec.key(), "success": v.success, "target_rate": v.target_rate,
                          "before_rate": before[m].behavior[b], "worst_kept_drop": v.worst_kept_drop,
-                         "fpr_rise": v.fpr_rise, "change": float(size[m]), "chosen": request.chosen[m],
-                         "self_check": bool(checked[m]), "reasons": "; ".join(v.reasons)})
+                         "fpr_rise": v.fpr_rise, "change": float(sizes["change"][m]),
+                         "neurons_changed": float(sizes["neurons_changed"][m]), "max_rank": int(sizes["max_rank"][m]),
+                         "chosen": request.chosen[m], "self_check": bool(checked[m]), "judged_on": where,
+                         "judged_sequences": len(bank.x), "reasons": "; ".join(v.reasons)})
     return rows
 
 
@@ -109,15 +120,19 @@ def evaluate_edits(ctx: EditContext, cfg: EditConfig, editor_dir: Path, progress
     """
     from tqdm.auto import tqdm
 
+    unknown = sorted(set(cfg.methods or []) - set(METHODS))
+    if unknown:
+        raise EditError(f"unknown edit method(s) {', '.join(unknown)} in edit.methods; known: {', '.join(METHODS)}")
     tools = evaluation_tools(ctx, cfg, editor_dir)
     bank = eval_bank(ctx, cfg)
+    fresh = fresh_bank(ctx, cfg)  # the localization check resamples within a sample, as it was measured before
     rng = np.random.default_rng(cfg.seed)
     sets = [es for g in edit_groups(ctx, held_out_ids(ctx, cfg)) for es in plan_edit_sets(ctx, g, rng)]
     rows, loc = [], []
     for es in tqdm(sets, desc="edit sets", disable=not progress):
-        rows += score_edit_set(ctx, es, tools, bank)
+        rows += score_edit_set(ctx, es, tools, bank, cfg.methods)
         if es.op == "remove":  # every (model, assigned behavior) pair of the clean models
             every = every_removal(es)
-            loc += localize(every.group, every.behaviors, tools.train_bank, bank, cfg.localization_k, cfg.seed)
+            loc += localize(every.group, every.behaviors, tools.train_bank, fresh, cfg.localization_k, cfg.seed)
     return {"verdicts": pd.DataFrame(rows), "localization": localization_table(loc) if loc else pd.DataFrame(),
             "ceiling": training_ceiling(ctx)}

@@ -37,35 +37,61 @@ def _rows(bank: BehaviorBank, union: Sequence[str], behavior: str, n: int, rng: 
     return np.concatenate([rng.choice(mine, size=n), rest])
 
 
+class _Ablator:
+    """Flags of stacked models on B's own positives then the rows the check holds still, with some neurons patched
+    to their values on random bank sequences (the greedy search's and :func:`neuron_effects`' one experiment)."""
+
+    def __init__(self, spec: ArchSpec, params: Params, bank: BehaviorBank, unions: Sequence[Sequence[str]],
+                 behaviors: Sequence[str], n: int, rng: np.random.Generator) -> None:
+        self.spec, self.params, self.n, self.family = spec, params, n, get_family(spec)
+        rows = np.stack([_rows(bank, u, b, n, rng) for u, b in zip(unions, behaviors)])  # [M, 2n]: own, rest
+        self.x = torch.from_numpy(bank.x[rows])
+        self.reference: Cache = {}  # the values ablated neurons take: their activations on random bank sequences
+        self.family.forward(spec, params, torch.from_numpy(bank.x[rng.integers(0, len(bank.x), size=rows.shape)]),
+                            cache=self.reference)
+        self.base = self.family.forward(spec, params, self.x) > 0
+
+    def effects(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per model [M]: share of B's flagged positives turned off (net of those turned on), and share of the other
+        rows whose flag flips, when the neurons of ``mask`` [M, N] are patched."""
+        hooks = {name: patch(part, self.reference[name]) for name, part in split_neurons(self.spec, mask).items()}
+        f = self.family.forward(self.spec, self.params, self.x, interventions=hooks) > 0
+        n, base = self.n, self.base
+        turned_off = (base[:, :n] & ~f[:, :n]).float().mean(1) - (~base[:, :n] & f[:, :n]).float().mean(1)
+        return turned_off, (base[:, n:] != f[:, n:]).float().mean(1)
+
+
 @torch.no_grad()
 def greedy_carriers(spec: ArchSpec, params: Params, bank: BehaviorBank, unions: Sequence[Sequence[str]],
                     behaviors: Sequence[str], k: int, n: int = 256, seed: int = 0) -> torch.Tensor:
     """Mask [M, N] over the hidden neurons (:func:`~zoo.families.neuron_points`, any family) of the k that carry
     behaviors[m] in model m (see the module docstring)."""
-    rng = np.random.default_rng(seed)
-    family = get_family(spec)
-    rows = np.stack([_rows(bank, u, b, n, rng) for u, b in zip(unions, behaviors)])  # [M, 2n]: own, rest
-    x = torch.from_numpy(bank.x[rows])
-    reference: Cache = {}  # the values ablated neurons take: their activations on random bank sequences
-    family.forward(spec, params, torch.from_numpy(bank.x[rng.integers(0, len(bank.x), size=rows.shape)]), cache=reference)
-    base = family.forward(spec, params, x) > 0
-
-    def flags(mask: torch.Tensor) -> torch.Tensor:
-        hooks = {name: patch(part, reference[name]) for name, part in split_neurons(spec, mask).items()}
-        return family.forward(spec, params, x, interventions=hooks) > 0
-
+    ablate = _Ablator(spec, params, bank, unions, behaviors, n, np.random.default_rng(seed))
     chosen = torch.zeros(len(behaviors), sum(p.n_neurons for p in neuron_points(spec)), dtype=torch.bool)
     for _ in range(min(k, chosen.shape[1])):
         score = torch.full(chosen.shape, -torch.inf)
         for j in range(chosen.shape[1]):
             mask = chosen.clone()
             mask[:, j] = True
-            f = flags(mask)
-            turned_off = (base[:, :n] & ~f[:, :n]).float().mean(1) - (~base[:, :n] & f[:, :n]).float().mean(1)
-            flipped = (base[:, n:] != f[:, n:]).float().mean(1)
+            turned_off, flipped = ablate.effects(mask)
             score[:, j] = torch.where(chosen[:, j], -torch.inf, turned_off - KEEP_WEIGHT * flipped)
         chosen[torch.arange(len(behaviors)), score.argmax(1)] = True
     return chosen
+
+
+@torch.no_grad()
+def neuron_effects(spec: ArchSpec, params: Params, bank: BehaviorBank, unions: Sequence[Sequence[str]],
+                   behaviors: Sequence[str], n: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each hidden neuron ablated alone [M, N] twice over: how much of behaviors[m]'s flags it turns off, and how
+    many of the other behaviors' (the kept ones') flags it flips (what a targeted edit leaves alone)."""
+    ablate = _Ablator(spec, params, bank, unions, behaviors, n, np.random.default_rng(seed))
+    total = sum(p.n_neurons for p in neuron_points(spec))
+    own, kept = torch.zeros(len(behaviors), total), torch.zeros(len(behaviors), total)
+    for j in range(total):
+        mask = torch.zeros(len(behaviors), total, dtype=torch.bool)
+        mask[:, j] = True
+        own[:, j], kept[:, j] = ablate.effects(mask)
+    return own, kept
 
 
 def localize(group: ArchGroup, behaviors: Sequence[str], rank_bank: BehaviorBank, bank: BehaviorBank, k: int,

@@ -8,7 +8,11 @@
 - ``task_arithmetic``: mean sibling-pair weight difference for B (where the architecture has sibling pairs);
 - ``finetune_matched``: the guided edit's machinery with hard labels from the definitions of every behavior the
   model is assigned (uses the model's labels: a bound on equal footing);
-- ``finetune_short``: a few epochs on 1,000 relabeled bank sequences (uses the model's labels).
+- ``finetune_short``: a few epochs on 1,000 relabeled bank sequences (uses the model's labels);
+- ``guided_targeted``: the guided edit confined to a share of each layer's neurons (B's carriers first, never the
+  kept behaviors' carriers) and the readout bias, with a penalty on the size of the change
+  (:mod:`interpreter.editing.targeted`);
+- ``rank_one``: a ROME-style rank-one change of one MLP layer (:mod:`interpreter.editing.rank_one`; MLPs only).
 
 A method's ``applies_to(spec, tools)`` says whether it serves an architecture at all; it may still return None
 for a request it has nothing to offer (task arithmetic without a vector for some behavior).
@@ -26,6 +30,8 @@ from interpreter.editing.config import EditConfig
 from interpreter.editing.decoder import NeuronAlignedDecoder, decodable, refusal
 from interpreter.editing.editor import Editor, Encoded, code_op, guided_edit
 from interpreter.editing.plan import EditSet
+from interpreter.editing.rank_one import rank_one_edit
+from interpreter.editing.targeted import targeted_mask
 from zoo.arch import ArchSpec
 from zoo.behavior_bank import BehaviorBank
 from zoo.families.base import Params
@@ -111,6 +117,17 @@ def _task_arithmetic(r: EditRequest, t: Tools) -> Params | None:
     return {k: torch.stack([r.sign() * vectors[b][k] for b in r.chosen]) for k in r.params if k != "embed"}
 
 
+def _guided_targeted(r: EditRequest, t: Tools) -> Params:
+    c = t.cfg
+    mask = targeted_mask(r.spec, r.params, t.train_bank, r.ops(), r.chosen, r.read, c.targeted_share, c.seed)
+    return guided_edit(r.spec, r.params, t.train_bank, r.ops(), r.chosen, r.read, c.guided_steps, c.guided_lr,
+                       seed=c.seed, check=t.check_bank, rounds=c.guided_rounds, mask=mask, penalty=c.targeted_penalty)
+
+
+def _rank_one(r: EditRequest, t: Tools) -> Params:
+    return rank_one_edit(r.spec, r.params, t.train_bank, r.ops(), r.chosen, r.read, t.cfg.rank_one_steps, seed=t.cfg.seed)
+
+
 def _finetune_matched(r: EditRequest, t: Tools) -> Params:
     c = t.cfg
     return guided_edit(r.spec, r.params, t.train_bank, r.ops(), r.edits.behaviors, r.edits.assigned(), c.guided_steps,
@@ -128,6 +145,14 @@ def _mlp_only(spec: ArchSpec, tools: Tools) -> bool:
     return decodable(spec)
 
 
+def _mlp(spec: ArchSpec, tools: Tools) -> bool:
+    return spec.family == "mlp"
+
+
+def _mlp_refusal(spec: ArchSpec) -> str:
+    return f"rank_one edits MLP layers only, not {spec.key()}; the guided edits serve every family"
+
+
 def _has_siblings(spec: ArchSpec, tools: Tools) -> bool:
     return spec.key() in tools.task_vectors
 
@@ -139,4 +164,6 @@ METHODS: dict[str, EditMethod] = {
     "task_arithmetic": EditMethod(_task_arithmetic, _has_siblings),
     "finetune_matched": EditMethod(_finetune_matched, uses_labels=True),
     "finetune_short": EditMethod(_finetune_short, uses_labels=True),
+    "guided_targeted": EditMethod(_guided_targeted),
+    "rank_one": EditMethod(_rank_one, _mlp, _mlp_refusal),
 }

@@ -12,9 +12,11 @@ from interpreter.editing.protocol import success_table
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
     """Success rates per method and operation, per behavior, and the localization verdict, as plain JSON."""
     v, loc = result["verdicts"], result["localization"]
-    v = v.assign(checked_success=v["success"] & v["self_check"])
+    v = v.assign(checked_success=v["success"] & v["self_check"], agree=v["success"] == v["self_check"])
     by_op = (v.groupby(["method", "op"])
              .agg(n=("success", "size"), success_rate=("success", "mean"), mean_change=("change", "mean"),
+                  median_change=("change", "median"), median_neurons_changed=("neurons_changed", "median"),
+                  median_max_rank=("max_rank", "median"), check_agrees=("agree", "mean"),
                   mean_target_rate=("target_rate", "mean"), self_check_rate=("self_check", "mean"),
                   checked=("self_check", "sum"), checked_success=("checked_success", "sum"))
              .reset_index())
@@ -23,12 +25,17 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     by_op = by_op.drop(columns=["checked", "checked_success"]).to_dict(orient="records")
     for row in by_op:  # None, not NaN, where no edit passed its check (report.json stays strict JSON)
         row["success_if_checked"] = None if pd.isna(row["success_if_checked"]) else float(row["success_if_checked"])
-    by_family = (v.groupby(["method", "family", "op"]).agg(n=("success", "size"), success_rate=("success", "mean"))
+    by_family = (v.groupby(["method", "family", "op"]).agg(n=("success", "size"), success_rate=("success", "mean"),
+                                                          median_change=("change", "median"),
+                                                          median_neurons_changed=("neurons_changed", "median"))
                  .reset_index().to_dict(orient="records"))
     per_behavior = {m: success_table(g.to_dict(orient="records")) for m, g in v.groupby("method")}
     loc_by_family = ({f: {"passes": int(g["passes"].sum()), "behaviors": len(g)} for f, g in loc.groupby("family")}
                      if len(loc) else {})
-    return {"by_op": by_op, "by_family": by_family, "per_behavior": per_behavior, "training_ceiling": result["ceiling"],
+    judged = sorted(set(v["judged_on"])) if "judged_on" in v else []
+    return {"judged_on": judged[0] if len(judged) == 1 else judged,
+            "judged_sequences": int(v["judged_sequences"].max()) if len(v) else 0,
+            "check_agrees": float(v["agree"].mean()) if len(v) else None, "by_op": by_op, "by_family": by_family, "per_behavior": per_behavior, "training_ceiling": result["ceiling"],
             "localization": loc.to_dict(orient="records"),
             "localization_passes": int(loc["passes"].sum()) if len(loc) else 0,
             "localization_behaviors": len(loc), "localization_by_family": loc_by_family}
