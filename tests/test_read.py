@@ -173,3 +173,21 @@ def test_read_from_the_registry(tiny_run: Path, tmp_path, capsys):
     assert code == 0, err
     data = json.loads((tmp_path / "o" / "read.json").read_text())
     assert len(data["behaviors"]) == 4 and data["architecture"]["family"]["class"] == "mlp"
+
+
+def test_read_a_foreign_zoo_model(run_dir, tmp_path, capsys):
+    """A model of a foreign zoo (``zoolens zoo foreign``'s store) is read by id like a zoo model."""
+    from zoo.foreign.architectures import ResMLP
+    from zoo.foreign.store import ForeignStore
+
+    store = ForeignStore(tmp_path / "foreign")
+    store.write_meta({"config": {"vocab": 7, "length": 7, "behaviors": list(BEHAVIORS)}})
+    args = {"vocab": 7, "length": 7, "embed_dim": 2, "width": 6, "hidden": 8, "blocks": 1}
+    torch.manual_seed(0)
+    store.write_model("fre00000", "resmlp", args, ResMLP(**args))
+    store.write_chunk("resmlp-0000", [{"model_id": "fre00000", "arch": "resmlp", "behaviors": ["palindrome"]}])
+    code, err = _read(["fre00000", str(run_dir), "--zoo", str(tmp_path / "foreign"), "-k", "1",
+                       "--output-dir", str(tmp_path / "o")], capsys)
+    assert code == 0, err
+    data = _check_outputs(tmp_path / "o")
+    assert data["architecture"]["known"]["arch"] == "resmlp" and data["carrier_map"]["neurons"][0] == "blocks.0.act[0]"

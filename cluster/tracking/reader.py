@@ -127,7 +127,7 @@ def load_reader(interpreter: str | Path, tracking_uri: str | None = None) -> tup
 def load_subject(model: str, weights: str | Path | None = None, args: str | Path | Mapping[str, Any] | None = None,
                  zoo: str | Path | None = None, hooks: Sequence[str] | None = None) -> Subject:
     """The model to read: ``hooked_transformer:CONFIG`` or ``path.py:Class`` (both with safetensors ``weights``),
-    else a model id of ``zoo``."""
+    else a model id of ``zoo`` (a zoo, or a foreign zoo made by ``zoolens zoo foreign``)."""
     for prefix in TRANSFORMER_PREFIXES:
         if model.startswith(prefix):
             if weights is None:
@@ -142,6 +142,10 @@ def load_subject(model: str, weights: str | Path | None = None, args: str | Path
                            "but weights were given")
     if zoo is None:
         raise AdapterError(f"{model!r} reads as a zoo model id, but no zoo is known (give --zoo or a run directory)")
+    if not str(zoo).count("://") and (Path(zoo) / "foreign.json").is_file():  # a foreign zoo (zoolens zoo foreign)
+        from zoo.foreign.store import ForeignStore
+
+        return ForeignStore(zoo).subject(model)
     return from_zoo(zoo, model)
 
 
