@@ -155,6 +155,11 @@ CASES: list[Case] = [
                                             "--zoo", str(z), *_out(t)], ("does not", "--force")),
     ("edit-repair-clean", lambda t, z, c: ["edit", "m0000000", "configs/tiny.yaml", "--repair", "--zoo", str(z), *_out(t)],
      ("corrupted", "--force")),
+    # -- read (one model, in this process)
+    ("read-k-zero", lambda t, z, c: ["read", "m0000000", str(t), "-k", "0"], ("-k",)),
+    ("read-no-interpreter", lambda t, z, c: ["read", "m0000000", str(t / "nothing")], ("interpreter not found",)),
+    ("read-run-without-interpreter", lambda t, z, c: ["read", "m0000000", str(t)], ("no interpreter",)),
+    ("read-no-args", lambda t, z, c: ["read"], ("required",)),
     # -- tune
     ("tune-missing", lambda t, z, c: ["tune", str(t / "nope.yaml")], ("config not found",)),
     ("tune-unknown-trainable", lambda t, z, c: ["tune", _sweep(t, trainable="magic")], ("magic",)),

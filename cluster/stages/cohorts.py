@@ -3,6 +3,8 @@
 Rows of the input dataset are cohort ids (not weights), so each actor holds one cohort at a
 time and the stream never holds the whole zoo. Signature extraction and the per-zoo analyses
 both run this way; each says what to do with one cohort by subclassing :class:`CohortActor`.
+Ray Data restarts a lost actor and retries its batch (``max_restarts=-1`` is its default for actor
+pools), so losing a node costs its batches' time, not the job; the output is overwritten whole.
 """
 
 from __future__ import annotations
