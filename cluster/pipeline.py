@@ -96,6 +96,7 @@ class Pipeline:
         self.zoo_dir = resolve_location(zoo_dir) if zoo_dir else self.paths.zoo  # a directory or a storage URI
         self.tracking_uri = resolve_tracking_uri(tracking_uri, cfg.tracking.tracking_uri, self.paths.root)
         self.progress = progress
+        self._zoo_verified = False  # every shard checked against its hashes (before signatures are made or reused)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Pipeline:
@@ -133,6 +134,7 @@ class Pipeline:
         store.require()
         if stage == "signatures":
             store.verify()  # a corrupted shard is named here, and old signatures of it are not reused
+            self._zoo_verified = True
             return
         read_signature_meta(self.paths.signatures)
         if stage == "evaluate" and not (self.paths.interpreter / "split.json").exists():
@@ -187,6 +189,8 @@ class Pipeline:
 
     def signatures(self) -> dict[str, Any]:
         sc = self.cfg.signatures
+        if not self._zoo_verified:  # `zoolens run`: a zoo found built may have been corrupted since
+            ZooStore(self.zoo_dir).verify()
         with stage_run("signatures", params=sc.model_dump(mode="json")):
             t0 = time.perf_counter()
             summary = extract_signatures(self.zoo_dir, self.paths.signatures, sc.probes, sc.num_actors)
