@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from typing import Any
 
 import ray
@@ -25,7 +26,15 @@ def init_ray(cfg: RayConfig) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local instance needs no token
     # the dashboard (on 127.0.0.1) also serves the state API that Ray Train's cleanup actor polls
     ray.init(num_cpus=cfg.num_cpus or os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
-             log_to_driver=True, logging_level="WARNING", configure_logging=True)
+             dashboard_port=free_port(), log_to_driver=True, logging_level="WARNING", configure_logging=True)
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now: with another Ray instance on the host, the default 8265 is taken and Ray
+    logged an ERROR line ("Failed to bind to 127.0.0.1:8265") on every start before it picked another."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def code_env() -> dict[str, Any]:
