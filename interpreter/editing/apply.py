@@ -32,7 +32,7 @@ def edit_model(ctx: EditContext, cfg: EditConfig, editor_dir: Path, out: ZooStor
     """Edit one model of the zoo and write the result, with its lineage, to the zoo store ``out``.
 
     Uses the model's weights and signature and the interpreter only; the before/after rates printed
-    come from fresh sequences and are a report, not an input.
+    come from the whole input space (a fresh sample where it is too large) and are a report, not an input.
     """
     if op != "repair" and behavior not in ctx.names:
         get_behavior(behavior)  # an unknown name gets the behavior registry's own one-line error

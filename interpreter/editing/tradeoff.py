@@ -28,7 +28,7 @@ def tradeoff_figure(by_op: Sequence[Mapping[str, Any]], path: Path, title: str =
     for m in methods:
         ax.scatter([], [], color=colors[m], marker="o", label=m)
     for op, mk in MARKERS.items():
-        ax.scatter([], [], color="grey", marker=mk, label=op)
+        ax.scatter([], [], facecolors="none", edgecolors="black", marker=mk, label=op)
     ax.axvline(0.15, color="grey", ls=":", lw=0.8)
     ax.set_xscale("log")
     ax.set_ylim(-0.03, 1.03)
