@@ -10,7 +10,8 @@ from interpreter.editing.protocol import success_table
 
 
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
-    """Success rates per method and operation, per behavior, and the localization verdict, as plain JSON."""
+    """Success rates per method and operation (with the median weight change, share of neurons changed and rank),
+    per family and behavior, what the edits were judged on, and the localization verdict, as plain JSON."""
     v, loc = result["verdicts"], result["localization"]
     v = v.assign(checked_success=v["success"] & v["self_check"], agree=v["success"] == v["self_check"])
     by_op = (v.groupby(["method", "op"])
@@ -35,7 +36,8 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     judged = sorted(set(v["judged_on"])) if "judged_on" in v else []
     return {"judged_on": judged[0] if len(judged) == 1 else judged,
             "judged_sequences": int(v["judged_sequences"].max()) if len(v) else 0,
-            "check_agrees": float(v["agree"].mean()) if len(v) else None, "by_op": by_op, "by_family": by_family, "per_behavior": per_behavior, "training_ceiling": result["ceiling"],
+            "check_agrees": float(v["agree"].mean()) if len(v) else None,  # self-check verdict == protocol verdict
+            "by_op": by_op, "by_family": by_family, "per_behavior": per_behavior, "training_ceiling": result["ceiling"],
             "localization": loc.to_dict(orient="records"),
             "localization_passes": int(loc["passes"].sum()) if len(loc) else 0,
             "localization_behaviors": len(loc), "localization_by_family": loc_by_family}
