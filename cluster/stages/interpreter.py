@@ -297,10 +297,14 @@ def train_stage(zoo_dir: Path, sig_dir: Path, out_dir: Path, cfg: InterpreterCon
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              logging_config=LoggingConfig(log_level="WARNING")),
     )
-    result = trainer.fit()
-    if result.error is not None:
-        failures = getattr(result.error, "worker_failures", None) or {}
-        raise next(iter(failures.values()), result.error)  # the worker's own exception, when there is one
+    try:
+        result = trainer.fit()
+        error = result.error
+    except Exception as exc:  # noqa: BLE001 - Ray Train v2 raises a failed run instead of returning it
+        error = exc
+    if error is not None:
+        failures = getattr(error, "worker_failures", None) or {}
+        raise next(iter(failures.values()), error) from None  # the worker's own exception, when there is one
     out_dir.mkdir(parents=True, exist_ok=True)
     result.checkpoint.to_directory(str(out_dir))
     info = json.loads((out_dir / "train_summary.json").read_text())
