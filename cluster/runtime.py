@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 from typing import Any
 
 import ray
@@ -20,13 +22,18 @@ def init_ray(cfg: RayConfig) -> None:
     if ray.is_initialized():
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS")
+    on_term = signal.getsignal(signal.SIGTERM)
     if address:
         ray.init(address=address, log_to_driver=True)
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local instance needs no token
-    # the dashboard (on 127.0.0.1) also serves the state API that Ray Train's cleanup actor polls
-    ray.init(num_cpus=cfg.num_cpus or os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
-             dashboard_port=free_port(), log_to_driver=True, logging_level="WARNING", configure_logging=True)
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local instance needs no token
+        # the dashboard (on 127.0.0.1) also serves the state API that Ray Train's cleanup actor polls
+        ray.init(num_cpus=cfg.num_cpus or os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
+                 dashboard_port=free_port(), log_to_driver=True, logging_level="WARNING", configure_logging=True)
+    if callable(on_term) and threading.current_thread() is threading.main_thread():
+        # Ray's core installs a SIGTERM handler that aborts the process (exit -6, runs left RUNNING);
+        # the CLI's own handler unwinds like Ctrl-C, so the MLflow runs end KILLED
+        signal.signal(signal.SIGTERM, on_term)
 
 
 def free_port() -> int:

@@ -23,6 +23,12 @@ from zoo.store import ZooStore
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def _own_tracking_env(monkeypatch):
+    """setup_tracking exports MLFLOW_TRACKING_URI (for Ray workers); keep it from leaking into later tests."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 def _statuses(uri: str) -> dict[str, str]:
     client = MlflowClient(uri)
     exps = [e.experiment_id for e in client.search_experiments()]
@@ -102,7 +108,7 @@ def test_sigterm_mid_build_ends_runs_killed_and_the_rerun_finishes(tmp_path: Pat
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(config))
     argv = [sys.executable, "-m", "cluster", "zoo", "build", str(path), "--output-dir", str(tmp_path / "run"), "--no-progress"]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.Popen(argv, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     cohorts = tmp_path / "run" / "zoo" / "cohorts"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psutil
 import yaml
+from mlflow.tracking import MlflowClient
 
 from cluster.stages.zoo import build_zoo
 from zoo.config import ZooConfig, plan_zoo
@@ -67,7 +68,7 @@ def test_interrupted_build_resumes_with_the_same_command(tmp_path: Path):
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(config))
     argv = [sys.executable, "-m", "cluster", "zoo", "build", str(path), "--output-dir", str(tmp_path / "run"), "--no-progress"]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.Popen(argv, cwd=REPO, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cohorts = tmp_path / "run" / "zoo" / "cohorts"
@@ -83,3 +84,7 @@ def test_interrupted_build_resumes_with_the_same_command(tmp_path: Path):
     summary = yaml.safe_load((tmp_path / "run" / "stages" / "zoo.json").read_text())
     assert summary["cohorts_skipped"] >= finished_before
     assert_complete(ZooConfig(**config["zoo"]), ZooStore(tmp_path / "run" / "zoo"))
+    # the killed driver could not end its MLflow runs; the rerun marked them FAILED and finished its own
+    client = MlflowClient(f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}")
+    statuses = [r.info.status for r in client.search_runs([e.experiment_id for e in client.search_experiments()])]
+    assert "RUNNING" not in statuses and "FAILED" in statuses and "FINISHED" in statuses, statuses
