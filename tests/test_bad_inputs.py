@@ -229,6 +229,9 @@ def zoos(tmp_path_factory) -> tuple[Path, Path]:
     from zoo.build import build_cohort
     from zoo.config import ZooConfig, plan_zoo
 
+    import cluster.pipeline  # noqa: F401 - imported once here, so no case's time bound pays for torch, Ray and MLflow
+    import cluster.stages.tune  # noqa: F401
+
     root = tmp_path_factory.mktemp("zoos")
     cfg = ZooConfig(**{**TINY["zoo"], "n_models": 8, "cohort_size": 4, "epochs": 1, "n_train": 64, "n_test": 16,
                        "seed": 7})
