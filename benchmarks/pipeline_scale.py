@@ -1,0 +1,143 @@
+"""Every stage at two zoo sizes 10x apart: models/s and peak memory (driver plus Ray workers) per stage.
+
+The zoo is the standard MLP cohort (2 hidden layers of 32, embedding 8) trained for one epoch on a small dataset,
+and the interpreter for one epoch, so the times measure data movement (reading, shuffling, sharding signatures),
+not model quality. Stages: zoo build (Ray actors), signature extraction (Ray Data), interpreter training (Ray
+Data -> Ray Train, streamed), held-out evaluation (baselines and the shuffled-label control on at most
+EVAL_TRAIN_SAMPLE / EVAL_TEST_SAMPLE models; cross-family rotations off: one family). The baseline in the same run
+is the 1x zoo: at 10x a stage should take at most 10x the time and at most 1.5x the peak memory.
+
+    python benchmarks/pipeline_scale.py [--models 25000] [--cohort 1000] [--quick]
+
+Last line: one JSON object (per-stage ratios 10x / 1x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TQDM_DISABLE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, when run as a script
+
+import psutil  # noqa: E402
+import ray  # noqa: E402
+
+from cluster.config import ProbeConfig  # noqa: E402
+from cluster.stages.interpreter import evaluate_stage, train_stage  # noqa: E402
+from cluster.stages.signatures import extract_signatures  # noqa: E402
+from cluster.stages.zoo import build_zoo  # noqa: E402
+from interpreter.config import InterpreterConfig  # noqa: E402
+from zoo.config import ZooConfig  # noqa: E402
+
+STAGES = ("zoo", "signatures", "interpreter_train", "interpreter_evaluate")
+
+
+class PeakRSS:
+    """Samples the summed RSS of this process and all its descendants (the local Ray instance ray.init started: GCS,
+    raylet, every worker) every 50 ms; other Ray instances on a shared machine are not counted."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = me.memory_info().rss
+            for child in me.children(recursive=True):
+                try:
+                    total += child.memory_info().rss
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    pass
+            self.peak = max(self.peak, total)
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def zoo_config(n_models: int, cohort: int) -> ZooConfig:
+    """The standard MLP cohort, one training epoch on 200 examples per model: the build's cost is data movement."""
+    return ZooConfig(n_models=n_models, cohort_size=cohort, seed=0, vocab=7, length=7,
+                     architectures=[{"family": "mlp", "depth": 2, "width": 32, "embed_dim": 8}],
+                     n_train=200, n_test=50, epochs=1, batch_size=128)
+
+
+def measure(fn: Callable[[], Any], n_models: int) -> dict[str, float]:
+    """Seconds, models/s and the peak summed RSS (MiB) of this process and every Ray worker while `fn` runs."""
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        fn()
+        seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "models_per_s": n_models / seconds, "peak_rss_mb": mem.peak / 2**20}
+
+
+def run_scale(root: Path, n_models: int, cohort: int, actors: int) -> dict[str, dict[str, float]]:
+    """Run the four stages on a fresh zoo of `n_models` under `root`."""
+    zoo_dir, sig_dir, interp_dir = root / "zoo", root / "signatures", root / "interpreter"
+    cfg = InterpreterConfig(epochs=1, patience=1)
+    out = {}
+    out["zoo"] = measure(lambda: build_zoo(zoo_config(n_models, cohort), zoo_dir, n_actors=actors, progress=False), n_models)
+    out["signatures"] = measure(lambda: extract_signatures(zoo_dir, sig_dir, ProbeConfig(), actors), n_models)
+    out["interpreter_train"] = measure(lambda: train_stage(zoo_dir, sig_dir, interp_dir, cfg, 0.2, 0), n_models)
+    out["interpreter_evaluate"] = measure(lambda: evaluate_stage(zoo_dir, sig_dir, interp_dir, cfg, cross_family=False),
+                                          n_models)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", type=int, default=25_000, help="models in the 1x zoo (the 10x zoo has ten times more)")
+    ap.add_argument("--cohort", type=int, default=1000)
+    ap.add_argument("--actors", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="1x = 200 models (a smoke run)")
+    args = ap.parse_args(argv)
+    if args.models < 20 or args.cohort < 1:
+        print("--models must be at least 20 and --cohort at least 1", file=sys.stderr)
+        raise SystemExit(2)
+    n1 = 200 if args.quick else args.models
+    cohort = min(args.cohort, n1)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for scale in (1, 10):
+            results[f"{scale}x"] = run_scale(Path(tmp) / f"{scale}x", n1 * scale, cohort, args.actors)
+            for stage, r in results[f"{scale}x"].items():
+                print(f"{scale}x ({n1 * scale} models) {stage:22s} {r['models_per_s']:9.1f} models/s  "
+                      f"{r['seconds']:8.1f} s  peak RSS {r['peak_rss_mb']:7.0f} MiB", flush=True)
+    ray.shutdown()
+    one, ten = results["1x"], results["10x"]
+    summary: dict[str, Any] = {"models_1x": n1, "models_10x": 10 * n1, "cpus": os.cpu_count()}
+    for stage in STAGES:
+        summary[stage] = {
+            "models_per_s_1x": one[stage]["models_per_s"], "models_per_s_10x": ten[stage]["models_per_s"],
+            "time_ratio_10x": ten[stage]["seconds"] / one[stage]["seconds"],
+            "peak_rss_mb_1x": one[stage]["peak_rss_mb"], "peak_rss_mb_10x": ten[stage]["peak_rss_mb"],
+            "peak_rss_ratio_10x": ten[stage]["peak_rss_mb"] / one[stage]["peak_rss_mb"],
+        }
+    summary["all_within_goal"] = all(summary[s]["time_ratio_10x"] <= 10 and summary[s]["peak_rss_ratio_10x"] <= 1.5
+                                     for s in STAGES)
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
