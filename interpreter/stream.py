@@ -215,7 +215,7 @@ def train_streamed(
             if resume is None:
                 if profile is None:
                     raise ValueError("cfg.probe_profile needs the profile sample's probe logits and behavior targets")
-                fit_profile(model.probe_profile, torch.from_numpy(profile[0]), torch.from_numpy(profile[1]), seed=cfg.seed)
+                fit_profile(model.probe_profile, torch.tensor(profile[0]), torch.tensor(profile[1]), seed=cfg.seed)  # copies: Ray hands read-only arrays
             model.probe_profile.requires_grad_(False)
         gen = torch.Generator().manual_seed(cfg.seed)
         history: list[dict[str, float]] = []
