@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from zoo.arch import ArchSpec
+from zoo.arch import ArchSpec, HookPoint
 from zoo.families import get_family
 from zoo.families.base import Params
 from zoo.probes import ProbeSet
@@ -127,13 +127,13 @@ def cohort_signatures(spec: ArchSpec, params: Params, probes: ProbeSet, chunk: i
     return {**parts[0], **{k: np.concatenate([p[k] for p in parts]) for k in per_model}}
 
 
-def _signatures(spec: ArchSpec, params: Params, probes: ProbeSet) -> dict[str, Any]:
-    """cohort_signatures for one chunk of models."""
-    family = get_family(spec)
-    cache: dict[str, torch.Tensor] = {}
-    logits = family.forward(spec, params, torch.from_numpy(probes.tokens), cache=cache)
+def point_features(cache: dict[str, torch.Tensor], points: list[HookPoint],
+                   probes: ProbeSet) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+    """Every hooked neuron's features [M, n, F] from its activations on the probes, and per-neuron metadata.
+
+    Shared by the built-in families and the adapter (zoo/adapters), so both give signatures of one schema.
+    """
     groups, indicators = probe_groups(probes), probe_indicators(probes)
-    points = family.hook_points(spec)
     n_layers = max(p.layer for p in points) + 1
     feats, meta = [], {k: [] for k in ("layer", "index", "rel_depth", "kind", "fan_in")}
     for p in points:
@@ -152,10 +152,19 @@ def _signatures(spec: ArchSpec, params: Params, probes: ProbeSet) -> dict[str, A
         meta["rel_depth"].append(np.full(p.n_neurons, p.layer / max(n_layers - 1, 1), np.float32))
         meta["kind"].append(np.full(p.n_neurons, p.kind, np.int8))
         meta["fan_in"].append(np.full(p.n_neurons, p.fan_in, np.int32))
+    return torch.cat(feats, dim=1), {k: np.concatenate(v) for k, v in meta.items()}
+
+
+def _signatures(spec: ArchSpec, params: Params, probes: ProbeSet) -> dict[str, Any]:
+    """cohort_signatures for one chunk of models."""
+    family = get_family(spec)
+    cache: dict[str, torch.Tensor] = {}
+    logits = family.forward(spec, params, torch.from_numpy(probes.tokens), cache=cache)
+    feats, meta = point_features(cache, family.hook_points(spec), probes)
     stats, _ = weight_statistics(params)
     return {
-        "features": torch.cat(feats, dim=1).numpy(),
-        **{k: np.concatenate(v) for k, v in meta.items()},
+        "features": feats.numpy(),
+        **meta,
         "logits": logits.float().numpy(),
         "weight_stats": stats.astype(np.float32),
     }

@@ -7,7 +7,6 @@ gives the cohort extractor's numbers and any other model gives tokens the same i
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -16,7 +15,7 @@ import torch
 
 from zoo.adapters.subject import PROBE_CHUNK, AdapterError, Subject, check_finite
 from zoo.probes import ProbeSet
-from zoo.signatures import neuron_features, probe_groups, probe_indicators, signature_table, weight_statistics
+from zoo.signatures import point_features, signature_table, weight_statistics
 
 
 def check_probe_fit(subject: Subject, probes: ProbeSet) -> None:
@@ -55,32 +54,16 @@ def subject_signature(subject: Subject, probes: ProbeSet) -> dict[str, Any]:
         subject.length = probes.length
     points = subject.hook_points()
     logits, cache = run_cached(subject, probes.tokens)
-    groups, indicators = probe_groups(probes), probe_indicators(probes)
-    n_layers = max(p.layer for p in points) + 1
-    feats, meta = [], {k: [] for k in ("layer", "index", "rel_depth", "kind", "fan_in")}
     for p in points:
         act = cache[p.name]
         if act.shape[-1] != p.n_neurons or act.shape[1] != len(probes):
             raise AdapterError(f"{subject.name}: hook point {p.name} gives {list(act.shape)}, expected [1, "
                                f"{len(probes)}, ..., {p.n_neurons}]")
-        per_probe = act[0, 0].numel() // act.shape[-1]
-        act = act.reshape(1, -1, act.shape[-1]).float()
-        g, ind = groups, indicators
-        if per_probe > 1:
-            g = groups.repeat_interleave(per_probe, dim=0) / per_probe
-            ind = indicators.repeat_interleave(per_probe, dim=0)
-        f = neuron_features(act, g, ind)
-        fan = torch.full((*f.shape[:2], 1), math.log2(max(p.fan_in, 1)))
-        feats.append(torch.cat([f, fan], dim=-1))
-        meta["layer"].append(np.full(p.n_neurons, p.layer, np.int16))
-        meta["index"].append(np.arange(p.n_neurons, dtype=np.int32))
-        meta["rel_depth"].append(np.full(p.n_neurons, p.layer / max(n_layers - 1, 1), np.float32))
-        meta["kind"].append(np.full(p.n_neurons, p.kind, np.int8))
-        meta["fan_in"].append(np.full(p.n_neurons, p.fan_in, np.int32))
+    feats, meta = point_features(cache, points, probes)
     stats, _ = weight_statistics(subject.parameters_dict())
     return {
-        "features": torch.cat(feats, dim=1).numpy(),
-        **{k: np.concatenate(v) for k, v in meta.items()},
+        "features": feats.numpy(),
+        **meta,
         "logits": logits[None].float().numpy(),
         "weight_stats": stats.astype(np.float32),
     }
