@@ -20,7 +20,6 @@ import logging
 import os
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +29,6 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TQDM_DISABLE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, when run as a script
 
-import psutil  # noqa: E402
 import ray  # noqa: E402
 
 from cluster.config import ProbeConfig  # noqa: E402
@@ -39,38 +37,9 @@ from cluster.stages.signatures import extract_signatures  # noqa: E402
 from cluster.stages.zoo import build_zoo  # noqa: E402
 from interpreter.config import InterpreterConfig  # noqa: E402
 from zoo.config import ZooConfig  # noqa: E402
+from peak_rss import PeakRSS  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 STAGES = ("zoo", "signatures", "interpreter_train", "interpreter_evaluate")
-
-
-class PeakRSS:
-    """Samples the summed RSS of this process and all its descendants (the local Ray instance ray.init started: GCS,
-    raylet, every worker) every 50 ms; other Ray instances on a shared machine are not counted."""
-
-    def __init__(self) -> None:
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = me.memory_info().rss
-            for child in me.children(recursive=True):
-                try:
-                    total += child.memory_info().rss
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    pass
-            self.peak = max(self.peak, total)
-            self._stop.wait(0.05)
-
-    def __enter__(self) -> PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def zoo_config(n_models: int, cohort: int) -> ZooConfig:

@@ -17,11 +17,8 @@ import argparse
 import json
 import os
 import tempfile
-import threading
 import time
 from pathlib import Path
-
-import psutil
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -36,6 +33,7 @@ from zoo.families import get_family  # noqa: E402
 from zoo.probes import make_probe_set  # noqa: E402
 from zoo.signatures import cohort_signatures  # noqa: E402
 from zoo.store import ZooStore, model_sha256  # noqa: E402
+from peak_rss import PeakRSS  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 SPEC = ArchSpec(family="mlp", depth=2, width=32, embed_dim=8)
 
@@ -53,36 +51,6 @@ def synthetic_zoo(root: Path, n_models: int, cohort: int) -> ZooStore:
                  "family": "mlp", "arch": SPEC.key(), "test_acc": 0.5} for m, i in enumerate(ids)]
         store.write_cohort(f"c{c:05d}", SPEC, params, rows)
     return store
-
-
-class PeakRSS:
-    """Samples the summed RSS of this process and all Ray worker processes every 50 ms."""
-
-    def __init__(self) -> None:
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = me.memory_info().rss
-            for p in psutil.process_iter(["cmdline"]):
-                try:
-                    if p.pid != me.pid and any("ray::" in part for part in (p.info["cmdline"] or [])):
-                        total += p.memory_info().rss
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    pass
-            self.peak = max(self.peak, total)
-            self._stop.wait(0.05)
-
-    def __enter__(self) -> PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def stream(store: ZooStore, out: Path, actors: int) -> dict[str, float]:
