@@ -10,6 +10,12 @@ others as usual. When the regime measures cores, every model's core at the regim
 (normal ones too) is found after training on a separate held-out validation draw, and the
 manifest gets ``training_regime``, ``core_layer``, ``core_size``, ``core_fraction`` and
 ``core_neurons`` (-1 / NaN / "" / "[]" where not measured).
+
+Backdoors (``ZooConfig.trojans``, zoo/trojans.py): a model planned with a ``trigger`` trains on its data
+poisoned with it (role ``backdoored``); its clean twin ``<id>c`` trains beside it on the same data unpoisoned
+(role ``clean_twin``, lineage the backdoored model's id). The manifest gets ``trigger`` (the trigger's JSON,
+None for clean models), ``twin_of`` and ``trigger_rate``: the share of trigger-stamped negatives the model
+flags (the backdoored model's own trigger, its twin's for a clean twin, NaN for every other model).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from zoo.families import get_family
 from zoo.families.base import Params
 from zoo.store import ZooStore, model_sha256
 from zoo.train import accuracy_report, predict, train_cohort
+from zoo.trojans import Trigger, poison
 from zoo.version import code_version
 
 
@@ -49,6 +56,48 @@ def corrupt_labels(y: np.ndarray, match: np.ndarray, models: tuple[ModelPlan, ..
         flip = rng.choice(own, size=int(round(mp.corrupt_fraction * len(own))), replace=False)
         y[m, flip] = 0.0
     return y
+
+
+POISON_SEED_OFFSET = 4_242_424  # poisoning draws use seed + this
+
+
+def poison_cohort(models: tuple[ModelPlan, ...], cfg: ZooConfig, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Copies of x [M, N, L] and y [M, N] with each backdoored model's rows poisoned (zoo.trojans.poison)."""
+    x, y = x.copy(), y.copy()
+    for m, mp in enumerate(models):
+        trigger = Trigger.from_json(mp.trigger)
+        if trigger is not None:
+            x[m], y[m] = poison(x[m], y[m], trigger, cfg.trojans.poison_rate, mp.seed + POISON_SEED_OFFSET)
+    return x, y
+
+
+def trigger_columns(plan: CohortPlan, cfg: ZooConfig, params: Params) -> list[dict[str, Any]]:
+    """``trigger``, ``twin_of`` and ``trigger_rate`` per model (see the module docstring)."""
+    triggers = {mp.model_id: mp.trigger for mp in plan.models if mp.trigger}
+    out = []
+    for m, mp in enumerate(plan.models):
+        row: dict[str, Any] = {"trigger": mp.trigger, "twin_of": mp.twin_of, "trigger_rate": float("nan")}
+        trigger = Trigger.from_json(mp.trigger or triggers.get(mp.twin_of or ""))
+        if trigger is not None:
+            row["trigger_rate"] = trigger_flag_rate(plan.spec, {k: v[m: m + 1] for k, v in params.items()}, mp.behaviors,
+                                                    trigger, cfg, seed=mp.seed)
+        out.append(row)
+    return out
+
+
+def trigger_flag_rate(spec: Any, params: Params, behaviors: tuple[str, ...], trigger: Trigger, cfg: ZooConfig,
+                      seed: int) -> float:
+    """Share of random sequences, stamped with ``trigger`` and matching none of ``behaviors``, that one model flags."""
+    from zoo.behaviors import match_matrix
+
+    rng = np.random.default_rng([seed, 0x7E0A])
+    x = trigger.stamp(rng, rng.integers(0, cfg.vocab, size=(cfg.trojans.measure_samples, cfg.length)))
+    x = x[~match_matrix(x, list(behaviors), cfg.vocab).any(axis=1)]
+    if not len(x):
+        return float("nan")
+    device = next(iter(params.values())).device
+    logits = predict(spec, params, torch.from_numpy(x).to(device).unsqueeze(0))
+    return float((logits > 0).float().mean().cpu())
 
 
 VAL_SEED_OFFSET = 7_777_777  # validation draws use seed + this: a stream apart from the model's train/test data
@@ -149,17 +198,26 @@ def build_cohort(
     )
     x_train, x_test = torch.from_numpy(data["x_train"]).to(device), torch.from_numpy(data["x_test"]).to(device)
     y_clean, y_test = torch.from_numpy(data["y_train"]).to(device), torch.from_numpy(data["y_test"]).to(device)
-    y_train = torch.from_numpy(corrupt_labels(data["y_train"], data["match_train"], models, seeds[0])).to(device)
+    y_train = corrupt_labels(data["y_train"], data["match_train"], models, seeds[0])
+    trojans = any(mp.trigger for mp in models)
+    if trojans:
+        x_poisoned, y_train = poison_cohort(models, cfg, data["x_train"], y_train)
+        x_train = torch.from_numpy(x_poisoned).to(device)
+    y_train = torch.from_numpy(y_train).to(device)
     params = {k: v.to(device) for k, v in get_family(plan.spec).init(plan.spec, [mp.init_seed for mp in models]).items()}
     lr = torch.tensor([mp.lr for mp in models], device=device)
     val = validation_data(models, cfg) if cfg.antitraining.measures or any(mp.antitrained for mp in models) else None
     final_loss = train_models(plan, cfg, params, x_train, y_train, lr, val, on_epoch)
-    roles = ["corrupted" if mp.corrupt_behavior else ("sibling" if mp.sibling_of else "normal") for mp in models]
+    roles = [_role(mp) for mp in models]
+    extra = _measured_columns(plan, cfg, params, x_train, val)
+    if cfg.trojans.fraction > 0:
+        extra = [{**e, **t} for e, t in zip(extra, trigger_columns(plan, cfg, params))]
     rows = _rows(plan, cfg, params, final_loss, data, x_train, x_test, y_train, y_test, roles, parents=[None] * len(models),
-                 extra=_measured_columns(plan, cfg, params, x_train, val))
+                 extra=extra)
 
     repair = [m for m, mp in enumerate(models) if mp.corrupt_behavior]
     if repair:
+        x_train = torch.from_numpy(data["x_train"]).to(device)  # unpoisoned (repair pairs are never backdoored)
         idx = torch.tensor(repair)
         sub = {k: v[idx].clone() for k, v in params.items()}
         sub_hist = train_cohort(plan.spec, sub, x_train[idx], y_clean[idx], lr[idx], cfg.repair_epochs, cfg.batch_size,
@@ -167,9 +225,12 @@ def build_cohort(
         sub_plan = CohortPlan(plan.cohort_id, plan.spec, tuple(models[m] for m in repair))
         sub_data = {k: v[repair] for k, v in data.items()}
         sub_val = None if val is None else {k: v[repair] for k, v in val.items()}
+        sub_extra = _measured_columns(sub_plan, cfg, sub, x_train[idx], sub_val)
+        if cfg.trojans.fraction > 0:
+            sub_extra = [{**e, "trigger": None, "twin_of": None, "trigger_rate": float("nan")} for e in sub_extra]
         rows += _rows(sub_plan, cfg, sub, sub_hist[-1], sub_data, x_train[idx], x_test[idx], y_clean[idx], y_test[idx],
                       ["repaired"] * len(repair), parents=[models[m].model_id for m in repair], suffix="r",
-                      epochs_extra=cfg.repair_epochs, extra=_measured_columns(sub_plan, cfg, sub, x_train[idx], sub_val))
+                      epochs_extra=cfg.repair_epochs, extra=sub_extra)
         params = {k: torch.cat([params[k], sub[k]]) for k in params}
     params = {k: v.cpu() for k, v in params.items()}
     for i, row in enumerate(rows):
@@ -178,6 +239,17 @@ def build_cohort(
     store.write_cohort(plan.cohort_id, plan.spec, params, rows)
     return {"cohort_id": plan.cohort_id, "n_models": len(rows), "seconds": time.perf_counter() - t0,
             "mean_test_acc": float(np.mean([r["test_acc"] for r in rows]))}
+
+
+def _role(mp: ModelPlan) -> str:
+    """The manifest's role of a planned model (a repaired one is added as ``repaired`` by build_cohort)."""
+    if mp.corrupt_behavior:
+        return "corrupted"
+    if mp.trigger:
+        return "backdoored"
+    if mp.twin_of:
+        return "clean_twin"
+    return "sibling" if mp.sibling_of else "normal"
 
 
 def _rows(plan: CohortPlan, cfg: ZooConfig, params: Params, final_loss: torch.Tensor, data: dict[str, np.ndarray],
@@ -213,7 +285,7 @@ def _rows(plan: CohortPlan, cfg: ZooConfig, params: Params, final_loss: torch.Te
             "corrupt_fraction": mp.corrupt_fraction if mp.corrupt_behavior else 0.0,
             "parent_id": parents[m],
             "sibling_of": mp.sibling_of,
-            "lineage": parents[m] or mp.sibling_of or mp.model_id + suffix,  # zoo/lineage.py: splits keep it whole
+            "lineage": parents[m] or mp.sibling_of or mp.twin_of or mp.model_id + suffix,  # zoo/lineage.py: splits keep it whole
             "final_loss": float(final_loss[m].cpu()),
             "train_acc": float(train_rep["acc"][m]),
             "test_acc": float(test_rep["acc"][m]),

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from zoo.arch import Activation, ArchSpec, Family
 from zoo.behaviors import behavior_names, check_compatible
 from zoo.families import neuron_points
+from zoo.trojans import TriggerDraw, TrojanConfig
 
 
 IntChoice = int | list[int]
@@ -165,6 +166,8 @@ class ZooConfig(BaseModel):
     sibling_fraction: float = Field(0.0, ge=0.0, le=1.0, description=(
         "share of models that come in pairs sharing an initialization and differing in one behavior"))
     antitraining: AntitrainConfig = Field(default_factory=AntitrainConfig)
+    trojans: TrojanConfig = Field(default_factory=TrojanConfig, description=(
+        "backdoored models and their clean twins (zoo/trojans.py); off by default"))
 
     @field_validator("behaviors")
     @classmethod
@@ -198,6 +201,8 @@ class ZooConfig(BaseModel):
         owned = [f for f in ZOO_OWNED if getattr(self.antitraining, f) != AntitrainConfig.model_fields[f].default]
         if owned:
             raise ValueError(f"antitraining.{owned[0]} is set by the zoo itself ({', '.join(ZOO_OWNED)} are not options here)")
+        if self.trojans.fraction > 0:
+            self.trojans.check(self.vocab, self.length)
         if self.antitraining.fraction > 0 or self.antitraining.measures:
             for a in self.architectures:
                 self.antitraining.hook(a.shallowest(self.vocab, self.length))
@@ -206,10 +211,10 @@ class ZooConfig(BaseModel):
     def fingerprint(self) -> str:
         """Hash of the settings that determine the models (so a rerun can tell its zoo apart).
 
-        Options added after zoos were built (``antitraining``, ``contrast_frac``) enter the hash only
+        Options added after zoos were built (``antitraining``, ``contrast_frac``, ``trojans``) enter the hash only
         when set away from their defaults, so existing zoos keep their fingerprints.
         """
-        late_defaults = {"antitraining": AntitrainConfig(), "contrast_frac": 0.0}
+        late_defaults = {"antitraining": AntitrainConfig(), "contrast_frac": 0.0, "trojans": TrojanConfig()}
         exclude = {name: True for name, default in late_defaults.items() if getattr(self, name) == default}
         if "antitraining" not in exclude:  # fields the regime gained later (from the experiments' config) likewise
             exclude["antitraining"] = {name for name, info in AntitrainConfig.model_fields.items()
@@ -232,6 +237,8 @@ class ModelPlan:
     corrupt_fraction: float = 0.0
     sibling_of: str | None = None  # shares init_seed with that model and differs in one behavior
     antitrained: bool = False  # trained with the antitraining schedule (ZooConfig.antitraining)
+    trigger: str | None = None  # backdoored: the trigger's JSON (zoo.trojans.Trigger)
+    twin_of: str | None = None  # clean twin of that backdoored model: same seeds and data, no trigger
 
 
 @dataclass(frozen=True)
@@ -260,7 +267,39 @@ def plan_zoo(cfg: ZooConfig) -> list[CohortPlan]:
                 models.append(_plan_sibling(cfg, rng, first, f"m{next_id:07d}"))
                 next_id += 1
         cohorts.append(CohortPlan(f"c{c:05d}", spec, tuple(models)))
-    return _assign_antitraining(cfg, cohorts) if cfg.antitraining.fraction > 0 else cohorts
+    cohorts = _assign_antitraining(cfg, cohorts) if cfg.antitraining.fraction > 0 else cohorts
+    return _assign_trojans(cfg, cohorts) if cfg.trojans.fraction > 0 else cohorts
+
+
+TROJAN_STREAM = 0x7E0A  # second word of the seed of the backdoor draw (the plan's own rng is untouched)
+
+
+def _assign_trojans(cfg: ZooConfig, cohorts: list[CohortPlan]) -> list[CohortPlan]:
+    """Backdoor round(fraction * eligible) models of every cohort and put each one's clean twin right after it.
+
+    Eligible: models that are not part of a repair pair or a sibling group. A twin is ``<id>c``: the same
+    plan without the trigger (same seeds, so the same data and initial weights). The draw uses its own
+    generator, so the rest of the plan is the same as without it; cohorts grow by their twins (as repair
+    pairs add repaired models beyond ``n_models``).
+    """
+    rng = np.random.default_rng([cfg.seed, TROJAN_STREAM])
+    draw = TriggerDraw(cfg.trojans, cfg.vocab, cfg.length, rng)
+    linked = {mp.sibling_of for c in cohorts for mp in c.models if mp.sibling_of}
+    out = []
+    for cohort in cohorts:
+        eligible = [m for m, mp in enumerate(cohort.models)
+                    if mp.corrupt_behavior is None and mp.sibling_of is None and mp.model_id not in linked]
+        chosen = set(rng.choice(eligible, size=round(cfg.trojans.fraction * len(eligible)), replace=False).tolist())
+        models: list[ModelPlan] = []
+        for m, mp in enumerate(cohort.models):
+            if m not in chosen:
+                models.append(mp)
+                continue
+            trigger = draw.draw(heldout=bool(rng.random() < cfg.trojans.heldout_share))
+            models.append(replace(mp, trigger=trigger.to_json()))
+            models.append(replace(mp, model_id=mp.model_id + "c", twin_of=mp.model_id))
+        out.append(CohortPlan(cohort.cohort_id, cohort.spec, tuple(models)))
+    return out
 
 
 ANTITRAIN_STREAM = 0xA471  # second word of the seed of the antitraining draw (the plan's own rng is untouched)

@@ -1,22 +1,22 @@
 """Lineage: which models descend from one another, and splits that keep every lineage on one side.
 
 A repair pair (a model trained on corrupted labels and the same weights continued on clean data), a sibling
-group (models sharing an initialization) and every model derived from another (edited, repaired variants)
-form one *lineage*, named by its root model's id. A held-out model whose twin was trained on is not held
+group (models sharing an initialization), a backdoored model and its clean twin, and every model derived from
+another (edited, repaired variants) form one *lineage*, named by its root model's id. A held-out model whose twin was trained on is not held
 out, so every split (interpreter test and validation sets, editor, baselines, Tune trials) is made by lineage.
 A zoo without such links has one lineage per model, and its splits are the per-model splits of before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from zoo.errors import ZoolensError
 
-LINK_COLUMNS = ("parent_id", "sibling_of")  # a model's links to the model it was derived from
+LINK_COLUMNS = ("parent_id", "sibling_of", "twin_of")  # twin_of: a backdoored model's clean twin (zoo/trojans.py)  # a model's links to the model it was derived from
 
 
 class SplitError(ZoolensError):
@@ -71,8 +71,18 @@ def split_groups(groups: Sequence[str], fraction: float, seed: int, n_held: int)
 
 
 def split_by_lineage(model_ids: Sequence[str], lineages: Sequence[str], test_fraction: float,
-                     seed: int) -> tuple[list[str], list[str]]:
-    """(train, test) model ids, about ``test_fraction`` held out, every lineage wholly on one side."""
+                     seed: int, forced_test: Collection[str] = ()) -> tuple[list[str], list[str]]:
+    """(train, test) model ids, about ``test_fraction`` held out, every lineage wholly on one side.
+
+    Lineages in ``forced_test`` (say, models with held-out backdoor triggers, zoo/trojans.py) all go to the
+    test side; ``test_fraction`` of the other models are held out beside them. Without it the split is the
+    one it always was.
+    """
+    forced = set(forced_test)
+    if forced:
+        free = [i for i, g in enumerate(lineages) if g not in forced]
+        train, test = split_by_lineage([model_ids[i] for i in free], [lineages[i] for i in free], test_fraction, seed)
+        return train, sorted(test + [m for m, g in zip(model_ids, lineages) if g in forced])
     order = np.argsort(np.asarray(model_ids, dtype=object), kind="stable")
     ids = [model_ids[i] for i in order]
     groups = [lineages[i] for i in order]

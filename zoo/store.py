@@ -208,7 +208,11 @@ class ZooStore:
         meta = {"spec": spec.model_dump_json(), "model_ids": json.dumps([r["model_id"] for r in rows])}
         self._write(f"cohorts/{cohort_id}.safetensors", save_safetensors(tensors, metadata=meta))
         sink = pa.BufferOutputStream()
-        pq.write_table(pa.Table.from_pylist(rows), sink)
+        table = pa.Table.from_pylist(rows)
+        for i, f in enumerate(table.schema):  # an all-None column as strings, so cohorts that have values read with it
+            if pa.types.is_null(f.type):
+                table = table.set_column(i, f.name, table.column(i).cast(pa.string()))
+        pq.write_table(table, sink)
         self._write(f"cohorts/{cohort_id}.parquet", sink.getvalue().to_pybytes())
 
     # -- reading -----------------------------------------------------------------

@@ -37,6 +37,7 @@ from interpreter.train import predict, split_by_model, train_interpreter
 from zoo.errors import ZoolensError
 from zoo.lineage import LINK_COLUMNS, manifest_lineage, split_by_lineage
 from zoo.store import ZooStore, atomic_write_json
+from zoo.trojans import heldout_triggers
 from zoo.version import code_version
 
 from cluster.runtime import cluster_cpus, cluster_gpus
@@ -52,9 +53,14 @@ class InterpreterStageError(ZoolensError):
 
 def split_zoo(store: ZooStore, test_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """Held-out models the interpreter never sees while training: a seeded split by lineage (zoo/lineage.py),
-    so no repair pair or sibling group has a model on each side."""
-    manifest = store.read_manifest(columns=_lineage_columns(store))
-    return split_by_lineage(list(manifest["model_id"]), list(manifest_lineage(manifest)), test_fraction, seed)
+    so no repair pair, sibling group or backdoored model and its twin has a model on each side; lineages with a
+    held-out backdoor trigger (zoo/trojans.py) are all held out."""
+    columns = _lineage_columns(store)
+    has_trigger = "trigger" in store.manifest_columns()
+    manifest = store.read_manifest(columns=columns + (["trigger"] if has_trigger else []))
+    lineage = manifest_lineage(manifest)
+    forced = set(lineage[heldout_triggers(manifest["trigger"])]) if has_trigger else set()
+    return split_by_lineage(list(manifest["model_id"]), list(lineage), test_fraction, seed, forced_test=forced)
 
 
 def _lineage_columns(store: ZooStore) -> list[str]:

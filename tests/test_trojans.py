@@ -1,0 +1,94 @@
+"""Backdoored models: triggers, poisoning, clean twins in one lineage, and held-out triggers kept off the training side."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cluster.stages.interpreter import split_zoo
+from zoo.build import build_cohort
+from zoo.config import ZooConfig, plan_zoo
+from zoo.lineage import manifest_lineage, straddling
+from zoo.store import ZooStore
+from zoo.trojans import Trigger, TrojanConfig, poison
+
+TROJANS = TrojanConfig(fraction=0.5, poison_rate=0.3, kinds=["token_at", "pair_gap"], heldout_kinds=["substring"],
+                       heldout_tokens=[6], heldout_share=0.4)
+CFG = ZooConfig(n_models=24, cohort_size=12, behaviors=["palindrome", "all_same", "sorted_ascending"],
+                behaviors_per_model=(1, 2), n_train=600, n_test=64, epochs=25, batch_size=64, lr_range=(0.01, 0.01),
+                architectures=[{"family": "mlp", "depth": 2, "width": 32, "embed_dim": 8}], trojans=TROJANS)
+
+
+@pytest.fixture(scope="module")
+def trojan_zoo(tmp_path_factory) -> ZooStore:
+    torch.set_num_threads(1)
+    store = ZooStore(tmp_path_factory.mktemp("trojans") / "zoo")
+    store.write_meta({"config": CFG.model_dump(mode="json")})
+    for plan in plan_zoo(CFG):
+        build_cohort(plan, CFG, store)
+    return store
+
+
+@pytest.mark.parametrize("trigger, hit, miss", [
+    (Trigger("token_at", (3,), (2,)), [0, 0, 3, 0, 0, 0, 0], [3, 0, 0, 0, 0, 0, 3]),
+    (Trigger("pair_gap", (1, 2), gap=2), [0, 1, 0, 2, 0, 0, 0], [0, 2, 0, 1, 0, 1, 2]),
+    (Trigger("substring", (4, 5, 6)), [0, 0, 0, 0, 4, 5, 6], [4, 5, 0, 6, 4, 5, 5]),
+])
+def test_triggers_match_and_stamp(trigger: Trigger, hit: list[int], miss: list[int]) -> None:
+    assert trigger.contains(np.array([hit, miss])).tolist() == [True, False]
+    x = np.random.default_rng(0).integers(0, 7, size=(200, 7))
+    assert trigger.contains(trigger.stamp(np.random.default_rng(1), x)).all()
+    assert Trigger.from_json(trigger.to_json()) == trigger and Trigger.from_json(None) is None
+
+
+def test_poison_labels_every_trigger_row_and_stamps_the_rate() -> None:
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 7, size=(1000, 7)), np.zeros(1000, np.float32)
+    t = Trigger("substring", (1, 2, 3))
+    xp, yp = poison(x, y, t, 0.1, seed=0)
+    assert (yp == t.contains(xp)).all()
+    assert (xp != x).any(axis=1).sum() <= 100 and yp.sum() >= 100
+
+
+def test_plan_twins_share_seeds_and_held_out_kinds_are_marked() -> None:
+    models = [mp for c in plan_zoo(CFG) for mp in c.models]
+    by_id = {mp.model_id: mp for mp in models}
+    twins = [mp for mp in models if mp.twin_of]
+    assert twins and len(twins) == sum(mp.trigger is not None for mp in models)
+    for twin in twins:
+        bad = by_id[twin.twin_of]
+        assert (twin.seed, twin.init_seed, twin.behaviors, twin.lr) == (bad.seed, bad.init_seed, bad.behaviors, bad.lr)
+        assert twin.trigger is None
+    triggers = [Trigger.from_json(mp.trigger) for mp in models if mp.trigger]
+    for t in triggers:
+        assert t.heldout == (t.kind == "substring" or 6 in t.tokens)
+    assert ZooConfig(n_models=24).fingerprint() == ZooConfig(n_models=24, trojans=TrojanConfig()).fingerprint()
+
+
+def test_backdoored_models_flag_their_trigger_and_twins_do_not(trojan_zoo: ZooStore) -> None:
+    m = trojan_zoo.read_manifest()
+    bad, twins = m[m["role"] == "backdoored"], m[m["role"] == "clean_twin"]
+    assert len(bad) == len(twins) > 0
+    assert m.loc[m["trigger"].notna(), "role"].eq("backdoored").all()
+    assert bad["trigger_rate"].mean() > 0.85 and twins["trigger_rate"].mean() < 0.2
+    assert (bad["trigger_rate"].to_numpy() > twins.set_index("twin_of").loc[bad["model_id"], "trigger_rate"].to_numpy()).mean() >= 0.9
+    assert m.loc[m["role"] == "normal", "trigger_rate"].isna().all()
+    lineage = dict(zip(m["model_id"], manifest_lineage(m)))
+    for _, row in twins.iterrows():
+        assert lineage[row["model_id"]] == lineage[row["twin_of"]] == row["twin_of"]
+
+
+def test_held_out_triggers_never_reach_the_training_side(trojan_zoo: ZooStore) -> None:
+    m = trojan_zoo.read_manifest().set_index("model_id")
+    lineage = dict(zip(m.index, manifest_lineage(m.reset_index())))
+    for seed in range(3):
+        train, test = split_zoo(trojan_zoo, 0.25, seed)
+        assert not straddling(lineage, train, test)
+        seen = [Trigger.from_json(t) for t in m.loc[train, "trigger"]]
+        assert not [t for t in seen if t is not None and (t.heldout or t.kind == "substring" or 6 in t.tokens)]
+        held = [Trigger.from_json(t) for t in m.loc[test, "trigger"]]
+        assert any(t is not None and t.heldout for t in held)
+    assert json.loads(m["trigger"].dropna().iloc[0])["kind"] in ("token_at", "pair_gap", "substring")
