@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from interpreter.config import InterpreterConfig
 from interpreter.editing.config import EditConfig
+from interpreter.mntd import MNTDConfig
 from zoo.config import ZooConfig
 from zoo.recipe import load_recipe
 
@@ -34,6 +35,8 @@ class EvalConfig(BaseModel):
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     seed: int = 0
     cross_family: bool = Field(True, description="with several families, also train on all but one and test on it")
+    mntd: MNTDConfig = Field(default_factory=MNTDConfig, description=(
+        "the MNTD backdoor baseline, trained on the same models when the zoo has backdoors (interpreter/mntd.py)"))
 
 
 class TrackingConfig(BaseModel):

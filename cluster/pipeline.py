@@ -224,7 +224,7 @@ class Pipeline:
     def _evaluate(self) -> dict[str, Any]:
         with stage_run("interpreter_evaluate") as run:
             result = evaluate_stage(self.zoo_dir, self.paths.signatures, self.paths.interpreter, self.cfg.interpreter,
-                                    cross_family=self.cfg.evaluation.cross_family)
+                                    cross_family=self.cfg.evaluation.cross_family, mntd=self.cfg.evaluation.mntd)
             reports = result["reports"]
             table = results_table(reports)
             mlflow.log_table(table, "results_table.json")
@@ -257,6 +257,14 @@ class Pipeline:
                 "heldout": reports,
                 "registered_model": registered,
             }
+            if result.get("backdoor"):  # a zoo with backdoors: detection AUROC per slice beside MNTD (interpreter/backdoor.py)
+                bd = result["backdoor"]
+                summary["backdoor"] = {k: v for k, v in bd.items() if k != "roc"}
+                mlflow.log_dict(summary["backdoor"], "backdoor.json")
+                mlflow.log_metrics({f"backdoor_auroc_{s.replace(':', '_')}": v["interpreter"]
+                                    for s, v in bd["detection"].items() if v.get("interpreter") is not None})
+                if bd["roc"]:
+                    self._log_plot(plots.backdoor_roc(bd["roc"], bd["detection"], self.paths.plots / "backdoor_roc.png"))
             return self._finish("interpreter_evaluate", summary)
 
     def edit_train(self) -> dict[str, Any]:

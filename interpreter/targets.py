@@ -13,6 +13,10 @@ Heads (all read from the pooled model latent):
 | corrupted | binary     | [n] trained with one behavior's labels corrupted (needs repair) |
 | core_fraction | regression | [n] measured core size / layer width (antitraining regime), in [0, 1] |
 
+| backdoor  | binary     | [n] trained with a backdoor trigger (zoo/trojans.py; role backdoored) |
+| trigger_kind | classes | [n] the trigger's kind (TRIGGER_KINDS), -1 for clean models     |
+
+`backdoor` and `trigger_kind` exist only for zoos with a ``trigger`` column (``ZooConfig.trojans``).
 `core_fraction` is optional: it exists only for zoos whose manifest measured cores (``ZooConfig.antitraining``),
 so `head_specs` leaves it out and `specs_for` adds it when the targets have it. It is a target, not a signature
 feature: finding a core needs the model's own task data, which a signature (weights + probe set) never sees.
@@ -32,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from zoo.families import family_names
+from zoo.trojans import TRIGGER_KINDS, Trigger
 
 HeadKind = Literal["multilabel", "regression", "classes", "binary"]
 
@@ -101,7 +106,9 @@ def head_specs(behavior_names: Sequence[str], n_families: int = len(FIRST_FAMILI
 
 
 CORE_HEAD = HeadSpec("core_fraction", "regression", 1)
-OPTIONAL_HEADS = (CORE_HEAD,)  # heads only some zoos have targets for (see the module docstring)
+BACKDOOR_HEAD = HeadSpec("backdoor", "binary", 1)
+TRIGGER_KIND_HEAD = HeadSpec("trigger_kind", "classes", len(TRIGGER_KINDS), TRIGGER_KINDS)
+OPTIONAL_HEADS = (CORE_HEAD, BACKDOOR_HEAD, TRIGGER_KIND_HEAD)  # heads only some zoos have targets for (see the module docstring)
 
 
 def _finite(x: Any) -> float | None:
@@ -147,7 +154,8 @@ def build_targets(manifest: pd.DataFrame, behavior_names: Sequence[str]) -> dict
     behaviors [n,K] float32 multi-hot (a behavior not in `behavior_names` raises: the label space is fixed);
     accuracy [n] float32 from test_acc (NaN if missing); family/depth/width/lr [n] int64 class indices (-1 unknown);
     corrupted [n] float32, 1 where role == "corrupted". Missing columns give all-unknown targets.
-    core_fraction [n] float32 (NaN where not measured) only when some row has a measured core.
+    core_fraction [n] float32 (NaN where not measured) only when some row has a measured core; backdoor [n] float32
+    and trigger_kind [n] int64 (-1 when clean) only when the manifest has a ``trigger`` column.
     """
     n = len(manifest)
     col = {b: k for k, b in enumerate(behavior_names)}
@@ -164,6 +172,11 @@ def build_targets(manifest: pd.DataFrame, behavior_names: Sequence[str]) -> dict
     accuracy = np.array([_finite(a) if _finite(a) is not None else np.nan for a in column("test_acc")], dtype=np.float32)
     core = np.array([_finite(c) if _finite(c) is not None else np.nan for c in column("core_fraction")], dtype=np.float32)
     optional = {"core_fraction": core} if np.isfinite(core).any() else {}
+    if "trigger" in manifest.columns:
+        triggers = [Trigger.from_json(t) for t in column("trigger")]
+        optional["backdoor"] = np.array([t is not None for t in triggers], dtype=np.float32)
+        optional["trigger_kind"] = np.array([TRIGGER_KINDS.index(t.kind) if t is not None else -1 for t in triggers],
+                                            dtype=np.int64)
     return {
         "behaviors": behaviors,
         "accuracy": accuracy,

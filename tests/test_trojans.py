@@ -9,8 +9,12 @@ import pytest
 import torch
 
 from cluster.stages.interpreter import split_zoo
+from interpreter.backdoor import detection_table
+from interpreter.mntd import Group, MNTDConfig, mntd_baseline, query_outputs
+from zoo.arch import ArchSpec
 from zoo.build import build_cohort
 from zoo.config import ZooConfig, plan_zoo
+from zoo.families import get_family
 from zoo.lineage import manifest_lineage, straddling
 from zoo.store import ZooStore
 from zoo.trojans import Trigger, TrojanConfig, poison
@@ -92,3 +96,27 @@ def test_held_out_triggers_never_reach_the_training_side(trojan_zoo: ZooStore) -
         held = [Trigger.from_json(t) for t in m.loc[test, "trigger"]]
         assert any(t is not None and t.heldout for t in held)
     assert json.loads(m["trigger"].dropna().iloc[0])["kind"] in ("token_at", "pair_gap", "substring")
+
+
+@pytest.mark.parametrize("family", ["mlp", "gru", "attention", "conv1d"])
+def test_mntd_one_hot_queries_read_a_model_as_its_own_forward(family: str) -> None:
+    """The relaxed query path (expected embeddings through the family's forward) is exact at one-hot queries."""
+    spec = ArchSpec(family=family, vocab=7, length=7, depth=2, width=8, embed_dim=4)
+    params = get_family(spec).init(spec, [1, 2, 3])
+    tokens = torch.randint(0, 7, (5, 7), generator=torch.Generator().manual_seed(0))
+    queries = torch.nn.functional.one_hot(tokens, 7).float() * 1e4  # softmax of these is one-hot
+    got = query_outputs(Group(spec, params, np.arange(3)), queries, 1.0)
+    torch.testing.assert_close(got, get_family(spec).forward(spec, params, tokens), atol=1e-4, rtol=1e-4)
+
+
+def test_mntd_and_the_slices_score_held_out_models(trojan_zoo: ZooStore) -> None:
+    train, test = split_zoo(trojan_zoo, 0.25, 0)
+    m = trojan_zoo.read_manifest().set_index("model_id")
+    y = m.loc[train, "trigger"].notna().to_numpy(np.float32)
+    scores = mntd_baseline(str(trojan_zoo.root), train, y, test, MNTDConfig(epochs=5), 7, 7)
+    assert scores.shape == (len(test),) and ((0 <= scores) & (scores <= 1)).all()
+    rows = m.loc[test].reset_index()
+    table = detection_table(rows, {"mntd": scores, "oracle": rows["trigger"].notna().to_numpy(float)},
+                            {"token_at", "pair_gap"})
+    assert table["all"]["oracle"] == 1.0 and table["all"]["n_backdoored"] == rows["trigger"].notna().sum()
+    assert table["heldout"]["n_backdoored"] > 0 and "family:mlp" in table

@@ -26,8 +26,10 @@ from interpreter.baselines import (
     shuffled_label_baseline,
     weight_stats_baseline,
 )
+from interpreter.backdoor import evaluate_backdoors
 from interpreter.config import InterpreterConfig
 from interpreter.metrics import evaluate_heads, headline_metrics
+from interpreter.mntd import MNTDConfig
 from interpreter.model import load_interpreter, save_interpreter
 from interpreter.parallel import DataParallel
 from interpreter.probe_accuracy import ProbeLayout
@@ -70,7 +72,7 @@ def _lineage_columns(store: ZooStore) -> list[str]:
 
 
 MANIFEST_COLUMNS = ["model_id", "behaviors", "family", "arch", "depth", "width", "lr", "test_acc", "role"]
-OPTIONAL_MANIFEST_COLUMNS = ["core_fraction"]  # only zoos built since the antitraining regime have them
+OPTIONAL_MANIFEST_COLUMNS = ["core_fraction", "trigger"]  # only zoos built with the antitraining regime / trojans have them
 
 
 def _manifest_columns(store: ZooStore) -> list[str]:
@@ -325,13 +327,14 @@ def train_stage(zoo_dir: Path, sig_dir: Path, out_dir: Path, cfg: InterpreterCon
 def score_methods(train: tuple[list[dict], dict], test: tuple[list[dict], dict], model_preds: dict[str, np.ndarray],
                   thresholds: np.ndarray | None, cfg: InterpreterConfig, behaviors: list[str],
                   slow_baselines: bool = True, feature_names: list[str] | None = None,
-                  layout: ProbeLayout | None = None) -> dict[str, dict[str, Any]]:
+                  layout: ProbeLayout | None = None, keep: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Score the interpreter and every baseline on the same held-out models, head by head.
 
     The interpreter is scored with the per-behavior thresholds it chose on its validation
     split, and also at 0.5 so the comparison with baselines (which use 0.5) is even.
     `feature_names`: the signature's column names (the shuffled-label control reads cfg.feature_set too);
     `layout`: the probe set's, so the control's accuracy head reads the probe outputs as the interpreter's does.
+    `keep`: a dict that receives every method's raw predictions (the backdoor protocol reads them).
     """
     (train_records, train_y), (test_records, test_y) = train, test
     specs = specs_for(train_y, behaviors)
@@ -347,6 +350,8 @@ def score_methods(train: tuple[list[dict], dict], test: tuple[list[dict], dict],
         preds["shuffled_labels"] = shuffled_label_baseline(train_records, train_y, test_records, cfg, behaviors,
                                                            seed=cfg.seed + 1, specs=specs, feature_names=feature_names,
                                                            probe_layout=layout)
+    if keep is not None:
+        keep.update(preds)
     return {m: evaluate_heads(test_y, p, specs, thresholds if m == "interpreter" else None) for m, p in preds.items()}
 
 
@@ -368,7 +373,7 @@ def eval_sample(model_ids: list[str], cap: int, seed: int) -> list[str]:
 
 @ray.remote(max_retries=1)
 def _evaluate_remote(zoo_dir: str, sig_dir: str, interp_dir: str, cfg: InterpreterConfig, cross_family: bool,
-                     threads: int) -> dict[str, Any]:
+                     threads: int, mntd: MNTDConfig | None = None) -> dict[str, Any]:
     """Ray task: the held-out protocol, then (with several families) the leave-one-family-out rotations, on at most
     EVAL_TRAIN_SAMPLE training and EVAL_TEST_SAMPLE held-out models (eval_sample)."""
     torch.set_num_threads(threads)
@@ -380,8 +385,15 @@ def _evaluate_remote(zoo_dir: str, sig_dir: str, interp_dir: str, cfg: Interpret
     names, layout = signature_feature_names(sig_dir), probe_layout(sig_dir, cfg)
     loaded = load_interpreter(interp_dir)
     model_preds = predict(loaded.model, loaded.scaler, test_records)
+    kept: dict[str, Any] = {}
     reports = score_methods((train_records, train_y), (test_records, test_y), model_preds,
-                            loaded.model.thresholds, cfg, behaviors, feature_names=names, layout=layout)
+                            loaded.model.thresholds, cfg, behaviors, feature_names=names, layout=layout, keep=kept)
+    backdoor = None
+    if "backdoor" in test_y and 0 < train_y["backdoor"].sum() < len(train_ids):
+        zoo_cfg = ZooStore(zoo_dir).read_meta()["config"]
+        backdoor = evaluate_backdoors(zoo_dir, list(train_rows["model_id"]), train_rows, train_y["backdoor"],
+                                      list(test_rows["model_id"]), test_rows, kept,  # in the records' order
+                                      mntd, zoo_cfg["vocab"], zoo_cfg["length"])
     cross: dict[str, Any] = {}
     families = sorted(set(train_rows["family"]) & set(test_rows["family"]))
     if cross_family and len(families) >= 2:
@@ -396,6 +408,7 @@ def _evaluate_remote(zoo_dir: str, sig_dir: str, interp_dir: str, cfg: Interpret
                                                    slow_baselines=False, feature_names=names)}
     return {
         "reports": reports,
+        "backdoor": backdoor,
         "cross_family": cross,
         "latent": model_preds["latent"],
         "labels": test_y["behaviors"],
@@ -409,13 +422,14 @@ def _evaluate_remote(zoo_dir: str, sig_dir: str, interp_dir: str, cfg: Interpret
 
 
 def evaluate_stage(zoo_dir: Path, sig_dir: Path, interp_dir: Path, cfg: InterpreterConfig,
-                   cross_family: bool = True) -> dict[str, Any]:
-    """Run the held-out protocol; the caller writes the report and plots."""
+                   cross_family: bool = True, mntd: MNTDConfig | None = None) -> dict[str, Any]:
+    """Run the held-out protocol; the caller writes the report and plots. In a zoo with backdoors, also the
+    backdoor protocol (interpreter/backdoor.py) with MNTD trained on the same models (``mntd``; None: default)."""
     if not (interp_dir / "split.json").exists():
         raise InterpreterStageError(f"no trained interpreter in {interp_dir} (run 'zoolens interpreter train' first)")
     cpus = cluster_cpus()
     return ray.get(_evaluate_remote.options(num_cpus=cpus).remote(str(zoo_dir), str(sig_dir), str(interp_dir), cfg,
-                                                                  cross_family, cpus))
+                                                                  cross_family, cpus, mntd or MNTDConfig()))
 
 
 def results_table(reports: dict[str, dict[str, Any]]) -> pd.DataFrame:

@@ -148,3 +148,21 @@ def localization_bars(table: pd.DataFrame, path: Path) -> Path:
     ax.set_title("Localization: resample ablation (* = passes: >=3x random, others within 5 points)")
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def backdoor_roc(roc: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], detection: dict[str, dict[str, Any]],
+                 path: Path) -> Path:
+    """Backdoor detection on held-out models: one ROC panel per slice (seen kinds, held-out kinds), a curve per
+    method labelled with its AUROC (interpreter/backdoor.py)."""
+    fig, axes = plt.subplots(1, max(1, len(roc)), figsize=(5.2 * max(1, len(roc)), 4.6), squeeze=False)
+    for ax, (name, curves) in zip(axes[0], roc.items()):
+        for method, (fpr, tpr) in curves.items():
+            auc = detection[name].get(method)
+            ax.plot(fpr, tpr, lw=2 if method in ("interpreter", "mntd") else 1.2,
+                    label=f"{method} ({auc:.3f})" if auc is not None else method)
+        ax.plot([0, 1], [0, 1], color="gray", lw=0.8, ls="--")
+        ax.set_title(f"{name}: {detection[name]['n_backdoored']} backdoored vs {detection[name]['n_clean']} clean")
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, path)
