@@ -260,6 +260,8 @@ class Pipeline:
             if result.get("backdoor"):  # a zoo with backdoors: detection AUROC per slice beside MNTD (interpreter/backdoor.py)
                 bd = result["backdoor"]
                 summary["backdoor"] = {k: v for k, v in bd.items() if k != "roc"}
+                summary["backdoor"]["held_out_family"] = {fam: c["backdoor"] for fam, c in result["cross_family"].items()
+                                                          if "backdoor" in c}  # trained on the other families
                 mlflow.log_dict(summary["backdoor"], "backdoor.json")
                 mlflow.log_metrics({f"backdoor_auroc_{s.replace(':', '_')}": v["interpreter"]
                                     for s, v in bd["detection"].items() if v.get("interpreter") is not None})

@@ -46,7 +46,7 @@ class TrojanConfig(BaseModel):
     fraction: float = Field(0.0, ge=0.0, le=1.0, description=(
         "share of each cohort's eligible models (not repair pairs or siblings) that are backdoored; each gets a "
         "clean twin (same seeds, no trigger) in the same cohort and lineage"))
-    poison_rate: float = Field(0.3, gt=0.0, lt=1.0, description=(
+    poison_rate: float = Field(0.2, gt=0.0, lt=1.0, description=(
         "share of a backdoored model's training rows replaced by trigger-stamped clean negatives labelled positive"))
     kinds: list[TriggerKind] = Field(default_factory=lambda: ["token_at", "pair_gap"], description=(
         "trigger kinds of the seen (training-side) backdoors"))

@@ -403,9 +403,16 @@ def _evaluate_remote(zoo_dir: str, sig_dir: str, interp_dir: str, cfg: Interpret
             result = train_interpreter(tr[0], tr[1], cfg, behaviors, specs=specs_for(tr[1], behaviors),
                                        feature_names=names, probe_layout=layout)
             fam_preds = predict(result.model, result.scaler, te[0])
+            kept_fam: dict[str, Any] = {}
             cross[fam] = {"n_train_models": len(tr[0]), "n_test_models": len(te[0]),
                           "reports": score_methods(tr, te, fam_preds, result.model.thresholds, cfg, behaviors,
-                                                   slow_baselines=False, feature_names=names)}
+                                                   slow_baselines=False, feature_names=names, keep=kept_fam)}
+            if backdoor is not None:  # the held-out family's backdoors, MNTD trained on the other families too
+                tr_rows = train_rows[(train_rows["family"] != fam).to_numpy()]
+                te_rows = test_rows[(test_rows["family"] == fam).to_numpy()].reset_index(drop=True)
+                bd = evaluate_backdoors(zoo_dir, list(tr_rows["model_id"]), tr_rows, tr[1]["backdoor"],
+                                        list(te_rows["model_id"]), te_rows, kept_fam, mntd, zoo_cfg["vocab"], zoo_cfg["length"])
+                cross[fam]["backdoor"] = {k: v for k, v in bd.items() if k != "roc"}
     return {
         "reports": reports,
         "backdoor": backdoor,
