@@ -1,5 +1,6 @@
-"""Read one model of any origin: the behaviors the interpreter flags, its predicted accuracy, the architecture and
-corruption readings, and for each flagged behavior its top carrier neurons, confirmed by ablating them.
+"""Read one model of any origin: the behaviors the interpreter flags, its predicted accuracy, the architecture,
+corruption and (an interpreter trained on a zoo with backdoors) backdoor readings, and for each flagged behavior
+its top carrier neurons, confirmed by ablating them.
 
 Carriers are chosen greedily as :mod:`interpreter.editing.localization` chooses them, on any
 :class:`~zoo.adapters.subject.Subject`: each step adds the hidden neuron whose ablation (with those already
@@ -43,11 +44,12 @@ class Reading:
     corrupted: float | None
     carriers: dict[str, dict[str, Any]] = field(default_factory=dict)  # flagged behavior -> carriers and check
     carrier_map: dict[str, Any] = field(default_factory=dict)  # neurons x behaviors single-ablation scores
+    backdoor: dict[str, Any] | None = None  # backdoor probability and the trigger kind read (zoos with backdoors)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "behaviors": self.behaviors, "flagged": self.flagged, "accuracy": self.accuracy,
-                "architecture": self.architecture, "corrupted": self.corrupted, "carriers": self.carriers,
-                "carrier_map": self.carrier_map}
+                "architecture": self.architecture, "corrupted": self.corrupted, "backdoor": self.backdoor,
+                "carriers": self.carriers, "carrier_map": self.carrier_map}
 
 
 def _rows_from(mask: dict[str, torch.Tensor]) -> Interventions:
@@ -176,7 +178,7 @@ def read_model(subject: Subject, interp: LoadedInterpreter, probes: ProbeSet, k:
     arch: dict[str, Any] = {"known": subject.architecture()}
     built_in = isinstance(subject, FamilySubject)
     for spec in interp.model.specs:
-        if spec.kind == "classes" and spec.name in preds:
+        if spec.kind == "classes" and spec.name in preds and spec.name != "trigger_kind":
             reading = _class_reading(spec.classes, preds[spec.name][0])
             # a foreign model has no built-in family; its depth/width classes count the interpreter's notion of layers
             reading["meaningful"] = built_in or spec.name in ("depth", "width", "lr")
@@ -184,6 +186,10 @@ def read_model(subject: Subject, interp: LoadedInterpreter, probes: ProbeSet, k:
     reading = Reading(model=subject.name, behaviors={b: float(p) for b, p in zip(names, probs)}, flagged=flagged,
                       accuracy=float(preds["accuracy"][0]) if "accuracy" in preds else None, architecture=arch,
                       corrupted=float(preds["corrupted"][0]) if "corrupted" in preds else None)
+    if "backdoor" in preds:  # an interpreter trained on a zoo with backdoors (zoo/trojans.py)
+        kinds = next(s.classes for s in interp.model.specs if s.name == "trigger_kind")
+        reading.backdoor = {"probability": float(preds["backdoor"][0]),
+                            "trigger_kind": _class_reading(kinds, preds["trigger_kind"][0])}
     if not carriers or not flagged or not subject.neuron_points():
         return reading
     bank = BehaviorBank.build(names, probes.vocab, probes.length, bank_size, seed)

@@ -120,3 +120,42 @@ def test_mntd_and_the_slices_score_held_out_models(trojan_zoo: ZooStore) -> None
                             {"token_at", "pair_gap"})
     assert table["all"]["oracle"] == 1.0 and table["all"]["n_backdoored"] == rows["trigger"].notna().sum()
     assert table["heldout"]["n_backdoored"] > 0 and "family:mlp" in table
+
+
+def test_read_reports_backdoor_probability_and_trigger_kind(tmp_path, capsys) -> None:
+    """``zoolens read`` with an interpreter that has the backdoor heads (untrained: only the plumbing is checked)."""
+    from cluster.cli import main
+    from interpreter.batch import FeatureScaler
+    from interpreter.config import InterpreterConfig
+    from interpreter.model import Interpreter, save_interpreter
+    from interpreter.targets import BACKDOOR_HEAD, TRIGGER_KIND_HEAD, head_specs
+    from zoo.probes import make_probe_set
+    from zoo.signatures import feature_names
+    from zoo.store import atomic_write_json, model_sha256
+
+    behaviors = ("all_same", "palindrome")
+    probes = make_probe_set(behaviors, 7, 7)
+    atomic_write_json(tmp_path / "signatures" / "_signatures.json", {
+        "probe_sha256": probes.sha256, "probe_version": probes.version, "n_probes": len(probes),
+        "feature_names": feature_names(probes), "behaviors": list(behaviors), "vocab": 7, "length": 7,
+        "probe_tokens": probes.tokens.tolist(), "probe_behavior": probes.behavior.tolist(),
+        "probe_is_positive": probes.is_positive.tolist()})
+    n_raw = len(feature_names(probes))
+    torch.manual_seed(0)
+    specs = head_specs(list(behaviors)) + [BACKDOOR_HEAD, TRIGGER_KIND_HEAD]
+    model = Interpreter(InterpreterConfig(d_model=16, n_layers=1, n_heads=2, latent_dim=8), 2 * n_raw, len(behaviors),
+                        specs, n_probes=len(probes))
+    scaler = FeatureScaler(np.zeros(2 * n_raw), np.ones(2 * n_raw), shape_channel=True,
+                           logit_mean=np.zeros(len(probes)), logit_std=np.ones(len(probes)))
+    save_interpreter(model, scaler, list(behaviors), tmp_path / "interpreter")
+    spec = ArchSpec(family="mlp", depth=1, width=8, embed_dim=4)
+    params = get_family(spec).init(spec, [1])
+    store = ZooStore(tmp_path / "zoo")
+    store.write_meta({"config": {"behaviors": list(behaviors), "vocab": 7, "length": 7}})
+    store.write_cohort("c00000", spec, params, [{"model_id": "m0", "cohort_id": "c00000", "sha256": model_sha256(params, 0)}])
+    assert main(["read", "m0", str(tmp_path), "--no-carriers", "--output-dir", str(tmp_path / "o")]) == 0
+    data = json.loads((tmp_path / "o" / "read.json").read_text())
+    assert 0.0 <= data["backdoor"]["probability"] <= 1.0
+    assert data["backdoor"]["trigger_kind"]["class"] in ("token_at", "pair_gap", "substring")
+    assert "trigger_kind" not in data["architecture"]
+    assert "backdoor probability" in capsys.readouterr().out

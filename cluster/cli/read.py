@@ -63,6 +63,10 @@ def cmd_read(args: argparse.Namespace) -> int:
         console.print(f"predicted accuracy under the flagged set: {r.accuracy:.3f}")
     if r.corrupted is not None:
         console.print(f"corrupted-label suspicion: {r.corrupted:.3f}")
+    if r.backdoor is not None:
+        kind = r.backdoor["trigger_kind"]
+        console.print(f"backdoor probability: {r.backdoor['probability']:.3f} (trigger kind if backdoored: "
+                      f"{kind['class']}, p={kind['probability']:.2f})")
     for head in ("family", "depth", "width", "lr"):
         a = r.architecture.get(head)
         if a:
