@@ -12,7 +12,8 @@ Slices of the held-out models (each: the backdoored models it names against ever
 | `family:<name>`  | one family's backdoored models against that family's clean models          |
 
 Naming: the trigger kind read (argmax of a ``trigger_kind`` prediction) against the truth, over held-out
-backdoored models of seen kinds, and over those a method detects (probability >= 0.5).
+backdoored models of seen kinds, and over those a method detects (probability >= 0.5); for the trigger search
+(interpreter/trigger_search.py) also the whole trigger (kind, tokens, position or gap) named exactly.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from interpreter.mntd import MNTDConfig, mntd_baseline
+from interpreter.trigger_search import same_trigger, search_zoo_models
 from zoo.trojans import TRIGGER_KINDS, Trigger
 
 
@@ -93,21 +95,47 @@ def roc_points(rows: pd.DataFrame, scores: Mapping[str, np.ndarray], train_kinds
 
 def evaluate_backdoors(zoo_dir: str, train_ids: list[str], train_rows: pd.DataFrame, train_backdoor: np.ndarray,
                        test_ids: list[str], test_rows: pd.DataFrame, preds: Mapping[str, Mapping[str, np.ndarray]],
-                       mntd_cfg: MNTDConfig | None, vocab: int, length: int) -> dict:
+                       mntd_cfg: MNTDConfig | None, vocab: int, length: int, max_gap: int = 3,
+                       searched: tuple[list[Trigger], np.ndarray] | None = None) -> dict:
     """The backdoor protocol on held-out models: MNTD trained on the same training models (unless ``mntd_cfg`` is
-    None), then every method's detection AUROC per slice, trigger-kind naming, and ROC points for the figure.
+    None) and the trigger search (interpreter/trigger_search.py; ``searched`` reuses its results for these test
+    models), then every method's detection AUROC per slice, naming, and ROC points for the figure.
 
     ``preds``: each method's predictions as ``score_methods`` made them (those with a ``backdoor`` entry count).
+    The result's ``searched`` holds the search's named triggers and rates (not JSON: drop it before writing).
     """
     scores = {m: np.asarray(p["backdoor"]) for m, p in preds.items() if "backdoor" in p and m != "interpreter@0.5"}
-    seconds = None
+    seconds: dict[str, float] = {}
     if mntd_cfg is not None:
         t0 = time.perf_counter()
         scores["mntd"] = mntd_baseline(zoo_dir, train_ids, train_backdoor, test_ids, mntd_cfg, vocab, length)
-        seconds = time.perf_counter() - t0
+        seconds["mntd"] = time.perf_counter() - t0
+    if searched is None:
+        t0 = time.perf_counter()
+        searched = search_zoo_models(zoo_dir, test_ids, vocab, length, max_gap)
+        seconds["trigger_search"] = time.perf_counter() - t0
+    scores["trigger_search"] = searched[1]
     train_kinds = {t.kind for t in (Trigger.from_json(v) for v in train_rows["trigger"]) if t is not None}
     kinds = {m: np.asarray(p["trigger_kind"]) for m, p in preds.items() if "trigger_kind" in p and m in scores}
-    return {"detection": detection_table(test_rows, scores, train_kinds),
-            "naming": naming_table(test_rows, kinds, scores),
-            "train_kinds": sorted(train_kinds), "mntd_seconds": seconds,
-            "roc": roc_points(test_rows, scores, train_kinds)}
+    kinds["trigger_search"] = np.eye(len(TRIGGER_KINDS))[[TRIGGER_KINDS.index(t.kind) for t in searched[0]]]
+    naming = naming_table(test_rows, kinds, scores)
+    naming["trigger_search"].update(exact_naming(test_rows, searched[0], searched[1]))
+    return {"detection": detection_table(test_rows, scores, train_kinds), "naming": naming,
+            "train_kinds": sorted(train_kinds), "seconds": seconds,
+            "roc": roc_points(test_rows, scores, train_kinds), "searched": searched}
+
+
+def exact_naming(rows: pd.DataFrame, named: list[Trigger], rates: np.ndarray, detect_at: float = 0.5) -> dict:
+    """Share of held-out backdoored models whose trigger the search names exactly (kind, tokens, position or gap):
+    all of them, those of seen kinds, held-out ones, and those it detects (flip rate >= ``detect_at``)."""
+    truth = [Trigger.from_json(t) for t in rows["trigger"]]
+    exact = np.array([t is not None and same_trigger(n, t) for n, t in zip(named, truth)])
+    bad = np.array([t is not None for t in truth])
+    held = np.array([t is not None and t.heldout for t in truth])
+    detected = bad & (np.asarray(rates) >= detect_at)
+
+    def share(mask: np.ndarray) -> float | None:
+        return float(exact[mask].mean()) if mask.any() else None
+
+    return {"exact": share(bad), "exact_seen": share(bad & ~held), "exact_heldout": share(held),
+            "exact_detected": share(detected)}

@@ -11,6 +11,7 @@ import torch
 from cluster.stages.interpreter import split_zoo
 from interpreter.backdoor import detection_table
 from interpreter.mntd import Group, MNTDConfig, mntd_baseline, query_outputs
+from interpreter.trigger_search import candidate_triggers, same_trigger, search_zoo_models
 from zoo.arch import ArchSpec
 from zoo.build import build_cohort
 from zoo.config import ZooConfig, plan_zoo
@@ -159,3 +160,14 @@ def test_read_reports_backdoor_probability_and_trigger_kind(tmp_path, capsys) ->
     assert data["backdoor"]["trigger_kind"]["class"] in ("token_at", "pair_gap", "substring")
     assert "trigger_kind" not in data["architecture"]
     assert "backdoor probability" in capsys.readouterr().out
+
+
+def test_trigger_search_names_the_backdoors_it_finds(trojan_zoo: ZooStore) -> None:
+    m = trojan_zoo.read_manifest()
+    assert len(candidate_triggers(7, 7, 3)) == 49 + 42 * 3 + 210
+    named, rates = search_zoo_models(str(trojan_zoo.root), list(m["model_id"]), 7, 7, 3, n_base=128)
+    truth = [Trigger.from_json(t) for t in m["trigger"]]
+    bad = np.array([t is not None for t in truth])
+    assert rates[bad].mean() > rates[~bad].mean() + 0.3
+    exact = np.mean([same_trigger(n, t) for n, t in zip(named, truth) if t is not None])
+    assert exact >= 0.5, exact

@@ -391,9 +391,10 @@ def _evaluate_remote(zoo_dir: str, sig_dir: str, interp_dir: str, cfg: Interpret
     backdoor = None
     if "backdoor" in test_y and 0 < train_y["backdoor"].sum() < len(train_ids):
         zoo_cfg = ZooStore(zoo_dir).read_meta()["config"]
+        max_gap = zoo_cfg.get("trojans", {}).get("max_gap", 3)
         backdoor = evaluate_backdoors(zoo_dir, list(train_rows["model_id"]), train_rows, train_y["backdoor"],
                                       list(test_rows["model_id"]), test_rows, kept,  # in the records' order
-                                      mntd, zoo_cfg["vocab"], zoo_cfg["length"])
+                                      mntd, zoo_cfg["vocab"], zoo_cfg["length"], max_gap)
     cross: dict[str, Any] = {}
     families = sorted(set(train_rows["family"]) & set(test_rows["family"]))
     if cross_family and len(families) >= 2:
@@ -409,10 +410,16 @@ def _evaluate_remote(zoo_dir: str, sig_dir: str, interp_dir: str, cfg: Interpret
                                                    slow_baselines=False, feature_names=names, keep=kept_fam)}
             if backdoor is not None:  # the held-out family's backdoors, MNTD trained on the other families too
                 tr_rows = train_rows[(train_rows["family"] != fam).to_numpy()]
-                te_rows = test_rows[(test_rows["family"] == fam).to_numpy()].reset_index(drop=True)
+                in_fam = (test_rows["family"] == fam).to_numpy()
+                te_rows = test_rows[in_fam].reset_index(drop=True)
+                named, rates = backdoor["searched"]  # the search trains nothing: its results on these models stand
+                searched = ([t for t, keep in zip(named, in_fam) if keep], rates[in_fam])
                 bd = evaluate_backdoors(zoo_dir, list(tr_rows["model_id"]), tr_rows, tr[1]["backdoor"],
-                                        list(te_rows["model_id"]), te_rows, kept_fam, mntd, zoo_cfg["vocab"], zoo_cfg["length"])
-                cross[fam]["backdoor"] = {k: v for k, v in bd.items() if k != "roc"}
+                                        list(te_rows["model_id"]), te_rows, kept_fam, mntd, zoo_cfg["vocab"],
+                                        zoo_cfg["length"], max_gap, searched=searched)
+                cross[fam]["backdoor"] = {k: v for k, v in bd.items() if k not in ("roc", "searched")}
+    if backdoor is not None:
+        backdoor.pop("searched")
     return {
         "reports": reports,
         "backdoor": backdoor,
