@@ -193,7 +193,7 @@ class Pipeline:
             ZooStore(self.zoo_dir).verify()
         with stage_run("signatures", params=sc.model_dump(mode="json")):
             t0 = time.perf_counter()
-            summary = extract_signatures(self.zoo_dir, self.paths.signatures, sc.probes, sc.num_actors)
+            summary = extract_signatures(self.zoo_dir, self.paths.signatures, sc.probes, sc.num_actors, self.progress)
             summary["seconds"] = time.perf_counter() - t0
             mlflow.log_params({"probe_sha256": summary["probe_sha256"], "probe_version": summary["probe_version"],
                                "n_probes": summary["n_probes"]})

@@ -3,7 +3,7 @@
 The analyses are plain functions in :mod:`zoo.experiments` (a recipe in, a Result out). Here they
 get their placement and their records: experiments with known answers (LLC validation, the LLC
 trajectory, grokking) run in the driver; zoo-wide ones (``sae``, ``llc``, ``patching``) stream the
-zoo's cohorts through a Ray Data actor pool (:mod:`cluster.stages.cohorts`, one Parquet row per model).
+zoo's cohorts through a pool of Ray Data tasks (:mod:`cluster.stages.cohorts`, one Parquet row per model).
 Every command is one MLflow run (experiment ``zoolens-analysis``) and writes under its run
 directory; ``publish_to`` also copies the page into ``docs/results/``.
 """
@@ -26,7 +26,7 @@ from zoo.experiments.result import Result
 from zoo.experiments.zoo_analysis import ZooAnalysis, analyze_cohort, zoo_report
 from zoo.store import ZooStore
 
-from cluster.stages.cohorts import CohortActor, map_cohorts
+from cluster.stages.cohorts import CohortProcessor, map_cohorts
 from cluster.config import RayConfig
 from cluster.tracking.results import record, run_recorded, start_tracking
 from cluster.runtime import init_ray
@@ -45,11 +45,11 @@ def run_analysis(fn: Callable[[R], Result], cfg: R, stage: str, tracking_uri: st
     return run_recorded(fn, cfg, name.replace("_", "-"), stage, out_dir or RUN_ROOT / name, publish_to)
 
 
-class ZooAnalyzer(CohortActor):
-    """Ray Data actor: one row of the analysis ``cfg`` per model of each cohort it loads."""
+class ZooAnalyzer(CohortProcessor):
+    """One row of the analysis ``cfg`` per model of each cohort it loads."""
 
-    def __init__(self, zoo_dir: str, cfg: ZooAnalysis):
-        super().__init__(zoo_dir)
+    def __init__(self, zoo_dir: str, out_dir: str, cfg: ZooAnalysis):
+        super().__init__(zoo_dir, out_dir)
         self.cfg, self.zoo_cfg = cfg, self.store.read_meta()["config"]
 
     def process(self, spec: ArchSpec, params: dict[str, torch.Tensor], manifest: pd.DataFrame) -> pa.Table:

@@ -66,11 +66,12 @@ def split_dataset(sig_dir: Path | str, model_ids: Sequence[str]) -> ray.data.Dat
 
 def ordered_options() -> Any:
     """Ray Data execution options that keep rows in dataset order (deterministic epochs and shards)."""
-    from ray.train import DataConfig
+    from ray.data import ExecutionOptions
 
-    options = DataConfig.default_ingest_options()
-    options.preserve_order = True
-    return options
+    # not DataConfig.default_ingest_options(): it copies the deprecated exclude_resources, and Ray warns on every run
+    current = ray.data.DataContext.get_current().execution_options
+    return ExecutionOptions(resource_limits=current.resource_limits, preserve_order=True,
+                            verbose_progress=current.verbose_progress)
 
 
 def table_records(table: pa.Table) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ from zoo.store import ZooStore, atomic_write_json
 from zoo.version import code_version
 
 from cluster.config import ProbeConfig
-from cluster.stages.cohorts import CohortActor, map_cohorts
+from cluster.stages.cohorts import CohortProcessor, map_cohorts
 from cluster.runtime import cluster_gpus
 
 SIGNATURE_META = "_signatures.json"  # probe set, feature names, provenance ("_" keeps Parquet readers off it)
@@ -31,11 +31,11 @@ class SignatureError(ZoolensError):
     """Signatures are missing or do not fit the zoo."""
 
 
-class SignatureExtractor(CohortActor):
-    """Ray Data actor: emits one signature row per model of each cohort it loads."""
+class SignatureExtractor(CohortProcessor):
+    """Emits one signature row per model of each cohort it loads."""
 
-    def __init__(self, zoo_dir: str, behaviors: list[str], vocab: int, length: int, probe_cfg: ProbeConfig):
-        super().__init__(zoo_dir)
+    def __init__(self, zoo_dir: str, out_dir: str, behaviors: list[str], vocab: int, length: int, probe_cfg: ProbeConfig):
+        super().__init__(zoo_dir, out_dir)
         self.probes = make_probe_set(behaviors, vocab, length, **probe_cfg.model_dump())
 
     def process(self, spec: ArchSpec, params: dict[str, torch.Tensor], manifest: pd.DataFrame) -> pa.Table:
@@ -78,7 +78,8 @@ def finished_signatures(out_dir: Path, store: ZooStore, zoo_meta: dict[str, Any]
     return {"signatures_dir": str(out_dir), "n_models": n_rows, "resumed": True, **info}
 
 
-def extract_signatures(zoo_dir: Path | str, out_dir: Path, probe_cfg: ProbeConfig, num_actors: int) -> dict[str, Any]:
+def extract_signatures(zoo_dir: Path | str, out_dir: Path, probe_cfg: ProbeConfig, num_actors: int,
+                       progress: bool = False) -> dict[str, Any]:
     """Run the Ray Data pipeline; the output directory is overwritten, never appended to.
 
     A rerun whose signatures are already complete and current (see `finished_signatures`) returns at once.
@@ -92,7 +93,7 @@ def extract_signatures(zoo_dir: Path | str, out_dir: Path, probe_cfg: ProbeConfi
     if done is not None:
         return done
     map_cohorts(SignatureExtractor, store.uri, cohorts, out_dir, num_actors, gpus=cluster_gpus() > 0,
-                behaviors=zc["behaviors"], vocab=zc["vocab"], length=zc["length"], probe_cfg=probe_cfg)
+                desc="signatures" if progress else None, behaviors=zc["behaviors"], vocab=zc["vocab"], length=zc["length"], probe_cfg=probe_cfg)
     n_rows = _dataset(out_dir).count_rows()
     info = {
         "probe_sha256": probes.sha256, "probe_version": probes.version, "n_probes": len(probes),
