@@ -241,6 +241,7 @@ def test_interrupted_sweep_resumes_without_duplicating_trials(tmp_path, ray_loca
     names = [r.data.tags["trial_name"] for r in after]
     assert len(names) == len(set(names)) == 2  # one MLflow run per trial, none duplicated
     assert all(r.info.status == "FINISHED" for r in after)
+    assert all(r.data.tags["zoolens.pid"] == str(os.getpid()) for r in after)  # the driver that logged them last
     assert all(r.data.tags["mlflow.parentRunId"] == first["parent_run_id"] == second["parent_run_id"] for r in after)
     for name, r in finished_before.items():  # finished trials were not run again
         same = next(a for a in after if a.data.tags["trial_name"] == name)

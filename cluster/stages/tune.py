@@ -39,7 +39,7 @@ from zoo.recipe import format_validation_error
 
 from cluster.stages.antitraining import antitraining_trainable
 from cluster.stages.interpreter_tune import interpreter_trainable, register_best
-from cluster.tracking.runs import resolve_tracking_uri, setup_tracking
+from cluster.tracking.runs import owner_tags, resolve_tracking_uri, setup_tracking
 from zoo.errors import ConfigError
 from zoo.recipe import load_recipe
 from zoo.store import (
@@ -236,7 +236,9 @@ class ResumableMLflowLoggerCallback(MLflowLoggerCallback):
     """MLflowLoggerCallback that, after a restore, logs a trial into the MLflow run it already has.
 
     The stock callback keeps its trial -> run map in memory only, so a resumed trial would open a
-    second run; here a trial first looks for a run of this sweep tagged with its name.
+    second run; here a trial first looks for a run of this sweep tagged with its name. Every trial run
+    carries the owner tags of the driver logging it now (a restored callback holds the first driver's),
+    so runs a killed sweep left RUNNING end FAILED on the next start, like the pipeline's.
     """
 
     def log_trial_start(self, trial: Any) -> None:
@@ -249,6 +251,9 @@ class ResumableMLflowLoggerCallback(MLflowLoggerCallback):
                 self._trial_runs[trial] = found[0].info.run_id
                 client.update_run(found[0].info.run_id, status="RUNNING")
         super().log_trial_start(trial)
+        client = MlflowClient(self.tracking_uri)
+        for key, value in owner_tags().items():
+            client.set_tag(self._trial_runs[trial], key, value)
 
 
 def run_tune(yaml_path: str | Path, resume: bool = False, tracking_uri: str | None = None,
