@@ -171,3 +171,16 @@ def test_trigger_search_names_the_backdoors_it_finds(trojan_zoo: ZooStore) -> No
     assert rates[bad].mean() > rates[~bad].mean() + 0.3
     exact = np.mean([same_trigger(n, t) for n, t in zip(named, truth) if t is not None])
     assert exact >= 0.5, exact
+
+
+def test_removing_a_named_trigger_makes_it_irrelevant(trojan_zoo: ZooStore) -> None:
+    from interpreter.editing.backdoor import RemoveBackdoorConfig, judge_removal, remove_backdoor
+
+    cohort = trojan_zoo.finished_cohorts()[0]
+    spec, params, m = trojan_zoo.load_cohort(cohort)
+    i = int(np.flatnonzero(m["role"].eq("backdoored").to_numpy())[0])
+    trigger, one = Trigger.from_json(m["trigger"][i]), {k: v[i: i + 1] for k, v in params.items()}
+    edited = remove_backdoor(spec, one, trigger, RemoveBackdoorConfig(steps=300, lr=1e-2))
+    j = judge_removal(spec, one, edited, trigger, list(m["behaviors"][i]), 7, 7)
+    assert j["before"]["trigger_rate"] > 0.8
+    assert j["after"]["trigger_rate"] < j["before"]["trigger_rate"] - 0.3 and j["trigger_excess"] < 0.15, j
