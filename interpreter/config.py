@@ -60,6 +60,10 @@ class InterpreterConfig(BaseModel):
                            "probes, one MLP shared by all behaviors (interpreter.probe_profile; needs the probe set). "
                            "Tells a behavior trained on corrupted labels from an absent one (zoo3: exact sets 0.925 -> "
                            "0.960, Kendall tau 0.887 -> 0.9005; demo: balanced accuracy 0.954 -> 0.971)")
+    probe_skip_fit: bool = Field(
+        False, description="fit the linear path from the probe logits to the behavior logits first, as the probe-logit "
+                           "baseline's regression (after the profile, if on), then freeze it: the interpreter starts as "
+                           "the baseline and the encoder learns a correction (interpreter.probe_skip)")
     feature_set: FeatureSet = Field(
         "all", description="signature columns the encoder reads: all, stats, stats+behavior or no_tokens (interpreter.features)")
     # data parallelism (read by cluster/stages/interpreter.py; interpreter/ itself takes a DataParallel)

@@ -30,6 +30,7 @@ from interpreter.model import Interpreter
 from interpreter.parallel import DataParallel
 from interpreter.probe_accuracy import ProbeLayout
 from interpreter.probe_profile import fit_profile
+from interpreter.probe_skip import start_from_probe_skip
 from interpreter.targets import HeadSpec
 from interpreter.train import (
     TrainResult,
@@ -217,6 +218,13 @@ def train_streamed(
                     raise ValueError("cfg.probe_profile needs the profile sample's probe logits and behavior targets")
                 fit_profile(model.probe_profile, torch.tensor(profile[0]), torch.tensor(profile[1]), seed=cfg.seed)  # copies: Ray hands read-only arrays
             model.probe_profile.requires_grad_(False)
+        if cfg.probe_skip_fit and model.probe_skip is not None:  # then the baseline's regression (interpreter.probe_skip)
+            if resume is None:
+                if profile is None:
+                    raise ValueError("cfg.probe_skip_fit needs the profile sample's probe logits and behavior targets")
+                raw = torch.tensor(profile[0])
+                start_from_probe_skip(model, torch.from_numpy(scaler.transform_logits(profile[0])), torch.tensor(profile[1]), raw)
+            model.probe_skip.requires_grad_(False)
         gen = torch.Generator().manual_seed(cfg.seed)
         history: list[dict[str, float]] = []
         best_loss, best_epoch, best_state, bad_epochs, start, stopped = math.inf, -1, None, 0, 0, False

@@ -25,6 +25,7 @@ from interpreter.model import Interpreter
 from interpreter.parallel import DataParallel
 from interpreter.probe_accuracy import ProbeLayout
 from interpreter.probe_profile import fit_profile
+from interpreter.probe_skip import start_from_probe_skip
 from interpreter.targets import HeadSpec, behaviors_spec, output_key, specs_for
 from zoo.lineage import split_groups
 
@@ -365,6 +366,8 @@ def train_interpreter(
             # fit the behavior profile alone first (interpreter.probe_profile), then freeze it: the rest trains on top
             fit_profile(model.probe_profile, train.data.probe_raw, train.y["behaviors"], seed=cfg.seed)
             model.probe_profile.requires_grad_(False)
+        if cfg.probe_skip_fit and model.probe_skip is not None:  # then the baseline's regression (interpreter.probe_skip)
+            start_from_probe_skip(model, train.data.probe_logits, train.y["behaviors"], train.data.probe_raw)
         # moves `model` to its device; with several workers wraps it in DDP, which starts every worker from rank 0's weights
         net = parallel.prepare_model(model)
         device = next(model.parameters()).device

@@ -290,6 +290,34 @@ def test_probe_skip_trains_round_trips_and_older_files_load_without_it(tmp_path,
     np.testing.assert_array_equal(predict_proba(loaded.model, loaded.scaler, test_records), predict_proba(old, result.scaler, test_records))
 
 
+def test_fitted_probe_skip_is_the_baselines_regression_and_stays_frozen():
+    from sklearn.linear_model import LogisticRegression
+
+    from interpreter.probe_skip import fit_probe_skip
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (300, 12))
+    w = rng.normal(0, 1.5, (12, 3))
+    y = (x @ w + rng.normal(0, 1, (300, 3)) > 0).astype(np.float32)
+    skip = torch.nn.Linear(12, 3)
+    fit_probe_skip(skip, torch.tensor(x), torch.tensor(y))
+    ours = torch.sigmoid(skip(torch.tensor(x, dtype=torch.float32))).detach().numpy()
+    theirs = np.stack([LogisticRegression(C=1.0, tol=1e-8, max_iter=5000).fit(x, y[:, k]).predict_proba(x)[:, 1]
+                       for k in range(3)], axis=1)
+    assert np.abs(ours - theirs).max() < 2e-3
+
+
+def test_interpreter_starts_from_the_fitted_probe_skip(zoo):
+    train_records, train_targets, _, _ = zoo
+    cfg = CFG.model_copy(update={"probe_pathway": True, "probe_skip_fit": True, "epochs": 2})
+    result = train_interpreter(train_records[:100], {k: v[:100] for k, v in train_targets.items()}, cfg, NAMES)
+    skip = result.model.probe_skip
+    assert skip is not None and not skip.weight.requires_grad and skip.weight.abs().sum() > 0
+    again = train_interpreter(train_records[:100], {k: v[:100] for k, v in train_targets.items()},
+                              cfg.model_copy(update={"epochs": 1}), NAMES)
+    torch.testing.assert_close(again.model.probe_skip.weight, skip.weight)  # fitted once, then frozen: training never moved it
+
+
 def test_old_behavior_only_targets_and_files(tmp_path, zoo):
     train_records, train_targets, test_records, _ = zoo
     cfg = CFG.model_copy(update={"epochs": 3})
