@@ -106,6 +106,8 @@ CASES: list[Case] = [
     ("unknown-family", lambda t, z, c: ["run", _cfg(t, zoo={"architectures": [{"family": "lstm"}]})], ("family",)),
     ("unknown-activation", lambda t, z, c: ["run", _cfg(t, zoo={"architectures": [{"activation": "swish"}]})], ("activation",)),
     ("test-fraction", lambda t, z, c: ["run", "configs/tiny.yaml", "evaluation.test_fraction=1.5"], ("test_fraction",)),
+    ("remove-backdoor-unknown-model", lambda t, z, c: ["edit", "m9999999", "configs/tiny.yaml", "--remove-backdoor",
+                                                      "--zoo", str(z), *_out(t)], ("not in the zoo",)),
     ("trojan-unknown-kind", lambda t, z, c: ["run", _cfg(t, zoo={"trojans": {"fraction": 0.3, "kinds": ["pixel_patch"]}})],
      ("trojans.kinds",)),
     ("trojan-fraction", lambda t, z, c: ["zoo", "build", "configs/tiny.yaml", "zoo.trojans.fraction=1.5"], ("trojans.fraction",)),

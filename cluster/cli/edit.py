@@ -1,4 +1,5 @@
-"""Commands ``zoolens edit train|evaluate CONFIG`` and ``zoolens edit MODEL --add B | --remove B | --repair``.
+"""Commands ``zoolens edit train|evaluate CONFIG`` and ``zoolens edit MODEL --add B | --remove B | --repair |
+--remove-backdoor``.
 
 Both take ``key.path=value`` overrides after the target (and CONFIG), like every pipeline command. Training
 and evaluating the editor run as Ray tasks; one edit of one model runs in this process and starts no Ray.
@@ -29,6 +30,8 @@ def add_commands(subparsers: Any) -> None:
     what.add_argument("--add", metavar="B", help="make the model also flag behavior B")
     what.add_argument("--remove", metavar="B", help="make the model stop flagging behavior B")
     what.add_argument("--repair", action="store_true", help="restore the behavior whose labels were corrupted")
+    what.add_argument("--remove-backdoor", action="store_true",
+                      help="name the model's backdoor trigger by search and fine-tune it away (interpreter/editing/backdoor.py)")
     edit.add_argument("--method", choices=("guided", "decoder"), default="guided",
                       help="guided: decode by optimization against the forward pass (default); decoder: one decoder pass")
     edit.add_argument("--force", action="store_true",
@@ -67,12 +70,38 @@ def cmd_edit(args: argparse.Namespace) -> int:
             summary = pipe.edit_train() if args.target == "train" else pipe.edit_evaluate()
         print_edit_summary(args.target, summary, pipe.paths.report)
         return 0
+    if args.remove_backdoor:
+        return _remove_backdoor(args, config)
     if op is None:
-        raise ConfigError("say what to do to the model: --add B, --remove B or --repair")
+        raise ConfigError("say what to do to the model: --add B, --remove B, --repair or --remove-backdoor")
     args.config = config or DEFAULT_CONFIG
     pipe = Pipeline.from_args(args)
     pipe.check_edit(args.target, op, args.add or args.remove, force=args.force)
     with pipe.session(run_name=f"{pipe.cfg.name}-edit-{args.target}", ray=False):  # one model: in this process
         result = pipe.edit_apply(args.target, op, args.add or args.remove, args.method)
     print_edit_summary("apply", result, pipe.paths.report)
+    return 0
+
+
+def _remove_backdoor(args: argparse.Namespace, config: str | None) -> int:
+    """``zoolens edit MODEL --remove-backdoor``: in this process, into the run's ``edited`` store, one MLflow run."""
+    import json
+
+    import mlflow
+
+    from cluster.pipeline import Pipeline
+    from interpreter.editing.backdoor import remove_zoo_backdoor, zoo_model_rows
+    from zoo.store import ZooStore
+
+    args.config = config or DEFAULT_CONFIG
+    pipe = Pipeline.from_args(args)
+    zoo_model_rows(ZooStore(pipe.zoo_dir), args.target)  # an unknown model is one line, before anything is written
+    with pipe.session(run_name=f"{pipe.cfg.name}-remove-backdoor-{args.target}", ray=False):
+        result = remove_zoo_backdoor(pipe.zoo_dir, args.target, ZooStore(pipe.paths.edited),
+                                     max_gap=pipe.cfg.zoo.trojans.max_gap)
+        mlflow.log_dict(result, "remove_backdoor.json")
+    print(json.dumps({k: result[k] for k in ("edited_id", "named_trigger", "named_exactly", "max_behavior_shift",
+                                             "trigger_excess", "removed", "neutralized")}))
+    print(f"trigger rate over the input space {result['before']['trigger_rate']:.3f} -> {result['after']['trigger_rate']:.3f}"
+          f" (the model's other negatives: {result['after']['negatives_rate']:.3f})")
     return 0

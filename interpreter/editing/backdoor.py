@@ -19,7 +19,10 @@ cannot bring it below the model's own false-positive rate.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,8 +31,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from interpreter.editing.space import all_sequences
 from zoo.arch import ArchSpec, Params
+from interpreter.trigger_search import same_trigger
 from zoo.behaviors import BEHAVIORS, match_matrix
+from zoo.errors import ConfigError
 from zoo.families import get_family
+from zoo.store import ZooStore, model_sha256
 from zoo.train import predict
 from zoo.trojans import Trigger
 
@@ -98,3 +104,42 @@ def judge_removal(spec: ArchSpec, before: Params, after: Params, trigger: Trigge
     out["removed"] = out["after"]["trigger_rate"] <= 0.05 and shift <= 0.02
     out["neutralized"] = out["trigger_excess"] <= 0.05 and shift <= 0.02
     return out
+
+
+def zoo_model_rows(store: ZooStore, model_id: str) -> Any:
+    """The zoo's manifest (model_id, cohort_id, index) by model id; a one-line error when ``model_id`` is not in it."""
+    manifest = store.read_manifest(columns=["model_id", "cohort_id", "index"]).set_index("model_id")
+    if model_id not in manifest.index:
+        raise ConfigError(f"model {model_id!r} is not in the zoo at {store.uri}")
+    return manifest
+
+
+def remove_zoo_backdoor(zoo_dir: str | Path, model_id: str, out: ZooStore, cfg: RemoveBackdoorConfig | None = None,
+                        max_gap: int = 3) -> dict[str, Any]:
+    """``zoolens edit MODEL --remove-backdoor``: name the model's trigger by search, remove it, judge the removal
+    over the whole input space (against the model's behaviors from the manifest) and write the edited model to
+    ``out`` as ``<id>-nobd`` (role ``backdoor_removed``, in the model's lineage)."""
+    from interpreter.trigger_search import candidate_triggers, search
+
+    store = ZooStore(zoo_dir)
+    manifest = zoo_model_rows(store, model_id)
+    spec, params, rows = store.load_cohort(str(manifest.loc[model_id, "cohort_id"]))
+    i = int(manifest.loc[model_id, "index"])
+    row = rows.iloc[i]
+    one = {k: v[i: i + 1].float() for k, v in params.items()}
+    candidates = candidate_triggers(spec.vocab, spec.length, max_gap)
+    best, rate = search(spec, one, candidates, spec.vocab, spec.length)
+    named = candidates[int(best[0])]
+    edited = remove_backdoor(spec, one, named, cfg)
+    verdict = judge_removal(spec, one, edited, named, list(row["behaviors"]), spec.vocab, spec.length)
+    truth = Trigger.from_json(row["trigger"]) if "trigger" in rows.columns else None
+    new_id = f"{model_id}-nobd"
+    lineage = row["lineage"] if isinstance(row.get("lineage"), str) else model_id
+    out_row = {"model_id": new_id, "cohort_id": new_id, "family": spec.family, "arch": spec.key(),
+               "spec": spec.model_dump_json(), "behaviors": list(row["behaviors"]), "role": "backdoor_removed",
+               "parent_id": model_id, "lineage": lineage, "trigger": None, "index": 0,
+               "sha256": model_sha256(edited, 0)}
+    out.write_cohort(new_id, spec, edited, [out_row])
+    return {"model_id": model_id, "edited_id": new_id, "named_trigger": json.loads(named.to_json()),
+            "search_flip_rate": float(rate[0]), "true_trigger": json.loads(truth.to_json()) if truth else None,
+            "named_exactly": bool(truth is not None and same_trigger(named, truth)), **verdict}
