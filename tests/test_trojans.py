@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cluster.stages.interpreter import split_zoo
-from interpreter.backdoor import detection_table
+from interpreter.backdoor import detection_table, evaluate_backdoors
 from interpreter.mntd import Group, MNTDConfig, mntd_baseline, query_outputs
 from interpreter.trigger_search import candidate_triggers, same_trigger, search_zoo_models
 from zoo.arch import ArchSpec
@@ -121,6 +121,11 @@ def test_mntd_and_the_slices_score_held_out_models(trojan_zoo: ZooStore) -> None
                             {"token_at", "pair_gap"})
     assert table["all"]["oracle"] == 1.0 and table["all"]["n_backdoored"] == rows["trigger"].notna().sum()
     assert table["heldout"]["n_backdoored"] > 0 and "family:mlp" in table
+    oracle = {"oracle": {"backdoor": rows["trigger"].notna().to_numpy(float), "trigger_kind": np.full((len(rows), 3), 1 / 3)}}
+    train_rows = m.loc[train].reset_index()
+    bd = evaluate_backdoors(str(trojan_zoo.root), train, train_rows, y, test, rows, oracle, MNTDConfig(epochs=2), 7, 7)
+    assert set(bd["detection"]["all"]) >= {"oracle", "mntd", "trigger_search"} and bd["train_kinds"] == ["pair_gap", "token_at"]
+    assert 0 <= bd["naming"]["trigger_search"]["exact"] <= 1 and "heldout_kinds" in bd["roc"]
 
 
 def test_read_reports_backdoor_probability_and_trigger_kind(tmp_path, capsys) -> None:
