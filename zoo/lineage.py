@@ -16,7 +16,7 @@ import pandas as pd
 
 from zoo.errors import ZoolensError
 
-LINK_COLUMNS = ("parent_id", "sibling_of", "twin_of")  # twin_of: a backdoored model's clean twin (zoo/trojans.py)  # a model's links to the model it was derived from
+LINK_COLUMNS = ("parent_id", "sibling_of", "twin_of")  # a model's links (twin_of: a backdoored model's clean twin)
 
 
 class SplitError(ZoolensError):
