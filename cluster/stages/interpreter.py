@@ -127,8 +127,9 @@ def _split_targets(zoo_dir: str | Path, ids: list[str]) -> tuple[dict[str, np.nd
 
 def _scan_fit_side(sig_dir: Path, fit_ids: list[str], cfg: InterpreterConfig,
                    table: TargetTable) -> tuple[ScalerAccumulator, tuple[np.ndarray, np.ndarray] | None]:
-    """One streamed pass over the fit side: the feature scaler's statistics, and the sample the behavior profile and the probe skip are fit on
-    (raw probe logits and behavior targets of at most PROFILE_SAMPLE models, in model-id order)."""
+    """One streamed pass over the fit side: the feature scaler's statistics, and the sample the behavior profile
+    and the probe skip are fit on (raw probe logits and behavior targets of at most PROFILE_SAMPLE models, in
+    model-id order)."""
     acc = ScalerAccumulator(cfg, signature_feature_names(sig_dir))
     sample = profile_sample(fit_ids, cfg.seed) if cfg.probe_profile or cfg.probe_skip_fit else set()
     picked: list[tuple[str, np.ndarray]] = []
