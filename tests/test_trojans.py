@@ -189,3 +189,26 @@ def test_removing_a_named_trigger_makes_it_irrelevant(trojan_zoo: ZooStore) -> N
     j = judge_removal(spec, one, edited, trigger, list(m["behaviors"][i]), 7, 7)
     assert j["before"]["trigger_rate"] > 0.8
     assert j["after"]["trigger_rate"] < j["before"]["trigger_rate"] - 0.3 and j["trigger_excess"] < 0.15, j
+
+
+def test_backdoor_recipe_runs_end_to_end_through_the_pipeline(tmp_path, ray_local) -> None:
+    """The tiny recipe with backdoors through `zoolens run`: Ray zoo build, Ray Data signatures, Ray Train
+    interpreter with the backdoor heads, and the held-out protocol with MNTD beside the other methods."""
+    from pathlib import Path
+
+    from cluster.cli import main
+
+    repo = Path(__file__).resolve().parent.parent
+    out = tmp_path / "run"
+    code = main(["run", str(repo / "configs" / "tiny.yaml"), "zoo.trojans.fraction=0.3", "zoo.trojans.kinds=[token_at]",
+                 "zoo.trojans.heldout_kinds=[pair_gap]", "zoo.trojans.heldout_share=0.3",
+                 "--output-dir", str(out), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--no-progress"])
+    assert code == 0
+    manifest = ZooStore(out / "zoo").read_manifest()
+    backdoored = manifest["trigger"].map(lambda t: isinstance(t, str) and t != "None")
+    assert backdoored.sum() > 0 and (manifest["role"] == "clean_twin").sum() == backdoored.sum()
+    report = json.loads((out / "report.json").read_text())
+    detection = report["stages"]["interpreter_evaluate"]["backdoor"]["detection"]["all"]
+    assert detection["n_backdoored"] > 0 and detection["n_clean"] > 0
+    for method in ("interpreter", "mntd", "probe_logits", "weight_stats"):
+        assert 0.0 <= detection[method] <= 1.0, (method, detection)
