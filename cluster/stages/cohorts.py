@@ -15,9 +15,7 @@ error line for on every run (ray-project/ray#53727).
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +25,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 import torch
-from ray.exceptions import ObjectLostError, RayActorError, WorkerCrashedError
 from tqdm.auto import tqdm
 
 from zoo.arch import ArchSpec
 from zoo.errors import ZoolensError
-from zoo.store import FILE_MODE, ZooStore
+from zoo.store import ZooStore, atomic_write_bytes
 
 from cluster.runtime import cluster_cpus, worker_device
+from cluster.stages.zoo import LOST
 
 MAX_ATTEMPTS = 3  # passes over the cohorts still missing before the stage gives up
-LOST = (RayActorError, WorkerCrashedError, ObjectLostError)  # a worker or node is gone, not the cohort's fault
 
 
 class CohortProcessor:
@@ -69,16 +66,10 @@ def part_path(out_dir: Path, cohort_id: str) -> Path:
 
 
 def write_part(table: pa.Table, path: Path) -> None:
-    """Write a cohort's rows via a hidden temporary file and rename, so a reader never sees half a part."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a cohort's rows atomically (a hidden temporary file, then a rename), so a reader never sees half a part."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
 def map_cohorts(processor: type[CohortProcessor], zoo_dir: str, cohorts: list[str], out_dir: str | Path, num_actors: int,
