@@ -23,6 +23,8 @@ from zoo.probes import make_probe_set
 from zoo.signatures import feature_names
 from zoo.store import ZooStore, atomic_write_json, model_sha256
 
+from cluster.stages.signatures import probe_set_record
+
 BEHAVIORS = ("all_same", "palindrome", "sorted_ascending", "contains_abc")
 
 NET = """import torch
@@ -48,11 +50,7 @@ def run_dir(tmp_path_factory) -> Path:
     its thresholds make it flag the first behavior alone, so the carrier search runs once)."""
     root = tmp_path_factory.mktemp("read")
     probes = make_probe_set(BEHAVIORS, 7, 7)
-    atomic_write_json(root / "signatures" / "_signatures.json", {
-        "probe_sha256": probes.sha256, "probe_version": probes.version, "n_probes": len(probes),
-        "feature_names": feature_names(probes), "behaviors": list(BEHAVIORS), "vocab": 7, "length": 7,
-        "probe_tokens": probes.tokens.tolist(), "probe_behavior": probes.behavior.tolist(),
-        "probe_is_positive": probes.is_positive.tolist()})
+    atomic_write_json(root / "signatures" / "_signatures.json", probe_set_record(probes))
     n_raw = len(feature_names(probes))
     cfg = InterpreterConfig(d_model=16, n_layers=1, n_heads=2, latent_dim=8, probe_accuracy=True, probe_profile=True)
     torch.manual_seed(0)

@@ -136,16 +136,13 @@ def test_read_reports_backdoor_probability_and_trigger_kind(tmp_path, capsys) ->
     from interpreter.model import Interpreter, save_interpreter
     from interpreter.targets import BACKDOOR_HEAD, TRIGGER_KIND_HEAD, head_specs
     from zoo.probes import make_probe_set
+    from cluster.stages.signatures import probe_set_record
     from zoo.signatures import feature_names
     from zoo.store import atomic_write_json, model_sha256
 
     behaviors = ("all_same", "palindrome")
     probes = make_probe_set(behaviors, 7, 7)
-    atomic_write_json(tmp_path / "signatures" / "_signatures.json", {
-        "probe_sha256": probes.sha256, "probe_version": probes.version, "n_probes": len(probes),
-        "feature_names": feature_names(probes), "behaviors": list(behaviors), "vocab": 7, "length": 7,
-        "probe_tokens": probes.tokens.tolist(), "probe_behavior": probes.behavior.tolist(),
-        "probe_is_positive": probes.is_positive.tolist()})
+    atomic_write_json(tmp_path / "signatures" / "_signatures.json", probe_set_record(probes))
     n_raw = len(feature_names(probes))
     torch.manual_seed(0)
     specs = head_specs(list(behaviors)) + [BACKDOOR_HEAD, TRIGGER_KIND_HEAD]

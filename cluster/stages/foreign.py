@@ -103,8 +103,9 @@ def extract_foreign_signatures(cfg: ForeignZooConfig, out_dir: Path) -> dict[str
     import pyarrow.parquet as pq
 
     from zoo.probes import make_probe_set
-    from zoo.signatures import feature_names
     from zoo.store import atomic_write_json
+
+    from cluster.stages.signatures import SIGNATURE_META, probe_set_record
 
     store = ForeignStore(out_dir)
     ids = list(store.read_manifest()["model_id"])
@@ -115,9 +116,6 @@ def extract_foreign_signatures(cfg: ForeignZooConfig, out_dir: Path) -> dict[str
     refs = [_signature_rows.remote(str(store.root), part, probes) for part in parts]
     for i, ref in enumerate(refs):
         pq.write_table(ray.get(ref), sig_dir / f"part-{i:05d}.parquet")
-    atomic_write_json(sig_dir / "_signatures.json", {
-        "probe_sha256": probes.sha256, "probe_version": probes.version, "n_probes": len(probes),
-        "feature_names": feature_names(probes), "behaviors": list(probes.behaviors), "vocab": probes.vocab,
-        "length": probes.length, "probe_tokens": probes.tokens.tolist(), "probe_behavior": probes.behavior.tolist(),
-        "probe_is_positive": probes.is_positive.tolist(), "zoo_dir": str(store.root), "code_version": code_version()})
+    atomic_write_json(sig_dir / SIGNATURE_META, {**probe_set_record(probes), "zoo_dir": str(store.root),
+                                                 "code_version": code_version()})
     return {"signatures_dir": str(sig_dir), "n_models": len(ids), "probe_sha256": probes.sha256}

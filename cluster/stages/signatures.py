@@ -24,6 +24,7 @@ from cluster.config import ProbeConfig
 from cluster.stages.cohorts import CohortProcessor, map_cohorts
 from cluster.runtime import cluster_gpus
 
+SUMMARY_KEYS = ("probe_sha256", "probe_version", "n_probes", "feature_names")  # of the meta, in a stage's summary
 SIGNATURE_META = "_signatures.json"  # probe set, feature names, provenance ("_" keeps Parquet readers off it)
 
 
@@ -74,7 +75,7 @@ def finished_signatures(out_dir: Path, store: ZooStore, zoo_meta: dict[str, Any]
     n_rows = _dataset(out_dir).count_rows()
     if n_rows != len(store.read_manifest(columns=["model_id"])):
         return None
-    info = {k: meta[k] for k in ("probe_sha256", "probe_version", "n_probes", "feature_names")}
+    info = {k: meta[k] for k in SUMMARY_KEYS}
     return {"signatures_dir": str(out_dir), "n_models": n_rows, "resumed": True, **info}
 
 
@@ -95,17 +96,21 @@ def extract_signatures(zoo_dir: Path | str, out_dir: Path, probe_cfg: ProbeConfi
     map_cohorts(SignatureExtractor, store.uri, cohorts, out_dir, num_actors, gpus=cluster_gpus() > 0,
                 desc="signatures" if progress else None, behaviors=zc["behaviors"], vocab=zc["vocab"], length=zc["length"], probe_cfg=probe_cfg)
     n_rows = _dataset(out_dir).count_rows()
-    info = {
-        "probe_sha256": probes.sha256, "probe_version": probes.version, "n_probes": len(probes),
-        "feature_names": feature_names(probes),
-    }
+    record = probe_set_record(probes)
     atomic_write_json(Path(out_dir) / SIGNATURE_META, {
-        **info, "behaviors": list(probes.behaviors), "vocab": probes.vocab, "length": probes.length,
-        "probe_tokens": probes.tokens.tolist(), "probe_behavior": probes.behavior.tolist(),
-        "probe_is_positive": probes.is_positive.tolist(), "zoo_dir": store.uri,
-        "zoo_fingerprint": meta.get("fingerprint"), "code_version": code_version(), "extractor_sha256": extractor_sha256(),
+        **record, "zoo_dir": store.uri, "zoo_fingerprint": meta.get("fingerprint"), "code_version": code_version(),
+        "extractor_sha256": extractor_sha256(),
     })
+    info = {k: record[k] for k in SUMMARY_KEYS}
     return {"signatures_dir": str(out_dir), "n_models": n_rows, **info}
+
+
+def probe_set_record(probes: ProbeSet) -> dict[str, Any]:
+    """What ``SIGNATURE_META`` records of the probe set the signatures were read through (``read_probe_set`` reads it back)."""
+    return {"probe_sha256": probes.sha256, "probe_version": probes.version, "n_probes": len(probes),
+            "feature_names": feature_names(probes), "behaviors": list(probes.behaviors), "vocab": probes.vocab,
+            "length": probes.length, "probe_tokens": probes.tokens.tolist(), "probe_behavior": probes.behavior.tolist(),
+            "probe_is_positive": probes.is_positive.tolist()}
 
 
 def _dataset(sig_dir: Path) -> pads.Dataset:
