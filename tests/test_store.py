@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -51,6 +53,32 @@ def test_corrupted_weights_are_named(tmp_path: Path):
     path.write_bytes(b"not a safetensors file")
     with pytest.raises(ZooStoreError, match="corrupted"):
         store.load_cohort("c00000")
+
+
+def test_verify_reads_again_only_cohorts_changed_since_their_check(tmp_path: Path):
+    store = _build(tmp_path / "z")
+    assert store.verify() == 6 and (store.root / "verified.json").exists()
+    path = store.cohort_dir / "c00000.safetensors"
+    before = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))  # a rewrite: new modification time, checked again
+    with pytest.raises(ZooStoreError, match="c00000.safetensors"):
+        store.verify()
+    # the same size and modification time as when it passed: verify trusts its record, the reader's own check does not
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert store.verify() == 6
+    with pytest.raises(ZooStoreError, match="sha256"):
+        store.load_cohort("c00000")
+
+
+def test_the_build_stamps_what_it_wrote(tmp_path: Path, ray_local):
+    from cluster.stages.zoo import build_zoo
+
+    build_zoo(CFG, tmp_path / "z", n_actors=1, progress=False)
+    store = ZooStore(tmp_path / "z")
+    stamps = json.loads((store.root / "verified.json").read_text())
+    assert sorted(stamps) == store.finished_cohorts()
 
 
 def test_corrupted_manifest_is_one_store_error(tmp_path: Path):

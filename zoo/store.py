@@ -40,6 +40,7 @@ from zoo.errors import ZoolensError
 from zoo.families.base import Params
 
 FILE_MODE = 0o644  # what atomic writes leave: readable by group and others, as open() under the usual umask would
+VERIFIED = "verified.json"  # each cohort's file sizes and mtimes when its hashes were last checked (ZooStore.verify)
 URI_SCHEMES = ("file", "s3", "gs")  # what pyarrow.fs opens without extra setup (credentials from the environment)
 
 
@@ -298,8 +299,48 @@ class ZooStore:
 
         Run in the driver before a stage streams the zoo, so a corrupted file is one line naming it and
         its hash, not a worker's traceback (and stale results of a since-corrupted zoo are not reused).
+        A cohort whose files still have the size and modification time they had when last checked (or
+        written by this zoo's build, ``stamp``) is not read again: only new or changed files cost a pass.
         """
-        return sum(len(self.load_cohort(c, verify=True)[2]) for c in self.require())
+        cohorts = self.require()
+        stamps = self._read_stamps()
+        now = self._file_stamps(cohorts)
+        n_models, checked = 0, {}
+        try:
+            for c in cohorts:
+                if stamps.get(c) == now[c]:
+                    n_models += len(self.read_cohort_manifest(c))
+                else:
+                    n_models += len(self.load_cohort(c, verify=True)[2])
+                checked[c] = now[c]
+        finally:
+            if checked and any(stamps.get(c) != v for c, v in checked.items()):
+                self._write(VERIFIED, json_bytes({**stamps, **checked}))  # what passed stays recorded
+        return n_models
+
+    def stamp(self, cohorts: list[str]) -> None:
+        """Record ``cohorts`` as verified as they are now (the build calls it for the cohorts it has just written,
+        from the weights whose hashes it recorded), so ``verify`` does not read them again."""
+        if cohorts:
+            self._write(VERIFIED, json_bytes({**self._read_stamps(), **self._file_stamps(cohorts)}))
+
+    def _read_stamps(self) -> dict[str, list[int]]:
+        """Size and mtime (ns) of each cohort's two files when last verified; none when never, or unreadable."""
+        try:
+            stamps = json.loads(self._read(VERIFIED))
+        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+            return {}
+        return stamps if isinstance(stamps, dict) else {}
+
+    def _file_stamps(self, cohorts: list[str]) -> dict[str, list[int]]:
+        """[size, mtime_ns] of each cohort's weights and manifest, as the filesystem reports them now."""
+        info = {i.base_name: i for i in self._files("cohorts")}
+
+        def of(name: str) -> list[int]:
+            i = info.get(name)
+            return [-1, -1] if i is None else [int(i.size), int(i.mtime_ns or 0)]
+
+        return {c: of(f"{c}.safetensors") + of(f"{c}.parquet") for c in cohorts}
 
     def size_bytes(self) -> int:
         return sum(i.size for i in self._files(recursive=True))

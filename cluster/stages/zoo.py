@@ -155,6 +155,7 @@ def build_zoo(cfg: ZooConfig, zoo_dir: Path | str, n_actors: int | None = None, 
             results.append(result)
             bar.update(1)
     bar.close()
+    store.stamp([r["cohort_id"] for r in results])  # written from hashed weights: verify() need not read them again
     seconds = time.perf_counter() - t0
     trained = sum(r["n_models"] for r in results)
     return {
