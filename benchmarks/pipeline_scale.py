@@ -4,7 +4,7 @@ The zoo is the standard MLP cohort (2 hidden layers of 32, embedding 8) trained 
 and the interpreter for one epoch, so the times measure data movement (reading, shuffling, sharding signatures),
 not model quality. Stages: zoo build (Ray actors), signature extraction (Ray Data), interpreter training (Ray
 Data -> Ray Train, streamed), held-out evaluation (baselines and the shuffled-label control on at most
-EVAL_TRAIN_SAMPLE / EVAL_TEST_SAMPLE models; cross-family rotations off: one family). The baseline in the same run
+evaluation.max_train_models / max_test_models models; cross-family rotations off: one family). The baseline in the same run
 is the 1x zoo: at 10x a stage should take at most 10x the time and at most 1.5x the peak memory.
 
     python benchmarks/pipeline_scale.py [--models 25000] [--cohort 1000] [--quick]
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 
 import ray  # noqa: E402
 
-from cluster.config import ProbeConfig  # noqa: E402
+from cluster.config import EvalConfig, ProbeConfig  # noqa: E402
 from cluster.stages.interpreter import evaluate_stage, train_stage  # noqa: E402
 from cluster.stages.signatures import extract_signatures  # noqa: E402
 from cluster.stages.zoo import build_zoo  # noqa: E402
@@ -66,7 +66,7 @@ def run_scale(root: Path, n_models: int, cohort: int, actors: int) -> dict[str, 
     out["zoo"] = measure(lambda: build_zoo(zoo_config(n_models, cohort), zoo_dir, n_actors=actors, progress=False), n_models)
     out["signatures"] = measure(lambda: extract_signatures(zoo_dir, sig_dir, ProbeConfig(), actors), n_models)
     out["interpreter_train"] = measure(lambda: train_stage(zoo_dir, sig_dir, interp_dir, cfg, 0.2, 0), n_models)
-    out["interpreter_evaluate"] = measure(lambda: evaluate_stage(zoo_dir, sig_dir, interp_dir, cfg, cross_family=False),
+    out["interpreter_evaluate"] = measure(lambda: evaluate_stage(zoo_dir, sig_dir, interp_dir, cfg, EvalConfig(cross_family=False)),
                                           n_models)
     return out
 

@@ -35,6 +35,12 @@ class EvalConfig(BaseModel):
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     seed: int = 0
     cross_family: bool = Field(True, description="with several families, also train on all but one and test on it")
+    max_train_models: int = Field(20_000, ge=1, description=(
+        "training models the held-out protocol holds in memory (the baselines' matrices, the shuffled-label control, "
+        "the cross-family rotations): a seeded sample beyond this; the report says how many were used"))
+    max_test_models: int = Field(50_000, ge=1, description=(
+        "held-out models every method is scored on (a seeded sample beyond this); the interpreter alone is also "
+        "scored on every held-out model, streamed (report: every_heldout)"))
     mntd: MNTDConfig = Field(default_factory=MNTDConfig, description=(
         "the MNTD backdoor baseline, trained on the same models when the zoo has backdoors (interpreter/mntd.py)"))
 

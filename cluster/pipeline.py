@@ -224,7 +224,7 @@ class Pipeline:
     def _evaluate(self) -> dict[str, Any]:
         with stage_run("interpreter_evaluate") as run:
             result = evaluate_stage(self.zoo_dir, self.paths.signatures, self.paths.interpreter, self.cfg.interpreter,
-                                    cross_family=self.cfg.evaluation.cross_family, mntd=self.cfg.evaluation.mntd)
+                                    self.cfg.evaluation)
             reports = result["reports"]
             table = results_table(reports)
             mlflow.log_table(table, "results_table.json")
@@ -256,7 +256,12 @@ class Pipeline:
                 "cross_family": cross,
                 "heldout": reports,
                 "registered_model": registered,
+                # models scored / in the split: beyond evaluation.max_train_models and max_test_models every method is scored on a
+                # seeded sample, and the interpreter alone also on every held-out model (every_heldout)
+                "sampled": result["sampled"],
             }
+            if result["every_heldout"] is not None:
+                summary["every_heldout"] = result["every_heldout"]
             if result.get("backdoor"):  # a zoo with backdoors: detection AUROC per slice beside MNTD (interpreter/backdoor.py)
                 bd = result["backdoor"]
                 summary["backdoor"] = {k: v for k, v in bd.items() if k != "roc"}

@@ -10,6 +10,8 @@ import logging
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +31,11 @@ from interpreter.baselines import (
 from interpreter.backdoor import evaluate_backdoors
 from interpreter.config import InterpreterConfig
 from interpreter.metrics import evaluate_heads, headline_metrics
-from interpreter.mntd import MNTDConfig
 from interpreter.model import load_interpreter, save_interpreter
 from interpreter.parallel import DataParallel
 from interpreter.probe_accuracy import ProbeLayout
 from interpreter.stream import ScalerAccumulator, TargetTable, profile_sample, train_streamed
-from interpreter.targets import build_targets, specs_for
+from interpreter.targets import HeadSpec, build_targets, specs_for
 from interpreter.train import predict, split_by_model, train_interpreter
 from zoo.errors import ZoolensError
 from zoo.lineage import LINK_COLUMNS, manifest_lineage, split_by_lineage
@@ -42,8 +43,9 @@ from zoo.store import ZooStore, atomic_write_json
 from zoo.trojans import heldout_triggers
 from zoo.version import code_version
 
+from cluster.config import EvalConfig
 from cluster.runtime import cluster_cpus, cluster_gpus
-from cluster.stages.signature_data import iter_record_chunks, ordered, ordered_options, split_dataset
+from cluster.stages.signature_data import iter_record_chunks, ordered, ordered_options, read_split_chunks, split_dataset
 from cluster.stages.signatures import read_probe_set, read_signature_meta, read_signatures
 
 CHUNK_ROWS = 4096  # signature rows a process holds at once while training or scanning (bounded memory per process)
@@ -125,15 +127,40 @@ def _split_targets(zoo_dir: str | Path, ids: list[str]) -> tuple[dict[str, np.nd
     return build_targets(rows, behaviors), behaviors, rows
 
 
-def _scan_fit_side(sig_dir: Path, fit_ids: list[str], cfg: InterpreterConfig,
-                   table: TargetTable) -> tuple[ScalerAccumulator, tuple[np.ndarray, np.ndarray] | None]:
+@dataclass
+class FitPlan:
+    """What interpreter training needs before it reads a signature: the split by lineage, the validation split
+    inside its training side (by lineage too), and the training side's targets (the manifest only)."""
+
+    train_ids: list[str]
+    test_ids: list[str]
+    fit_ids: list[str]
+    val_ids: list[str]
+    table: TargetTable
+    specs: list[HeadSpec]
+    behaviors: list[str]
+
+
+def plan_fit(zoo_dir: str | Path, cfg: InterpreterConfig, test_fraction: float, seed: int) -> FitPlan:
+    """The split (split_zoo), the fit/validation split of its training side and their targets."""
+    train_ids, test_ids = split_zoo(ZooStore(zoo_dir), test_fraction, seed)
+    targets, behaviors, rows = _split_targets(zoo_dir, train_ids)
+    fit_idx, val_idx = split_by_model(len(train_ids), cfg.val_fraction, cfg.seed, [str(x) for x in rows["lineage"]])
+    return FitPlan(train_ids, test_ids, [train_ids[i] for i in fit_idx], [train_ids[i] for i in val_idx],
+                   TargetTable.of(train_ids, targets), specs_for(targets, behaviors), behaviors)
+
+
+def _scan_fit_side(sig_dir: Path, fit_ids: list[str], cfg: InterpreterConfig, table: TargetTable,
+                   chunks: Iterable[list[dict]] | None = None) -> tuple[ScalerAccumulator, tuple[np.ndarray, np.ndarray] | None]:
     """One streamed pass over the fit side: the feature scaler's statistics, and the sample the behavior profile
     and the probe skip are fit on (raw probe logits and behavior targets of at most PROFILE_SAMPLE models, in
-    model-id order)."""
+    model-id order). `chunks`: the fit side's records (default: streamed through Ray Data)."""
     acc = ScalerAccumulator(cfg, signature_feature_names(sig_dir))
     sample = profile_sample(fit_ids, cfg.seed) if cfg.probe_profile or cfg.probe_skip_fit else set()
     picked: list[tuple[str, np.ndarray]] = []
-    for chunk in iter_record_chunks(ordered(split_dataset(sig_dir, fit_ids)), CHUNK_ROWS):
+    if chunks is None:
+        chunks = iter_record_chunks(ordered(split_dataset(sig_dir, fit_ids)), CHUNK_ROWS)
+    for chunk in chunks:
         chunk.sort(key=lambda r: r["model_id"])  # a chunk's sums in model-id order, as FeatureScaler.fit adds them
         acc.add(chunk)
         picked += [(r["model_id"], np.nan_to_num(np.asarray(r["logits"], dtype=np.float32))) for r in chunk
@@ -145,6 +172,23 @@ def _scan_fit_side(sig_dir: Path, fit_ids: list[str], cfg: InterpreterConfig,
     picked.sort(key=lambda p: p[0])
     raw = np.stack([p[1] for p in picked])
     return acc, (raw, table.take([p[0] for p in picked])["behaviors"])
+
+
+def predict_split(model: Any, scaler: Any, sig_dir: str | Path, model_ids: Sequence[str]) -> dict[str, np.ndarray]:
+    """The interpreter's predictions (train.predict's keys) for `model_ids`, in that order, read CHUNK_ROWS signature
+    rows at a time in this process (read_split_chunks): memory is one chunk plus a few numbers per model."""
+    parts, seen = [], []
+    for chunk in read_split_chunks(sig_dir, model_ids, CHUNK_ROWS):
+        parts.append(predict(model, scaler, chunk))
+        seen += [r["model_id"] for r in chunk]
+    if not parts:
+        raise InterpreterStageError(f"no signatures in {sig_dir} for the {len(model_ids)} models asked for")
+    found = TargetTable.of(seen, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+    try:
+        return found.take(list(model_ids))
+    except KeyError:
+        raise InterpreterStageError(f"{len(set(model_ids) - set(seen))} of the {len(model_ids)} models have no "
+                                    f"signature in {sig_dir}") from None
 
 
 def _quiet_train_logs() -> None:
@@ -274,12 +318,9 @@ def train_stage(zoo_dir: Path, sig_dir: Path, out_dir: Path, cfg: InterpreterCon
     from ray.train.torch import TorchTrainer
 
     sig_meta = read_signature_meta(sig_dir)  # fail here, in one line, rather than inside a Train worker
-    train_ids, test_ids = split_zoo(ZooStore(zoo_dir), test_fraction, seed)
-    targets, behaviors, rows = _split_targets(zoo_dir, train_ids)
-    fit_idx, val_idx = split_by_model(len(train_ids), cfg.val_fraction, cfg.seed, [str(x) for x in rows["lineage"]])
-    fit_ids, val_ids = [train_ids[i] for i in fit_idx], [train_ids[i] for i in val_idx]
-    table = TargetTable.of(train_ids, targets)
-    specs = specs_for(targets, behaviors)
+    plan = plan_fit(zoo_dir, cfg, test_fraction, seed)
+    train_ids, test_ids, fit_ids, val_ids = plan.train_ids, plan.test_ids, plan.fit_ids, plan.val_ids
+    table, specs, behaviors = plan.table, plan.specs, plan.behaviors
     gpus = cluster_gpus()
     workers = resolve_num_workers(cfg.num_workers, gpus)
     if gpus and workers > gpus:
@@ -357,11 +398,9 @@ def score_methods(train: tuple[list[dict], dict], test: tuple[list[dict], dict],
 
 
 # The held-out protocol holds the models it scores in memory (the baselines fit matrices, the shuffled-label control
-# and the cross-family rotations train interpreters in memory): beyond these sizes it reads a seeded sample of each
-# side (eval_sample), read from Parquet with a filter so memory follows the sample, not the zoo. A zoo of 100,000
-# models holds out 20,000 at the default test_fraction, so only larger zoos are sampled.
-EVAL_TRAIN_SAMPLE = 20_000
-EVAL_TEST_SAMPLE = 50_000
+# and the cross-family rotations train interpreters in memory): beyond EvalConfig.max_train_models and max_test_models
+# it reads a seeded sample of each side (eval_sample), read from Parquet with a filter so memory follows the sample,
+# not the zoo. A zoo of 100,000 models holds out 20,000 at the default test_fraction, so only larger zoos are sampled.
 
 
 def eval_sample(model_ids: list[str], cap: int, seed: int) -> list[str]:
@@ -373,19 +412,25 @@ def eval_sample(model_ids: list[str], cap: int, seed: int) -> list[str]:
 
 
 @ray.remote(max_retries=1)
-def _evaluate_remote(zoo_dir: str, sig_dir: str, interp_dir: str, cfg: InterpreterConfig, cross_family: bool,
-                     threads: int, mntd: MNTDConfig | None = None) -> dict[str, Any]:
+def _evaluate_remote(zoo_dir: str, sig_dir: str, interp_dir: str, cfg: InterpreterConfig, ev: EvalConfig,
+                     threads: int) -> dict[str, Any]:
     """Ray task: the held-out protocol, then (with several families) the leave-one-family-out rotations, on at most
-    EVAL_TRAIN_SAMPLE training and EVAL_TEST_SAMPLE held-out models (eval_sample)."""
+    ev.max_train_models training and ev.max_test_models held-out models (eval_sample)."""
     torch.set_num_threads(threads)
     split = json.loads((Path(interp_dir) / "split.json").read_text())
-    train_ids, test_ids = (eval_sample(split[side], cap, cfg.seed) for side, cap in (("train", EVAL_TRAIN_SAMPLE),
-                                                                                     ("test", EVAL_TEST_SAMPLE)))
+    train_ids, test_ids = (eval_sample(split[side], cap, cfg.seed) for side, cap in (("train", ev.max_train_models),
+                                                                                     ("test", ev.max_test_models)))
     train_records, train_y, behaviors, train_rows = _load_split(zoo_dir, sig_dir, train_ids)
     test_records, test_y, _, test_rows = _load_split(zoo_dir, sig_dir, test_ids)
     names, layout = signature_feature_names(sig_dir), probe_layout(sig_dir, cfg)
     loaded = load_interpreter(interp_dir)
     model_preds = predict(loaded.model, loaded.scaler, test_records)
+    every_heldout = None
+    if len(test_ids) < len(split["test"]):  # sampled: the interpreter alone also reads every held-out model, streamed
+        all_y, _, _ = _split_targets(zoo_dir, split["test"])
+        all_preds = predict_split(loaded.model, loaded.scaler, sig_dir, split["test"])
+        every_heldout = {"n_test_models": len(split["test"]),
+                         "interpreter": evaluate_heads(all_y, all_preds, specs_for(all_y, behaviors), loaded.model.thresholds)}
     kept: dict[str, Any] = {}
     reports = score_methods((train_records, train_y), (test_records, test_y), model_preds,
                             loaded.model.thresholds, cfg, behaviors, feature_names=names, layout=layout, keep=kept)
@@ -395,10 +440,10 @@ def _evaluate_remote(zoo_dir: str, sig_dir: str, interp_dir: str, cfg: Interpret
         max_gap = zoo_cfg.get("trojans", {}).get("max_gap", 3)
         backdoor = evaluate_backdoors(zoo_dir, list(train_rows["model_id"]), train_rows, train_y["backdoor"],
                                       list(test_rows["model_id"]), test_rows, kept,  # in the records' order
-                                      mntd, zoo_cfg["vocab"], zoo_cfg["length"], max_gap)
+                                      ev.mntd, zoo_cfg["vocab"], zoo_cfg["length"], max_gap)
     cross: dict[str, Any] = {}
     families = sorted(set(train_rows["family"]) & set(test_rows["family"]))
-    if cross_family and len(families) >= 2:
+    if ev.cross_family and len(families) >= 2:
         for fam in families:
             tr = _subset(train_records, train_y, (train_rows["family"] != fam).to_numpy())
             te = _subset(test_records, test_y, (test_rows["family"] == fam).to_numpy())
@@ -416,7 +461,7 @@ def _evaluate_remote(zoo_dir: str, sig_dir: str, interp_dir: str, cfg: Interpret
                 named, rates = backdoor["searched"]  # the search trains nothing: its results on these models stand
                 searched = ([t for t, keep in zip(named, in_fam) if keep], rates[in_fam])
                 bd = evaluate_backdoors(zoo_dir, list(tr_rows["model_id"]), tr_rows, tr[1]["backdoor"],
-                                        list(te_rows["model_id"]), te_rows, kept_fam, mntd, zoo_cfg["vocab"],
+                                        list(te_rows["model_id"]), te_rows, kept_fam, ev.mntd, zoo_cfg["vocab"],
                                         zoo_cfg["length"], max_gap, searched=searched)
                 cross[fam]["backdoor"] = {k: v for k, v in bd.items() if k not in ("roc", "searched")}
     if backdoor is not None:
@@ -433,18 +478,19 @@ def _evaluate_remote(zoo_dir: str, sig_dir: str, interp_dir: str, cfg: Interpret
         "n_train_models": len(train_records),
         "n_test_models": len(test_records),
         "sampled": {"train": [len(train_ids), len(split["train"])], "test": [len(test_ids), len(split["test"])]},
+        "every_heldout": every_heldout,
     }
 
 
 def evaluate_stage(zoo_dir: Path, sig_dir: Path, interp_dir: Path, cfg: InterpreterConfig,
-                   cross_family: bool = True, mntd: MNTDConfig | None = None) -> dict[str, Any]:
+                   ev: EvalConfig | None = None) -> dict[str, Any]:
     """Run the held-out protocol; the caller writes the report and plots. In a zoo with backdoors, also the
-    backdoor protocol (interpreter/backdoor.py) with MNTD trained on the same models (``mntd``; None: default)."""
+    backdoor protocol (interpreter/backdoor.py) with MNTD trained on the same models (ev.mntd)."""
     if not (interp_dir / "split.json").exists():
         raise InterpreterStageError(f"no trained interpreter in {interp_dir} (run 'zoolens interpreter train' first)")
     cpus = cluster_cpus()
     return ray.get(_evaluate_remote.options(num_cpus=cpus).remote(str(zoo_dir), str(sig_dir), str(interp_dir), cfg,
-                                                                  cross_family, cpus, mntd or MNTDConfig()))
+                                                                  ev or EvalConfig(), cpus))
 
 
 def results_table(reports: dict[str, dict[str, Any]]) -> pd.DataFrame:

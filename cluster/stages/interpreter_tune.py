@@ -1,7 +1,8 @@
 """Ray Tune for the interpreter: a function trainable, and registering the sweep's best trial.
 
-Trials see only the training side of the zoo's split by model (the same seeded split the
-pipeline uses), so the held-out models stay unseen until the best trial is scored on them.
+Trials see only the training side of the zoo's split by lineage (the same seeded split the
+pipeline uses), so the held-out models stay unseen until the best trial is scored on them. Trials and the
+held-out scoring stream the signature Parquet a chunk at a time, so a sweep's memory does not grow with the zoo.
 """
 
 from __future__ import annotations
@@ -17,12 +18,20 @@ from ray import tune
 from interpreter.config import InterpreterConfig
 from interpreter.metrics import evaluate_heads
 from interpreter.model import load_interpreter, save_interpreter
-from interpreter.targets import family_head_size, head_specs
-from interpreter.train import predict, train_interpreter
-from zoo.store import ZooStore
+from interpreter.stream import train_streamed
+from interpreter.targets import specs_for
 from zoo.version import code_version
 
-from cluster.stages.interpreter import _load_split, probe_layout, signature_feature_names, split_zoo
+from cluster.stages.interpreter import (
+    CHUNK_ROWS,
+    FitPlan,
+    _scan_fit_side,
+    _split_targets,
+    plan_fit,
+    predict_split,
+    probe_layout,
+)
+from cluster.stages.signature_data import read_split_chunks
 from cluster.tracking.registry import register_interpreter
 
 
@@ -31,23 +40,36 @@ def _paths(config: dict[str, Any]) -> tuple[str, str]:
     return str(run_dir / "zoo"), str(run_dir / "signatures")
 
 
-def _split(config: dict[str, Any]) -> tuple[list[str], list[str]]:
+def _cfg(config: dict[str, Any]) -> InterpreterConfig:
+    return InterpreterConfig(**{k: v for k, v in config.items() if k in InterpreterConfig.model_fields})
+
+
+def _plan(config: dict[str, Any], cfg: InterpreterConfig) -> FitPlan:
     zoo_dir, _ = _paths(config)
-    return split_zoo(ZooStore(zoo_dir), config.get("test_fraction", 0.2), config.get("split_seed", 0))
+    return plan_fit(zoo_dir, cfg, config.get("test_fraction", 0.2), config.get("split_seed", 0))
 
 
 def interpreter_trainable(config: dict[str, Any]) -> None:
-    """One interpreter per trial; validation metrics are reported every epoch (ASHA's time unit)."""
+    """One interpreter per trial, streamed from the signature Parquet as the pipeline's stage streams it (one
+    chunk of rows in memory, read in the trial's own process: a trial holds its CPUs, so no Ray Data tasks);
+    validation metrics are reported every epoch (ASHA's time unit)."""
     torch.set_num_threads(int(config.get("threads", 1)))
-    zoo_dir, sig_dir = _paths(config)
-    train_ids, _ = _split(config)
-    records, targets, behaviors, _ = _load_split(zoo_dir, sig_dir, train_ids)
-    cfg = InterpreterConfig(**{k: v for k, v in config.items() if k in InterpreterConfig.model_fields})
-    result = train_interpreter(records, targets, cfg, behaviors, specs=head_specs(behaviors, family_head_size(targets)),
-                               feature_names=signature_feature_names(sig_dir), probe_layout=probe_layout(sig_dir, cfg),
-                               on_epoch=lambda epoch, metrics: tune.report({"epoch": epoch, **metrics}))
+    _, sig_dir = _paths(config)
+    cfg = _cfg(config)
+    plan = _plan(config, cfg)
+    acc, profile = _scan_fit_side(Path(sig_dir), plan.fit_ids, cfg, plan.table,
+                                  read_split_chunks(sig_dir, plan.fit_ids, CHUNK_ROWS))
+    several = len(plan.fit_ids) > CHUNK_ROWS  # then each epoch reads the files in a seeded order, rows mixed per chunk
+
+    def fit_chunks(epoch: int) -> Any:
+        return read_split_chunks(sig_dir, plan.fit_ids, CHUNK_ROWS, cfg.seed * 1_000_003 + epoch if several else None)
+
+    val = (lambda: read_split_chunks(sig_dir, plan.val_ids, CHUNK_ROWS)) if plan.val_ids else None
+    result = train_streamed(fit_chunks, val, plan.table, plan.fit_ids, acc.scaler(), cfg, plan.behaviors, plan.specs,
+                            profile=profile, probe_layout=probe_layout(sig_dir, cfg),
+                            on_epoch=lambda epoch, metrics: tune.report({"epoch": epoch, **metrics}))
     with tempfile.TemporaryDirectory() as tmp:
-        save_interpreter(result.model, result.scaler, behaviors, tmp)
+        save_interpreter(result.model, result.scaler, plan.behaviors, tmp)
         best = result.history[result.best_epoch] if result.best_epoch >= 0 else result.history[-1]
         tune.report({**best, "best_epoch": result.best_epoch, "done": 1.0}, checkpoint=tune.Checkpoint.from_directory(tmp))
 
@@ -66,12 +88,12 @@ def register_best(results: Any, metric: str, mode: str, tracking_uri: str, paren
     best = pick(finished, key=lambda r: r.metrics[metric])
     config = dict(best.config)
     zoo_dir, sig_dir = _paths(config)
-    _, test_ids = _split(config)
-    records, targets, behaviors, _ = _load_split(zoo_dir, sig_dir, test_ids)
+    test_ids = _plan(config, _cfg(config)).test_ids
+    targets, behaviors, _ = _split_targets(zoo_dir, test_ids)
     with best.checkpoint.as_directory() as ckpt:
         loaded = load_interpreter(ckpt)
-        report = evaluate_heads(targets, predict(loaded.model, loaded.scaler, records), head_specs(behaviors),
-                                loaded.model.thresholds)
+        preds = predict_split(loaded.model, loaded.scaler, sig_dir, test_ids)  # streamed, in test_ids' order
+        report = evaluate_heads(targets, preds, specs_for(targets, behaviors), loaded.model.thresholds)
         score = report["behaviors"]["mean_balanced_accuracy"]
         mlflow.set_tracking_uri(tracking_uri)
         with mlflow.start_run(run_id=parent_run_id):

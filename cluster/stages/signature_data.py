@@ -103,6 +103,40 @@ def iter_record_chunks(ds: ray.data.Dataset | Any, rows: int, **iter_kwargs: Any
         yield table_records(batch)
 
 
+def read_split_chunks(sig_dir: Path | str, model_ids: Sequence[str], rows: int,
+                      shuffle_seed: int | None = None) -> Iterator[list[dict[str, Any]]]:
+    """The given models' signature records as lists of at most `rows`, read file by file with pyarrow in this
+    process (no Ray Data): for code that already holds its CPUs inside a Ray task or Tune trial, where Ray Data's
+    read tasks would wait for CPUs the caller holds. In file order (by model id within a cohort); with
+    `shuffle_seed`, the files in a seeded order and each chunk's rows permuted. Memory: one chunk and one batch."""
+    keep = pa.array(sorted(model_ids), pa.string())
+    files = signature_files(sig_dir)
+    rng = np.random.default_rng(shuffle_seed) if shuffle_seed is not None else None
+    if rng is not None:
+        files = [files[i] for i in rng.permutation(len(files))]
+    pending: list[pa.Table] = []
+    held = 0
+
+    def emit(table: pa.Table) -> list[dict[str, Any]]:
+        if rng is not None:
+            table = table.take(pa.array(rng.permutation(table.num_rows)))
+        return table_records(table)
+
+    for path in files:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=rows, columns=RECORD_COLUMNS):
+            part = _keep_ids(pa.Table.from_batches([batch]), keep)
+            if part.num_rows:
+                pending.append(part)
+                held += part.num_rows
+            while held >= rows:
+                table = pa.concat_tables(pending).combine_chunks()
+                yield emit(table.slice(0, rows))
+                rest = table.slice(rows)
+                pending, held = ([rest] if rest.num_rows else []), rest.num_rows
+    if held:
+        yield emit(pa.concat_tables(pending).combine_chunks())
+
+
 def ordered(ds: ray.data.Dataset) -> ray.data.Dataset:
     """The dataset iterated in its own order (for driver-side passes: the scaler, evaluation)."""
     ds.context.execution_options.preserve_order = True
