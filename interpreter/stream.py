@@ -154,17 +154,20 @@ def _chunk_split(records: Sequence[Record], table: TargetTable, scaler: FeatureS
 
 
 def _val_outputs(model: Interpreter, chunks: Iterable[Sequence[Record]], table: TargetTable, scaler: FeatureScaler,
-                 batch_size: int) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
-    """Head outputs over every validation chunk and the matching targets (concatenated in stream order)."""
-    outs, ys = [], []
+                 batch_size: int) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray], _Split | None]:
+    """Head outputs over every validation chunk and the matching targets (concatenated in stream order), and the
+    collated chunk when the stream held exactly one (the caller keeps it rather than read it again)."""
+    outs, ys, first, n_parts = [], [], None, 0
     for chunk in chunks:
         part = _chunk_split(chunk, table, scaler)
+        n_parts += 1
+        first = part if n_parts == 1 else None  # memory: one collated chunk at a time
         outs.append(_forward_all(model, part.data, batch_size))
         ys.append(part.y_np)
     if not outs:
         raise ValueError("the validation stream is empty")
     return ({k: torch.cat([o[k] for o in outs]) for k in outs[0]},
-            {k: np.concatenate([y[k] for y in ys]) for k in ys[0]})
+            {k: np.concatenate([y[k] for y in ys]) for k in ys[0]}, first)
 
 
 def train_streamed(
@@ -200,12 +203,16 @@ def train_streamed(
     multi = len(specs) > 1
     fit_y = {k: torch.from_numpy(v) for k, v in y_fit.items()}
     target_var = {s.name: _target_variance(y_fit[s.name]) for s in specs if s.kind == "regression"}
-    val_cache: list[_Split] | None = None
+    val_cache: _Split | None = None  # a validation side of one chunk stays collated
     fit_cache: list[_Split] | None = None
-    parts_seen: list[_Split] = []
 
-    def val_stream() -> Iterable[Sequence[Record]]:
-        return val_chunks() if val_chunks is not None else []
+    def validate() -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
+        """The validation side's head outputs and targets: streamed, or from the one chunk kept collated."""
+        nonlocal val_cache
+        if val_cache is not None:
+            return _forward_all(model, val_cache.data, 4 * cfg.batch_size), val_cache.y_np
+        out, y_val, val_cache = _val_outputs(model, val_chunks(), targets, scaler, 4 * cfg.batch_size)
+        return out, y_val
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -247,24 +254,19 @@ def train_streamed(
                 break
             sums: dict[str, float] = {s.name: 0.0 for s in specs}
             count = 0
+            first, n_parts = None, 0
             for part in fit_cache or (_chunk_split(c, targets, scaler) for c in fit_chunks(epoch)):
-                parts_seen.append(part)
+                n_parts += 1
+                first = part if n_parts == 1 else None  # held only while it may be the shard's one chunk
                 shards = [(idx, 1.0) for idx in length_bucketed_batches(part.data.lengths, cfg.batch_size, gen)]
                 chunk_sums, n = _train_epoch(net, opt, part, shards, specs, weights, target_var, device)
                 sums = {k: sums[k] + chunk_sums[k] for k in sums}
                 count += n
-            if fit_cache is None and len(parts_seen) == 1:
-                fit_cache = parts_seen  # a shard of one chunk is read once and kept (memory: still one chunk)
-            parts_seen = []
+            if fit_cache is None and n_parts == 1:
+                fit_cache = [first]  # a shard of one chunk is read once and kept (memory: still one chunk)
             metrics, models_per_rank = _train_metrics(sums, count, weights, multi, parallel, device)
             if has_val and parallel.is_main:
-                if val_cache is None:
-                    parts = [_chunk_split(c, targets, scaler) for c in val_stream()]
-                    val_cache = parts if len(parts) == 1 else None  # a validation side of one chunk stays collated
-                if val_cache is not None:
-                    out, y_val = _forward_all(model, val_cache[0].data, 4 * cfg.batch_size), val_cache[0].y_np
-                else:
-                    out, y_val = _val_outputs(model, val_stream(), targets, scaler, 4 * cfg.batch_size)
+                out, y_val = validate()
                 metrics.update(_val_metrics_of(out, y_val, specs, weights, target_var, multi))
             metrics = parallel.broadcast(metrics, device)
             history.append({"epoch": float(epoch), **metrics})
@@ -286,10 +288,7 @@ def train_streamed(
     if best_state is not None:
         model.load_state_dict(best_state)
     if has_val and cfg.threshold_tuning and parallel.is_main:  # rank 0 reads the validation side and saves the model
-        if val_cache is not None:
-            out, y_val = _forward_all(model, val_cache[0].data, 4 * cfg.batch_size), val_cache[0].y_np
-        else:
-            out, y_val = _val_outputs(model, val_stream(), targets, scaler, 4 * cfg.batch_size)
+        out, y_val = validate()
         model.thresholds = tune_thresholds(y_val["behaviors"], outputs_to_preds(out, specs)["behaviors"])
     model.eval()
     return TrainResult(model=model, scaler=scaler, history=history, best_epoch=best_epoch, specs=list(specs),

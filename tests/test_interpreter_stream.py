@@ -87,6 +87,33 @@ def test_several_chunks_learn_and_resume_ends_as_the_uninterrupted_run(data):
     assert np.array_equal(predict(resumed.model, resumed.scaler, records[200:])["behaviors"], probs)
 
 
+def test_a_stream_of_several_chunks_holds_one_collated_chunk_at_a_time(data):
+    """Memory is bounded by a chunk: while the source yields a chunk, no earlier chunk of the epoch (fit or
+    validation) is still held collated."""
+    import gc
+
+    from interpreter.train import _Split
+
+    records, labels, fit, val = data
+    ids = [r["model_id"] for r in records[:200]]
+    table = TargetTable.of(ids, {"behaviors": labels[:200]})
+    fit_records, val_records = [records[i] for i in fit], [records[i] for i in val]
+    acc = ScalerAccumulator(CFG)
+    acc.add(fit_records)
+    alive: list[int] = []
+
+    def chunks(rows: list) -> list:
+        for start in range(0, len(rows), 20):
+            gc.collect()
+            alive.append(sum(isinstance(o, _Split) for o in gc.get_objects()))
+            yield rows[start : start + 20]
+
+    cfg = CFG.model_copy(update={"epochs": 2, "patience": 2})
+    train_streamed(lambda epoch: chunks(fit_records), lambda: chunks(val_records), table, [ids[i] for i in fit],
+                   acc.scaler(), cfg, NAMES, [behaviors_spec(NAMES)])
+    assert len(alive) > 2 * len(fit_records) // 20 and max(alive) <= 2  # the last fit chunk and the last val chunk
+
+
 def test_signature_rows_as_records_and_files_in_model_order(tmp_path):
     """Rows convert as row_to_record does (vectorised), and files are read by their first model id, whatever their names."""
     import json
