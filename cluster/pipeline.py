@@ -20,11 +20,14 @@ from typing import Any
 import mlflow
 import pandas as pd
 
+from zoo.errors import ConfigError
+from zoo.foreign.store import ForeignStore, is_foreign_zoo
 from zoo.store import ZooStore, atomic_write_json, resolve_location
 from zoo.version import code_version
 
 from interpreter.editing.apply import edit_model
-from interpreter.editing.context import EditError, open_context
+from interpreter.adapter_editing import edit_foreign_model
+from interpreter.editing.context import EditError, open_context, refuse_edit
 from interpreter.editing.tradeoff import tradeoff_figure
 
 from cluster.tracking import plots
@@ -33,7 +36,8 @@ from cluster.stages.edit import run_edit_task
 from cluster.stages.interpreter import best_baselines, evaluate_stage, results_table, train_stage
 from cluster.tracking.registry import register_interpreter
 from cluster.runtime import init_ray
-from cluster.stages.signatures import extract_signatures
+from cluster.stages.foreign import check_foreign_fit, extract_foreign_signatures
+from cluster.stages.signatures import extract_signatures, probe_set_for
 from cluster.tracking.runs import (
     check_tracking_uri,
     log_dataframe_input,
@@ -75,6 +79,11 @@ class RunPaths:
         return self.root / "edited"
 
     @property
+    def foreign_edits(self) -> Path:
+        """A foreign store of edited foreign models (``zoolens edit MODEL --zoo FOREIGN``)."""
+        return self.root / "edits"
+
+    @property
     def plots(self) -> Path:
         return self.root / "plots"
 
@@ -94,6 +103,7 @@ class Pipeline:
         self.cfg = cfg
         self.paths = RunPaths(cfg.run_dir)
         self.zoo_dir = resolve_location(zoo_dir) if zoo_dir else self.paths.zoo  # a directory or a storage URI
+        self.foreign = is_foreign_zoo(self.zoo_dir)  # a zoo of `zoolens zoo foreign`: signatures and edits only
         self.tracking_uri = resolve_tracking_uri(tracking_uri, cfg.tracking.tracking_uri, self.paths.root)
         self.progress = progress
         self._zoo_verified = False  # every shard checked against its hashes (before signatures are made or reused)
@@ -127,6 +137,9 @@ class Pipeline:
         from cluster.stages.signatures import read_signature_meta
         from cluster.stages.zoo import check_store
 
+        if self.foreign:
+            self._preflight_foreign(stage)
+            return
         if stage == "zoo":
             check_store(self.cfg.zoo, self.zoo_dir)
             return
@@ -140,34 +153,30 @@ class Pipeline:
         if stage == "evaluate" and not (self.paths.interpreter / "split.json").exists():
             raise EditError(f"no trained interpreter in {self.paths.interpreter} (run 'zoolens interpreter train' first)")
 
+    def _preflight_foreign(self, stage: str) -> None:
+        """A foreign zoo is read, never built or trained on here: only its signatures are extracted, through the
+        config's probe set, so its vocabulary and length must be the config's."""
+        if stage != "signatures":
+            raise ConfigError(f"{self.zoo_dir} is a foreign zoo ('zoolens zoo foreign'): it takes 'signatures extract', "
+                              f"'read', 'edit MODEL' and 'zoo show', not the {stage} stage")
+        store = ForeignStore(self.zoo_dir)
+        store.read_manifest()  # no finished model is named here
+        check_foreign_fit(store, self.cfg.zoo.vocab, self.cfg.zoo.length)
+
     def check_edit(self, model_id: str, op: str, behavior: str | None, force: bool = False) -> None:
         """Refuse an edit that names no model of the zoo, or that would do nothing (unless ``force``), before any training.
 
         Adding a behavior the model was trained to flag, removing one it was not, or repairing a model
         none of whose labels were corrupted changed weights a lot and raised false positives for nothing.
         """
-        from zoo.behaviors import get_behavior
-
-        store = ZooStore(self.zoo_dir)
+        store = ForeignStore(self.zoo_dir) if self.foreign else ZooStore(self.zoo_dir)
         manifest = store.read_manifest().set_index("model_id")
         if model_id not in manifest.index:
-            raise EditError(f"model '{model_id}' is not in the zoo at {store.uri}")
+            raise EditError(f"model '{model_id}' is not in the zoo at {self.zoo_dir}")
         row = manifest.loc[model_id]
-        has = set(row["behaviors"])
-        if behavior is not None:
-            get_behavior(behavior)
-            known = store.read_meta().get("config", {}).get("behaviors") or sorted(has)
-            if behavior not in known:
-                raise EditError(f"behavior '{behavior}' is not one of this zoo's behaviors: {', '.join(known)}")
-        if force:
-            return
-        hint = "(--force edits anyway)"
-        if op == "add" and behavior in has:
-            raise EditError(f"model {model_id} already flags {behavior}: nothing to add {hint}")
-        if op == "remove" and behavior not in has:
-            raise EditError(f"model {model_id} does not flag {behavior}: nothing to remove {hint}")
-        if op == "repair" and not (isinstance(row.get("corrupted_behavior"), str) and row.get("role") == "corrupted"):
-            raise EditError(f"model {model_id} was not trained on corrupted labels: nothing to repair {hint}")
+        known = store.read_meta().get("config", {}).get("behaviors") or sorted(row["behaviors"])
+        corrupted = isinstance(row.get("corrupted_behavior"), str) and row.get("role") == "corrupted"
+        refuse_edit(model_id, op, behavior, row["behaviors"], known, corrupted=corrupted, force=force)
 
     # -- stages -------------------------------------------------------------------
     def zoo(self) -> dict[str, Any]:
@@ -189,18 +198,24 @@ class Pipeline:
 
     def signatures(self) -> dict[str, Any]:
         sc = self.cfg.signatures
-        if not self._zoo_verified:  # `zoolens run`: a zoo found built may have been corrupted since
+        if not self._zoo_verified and not self.foreign:  # `zoolens run`: a zoo found built may have been corrupted since
             ZooStore(self.zoo_dir).verify()
         with stage_run("signatures", params=sc.model_dump(mode="json")):
             t0 = time.perf_counter()
-            summary = extract_signatures(self.zoo_dir, self.paths.signatures, sc.probes, sc.num_actors, self.progress)
+            if self.foreign:  # read through the adapter with this config's probe set, so its interpreter reads them
+                probes = probe_set_for({"config": self.cfg.zoo.model_dump(mode="json")}, sc.probes)
+                summary = extract_foreign_signatures(self.zoo_dir, self.paths.signatures, probes, self.progress)
+            else:
+                summary = extract_signatures(self.zoo_dir, self.paths.signatures, sc.probes, sc.num_actors, self.progress)
             summary["seconds"] = time.perf_counter() - t0
             mlflow.log_params({"probe_sha256": summary["probe_sha256"], "probe_version": summary["probe_version"],
                                "n_probes": summary["n_probes"]})
             if not summary.get("resumed"):  # a rerun that found them current did no work to time
                 mlflow.log_metric("models_per_s", summary["n_models"] / summary["seconds"])
             mlflow.log_dict({"feature_names": summary["feature_names"]}, "signature_schema.json")
-            index = pd.DataFrame({"model_id": ZooStore(self.zoo_dir).read_manifest(columns=["model_id"])["model_id"]})
+            ids = (ForeignStore(self.zoo_dir).read_manifest() if self.foreign else
+                   ZooStore(self.zoo_dir).read_manifest(columns=["model_id"]))["model_id"]
+            index = pd.DataFrame({"model_id": ids})
             log_dataframe_input(index, source=str(self.paths.signatures),
                                 name=f"signatures-{summary['probe_sha256'][:12]}", context="training")
             return self._finish("signatures", summary)
@@ -318,6 +333,16 @@ class Pipeline:
             ctx = open_context(self.zoo_dir, self.paths.interpreter, self.cfg.signatures.probes.model_dump())
             result = edit_model(ctx, self.cfg.edit, self.paths.editor, ZooStore(self.paths.edited), model_id, op,
                                 behavior, method)
+            mlflow.log_dict(result, "edit.json")
+            return result
+
+    def edit_foreign(self, model_id: str, op: str, behavior: str) -> dict[str, Any]:
+        """Guided edit of one model of a foreign zoo in this process, into the run's ``edits`` foreign store, logged
+        as its own MLflow run (no editor or interpreter: the model's assigned behaviors are kept)."""
+        with stage_run("edit_apply", params={"model_id": model_id, "op": op, "behavior": behavior, "method": "guided",
+                                             "foreign_zoo": str(self.zoo_dir)}):
+            result = edit_foreign_model(ForeignStore(self.zoo_dir), model_id, op, behavior, self.cfg.edit,
+                                        ForeignStore(self.paths.foreign_edits))
             mlflow.log_dict(result, "edit.json")
             return result
 

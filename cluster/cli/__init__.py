@@ -49,13 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     zoo = sub.add_parser("zoo", help="build or describe a zoo of subject models").add_subparsers(dest="zoo_cmd", required=True)
     _add_stage(zoo, "build", "zoo", "train the zoo described by CONFIG (reruns skip finished cohorts)")
-    show = zoo.add_parser("show", help="describe a zoo: counts by family and behavior, accuracy, size")
-    show.add_argument("zoo", help="zoo directory, or a s3:// / gs:// / file:// URI")
+    show = zoo.add_parser("show", help="describe a zoo or a foreign zoo: counts by family and behavior, accuracy, size")
+    show.add_argument("zoo", help="zoo directory, a s3:// / gs:// / file:// URI, or a foreign zoo's directory")
     show.set_defaults(handler=cmd_zoo_show)
     foreign_cli.add_commands(zoo)
 
     sig = sub.add_parser("signatures", help="activation signatures").add_subparsers(dest="sig_cmd", required=True)
-    _add_stage(sig, "extract", "signatures", "stream the zoo through the probe set with Ray Data")
+    _add_stage(sig, "extract", "signatures", "stream the zoo through the probe set with Ray Data (a foreign zoo given "
+                                             "as --zoo: its models read through the adapter, one Ray task per chunk)")
 
     interp = sub.add_parser("interpreter", help="train or evaluate the interpreter").add_subparsers(dest="int_cmd", required=True)
     _add_stage(interp, "train", "train", "train on a split by lineage")

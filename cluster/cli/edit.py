@@ -1,5 +1,6 @@
 """Commands ``zoolens edit train|evaluate CONFIG`` and ``zoolens edit MODEL --add B | --remove B | --repair |
---remove-backdoor``.
+--remove-backdoor``; with ``--zoo FOREIGN`` (a zoo of ``zoolens zoo foreign``), ``--add B | --remove B`` of one of its
+models by the guided edit.
 
 Both take ``key.path=value`` overrides after the target (and CONFIG), like every pipeline command. Training
 and evaluating the editor run as Ray tasks; one edit of one model runs in this process and starts no Ray.
@@ -40,7 +41,8 @@ def add_commands(subparsers: Any) -> None:
     edit.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite in the run dir)")
     edit.add_argument("--output-dir", help="run directory (overrides output_dir in the config)")
     edit.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    edit.add_argument("--zoo", help="zoo directory or URI (default: RUN_DIR/zoo)")
+    edit.add_argument("--zoo", help="zoo directory or URI (default: RUN_DIR/zoo), or a foreign zoo ('zoolens zoo foreign'): "
+                                    "its model is edited by the guided edit into RUN_DIR/edits/")
     edit.set_defaults(handler=cmd_edit)
 
 
@@ -55,10 +57,14 @@ def split_rest(rest: list[str], config_opt: str | None) -> tuple[str | None, lis
 
 def cmd_edit(args: argparse.Namespace) -> int:
     from cluster.pipeline import Pipeline
-    from cluster.tracking.report import print_edit_summary
+    from cluster.tracking.report import print_edit_summary, print_foreign_edit
+    from zoo.foreign.store import is_foreign_zoo
 
     op = "add" if args.add else "remove" if args.remove else "repair" if args.repair else None
     config, args.overrides = split_rest(args.rest, args.config_opt)
+    foreign = bool(args.zoo) and is_foreign_zoo(args.zoo)  # its models: the guided edit into RUN_DIR/edits/
+    if foreign:
+        _refuse_for_foreign(args)
     if args.target in ("train", "evaluate"):
         if op is not None:
             raise ConfigError(f"'zoolens edit {args.target}' takes no --add/--remove/--repair")
@@ -78,9 +84,25 @@ def cmd_edit(args: argparse.Namespace) -> int:
     pipe = Pipeline.from_args(args)
     pipe.check_edit(args.target, op, args.add or args.remove, force=args.force)
     with pipe.session(run_name=f"{pipe.cfg.name}-edit-{args.target}", ray=False):  # one model: in this process
-        result = pipe.edit_apply(args.target, op, args.add or args.remove, args.method)
-    print_edit_summary("apply", result, pipe.paths.report)
+        if foreign:
+            result = pipe.edit_foreign(args.target, op, args.add or args.remove)
+        else:
+            result = pipe.edit_apply(args.target, op, args.add or args.remove, args.method)
+    if foreign:
+        print_foreign_edit(result)
+    else:
+        print_edit_summary("apply", result, pipe.paths.report)
     return 0
+
+
+def _refuse_for_foreign(args: argparse.Namespace) -> None:
+    """One line for what a foreign model cannot have: the editor's stages, repair, backdoor removal, the decoder."""
+    if args.target in ("train", "evaluate"):
+        raise ConfigError(f"'zoolens edit {args.target}' trains or scores the editor on a run's own zoo, not a foreign zoo")
+    if args.repair or args.remove_backdoor or args.method == "decoder":
+        what = "--repair" if args.repair else "--remove-backdoor" if args.remove_backdoor else "--method decoder"
+        raise ConfigError(f"{what} is not available for foreign models (they have no corrupted-label or backdoor twin "
+                          "and no trained editor); use --add B or --remove B")
 
 
 def _remove_backdoor(args: argparse.Namespace, config: str | None) -> int:

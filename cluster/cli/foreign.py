@@ -35,6 +35,6 @@ def cmd_foreign(args: argparse.Namespace) -> int:
     print(f"foreign zoo: {summary['n_models']} models in {summary['foreign_dir']} "
           f"({summary['models_trained']} trained now, {summary['seconds']:.0f} s)")
     if not args.no_signatures:
-        sig = extract_foreign_signatures(cfg, out)
+        sig = extract_foreign_signatures(out, out / "signatures", cfg.probe_set())
         print(f"signatures: {sig['n_models']} models in {sig['signatures_dir']}")
     return 0

@@ -4,30 +4,40 @@ Each chunk's models train one after another with the ordinary per-model loop and
 manifest, which marks it done, so an interrupted build resumes with the same command. Then every model's signature
 is read through the adapter into ``FOREIGN/signatures/`` (the built-in Parquet schema, with the probe set's
 ``_signatures.json``), so ``read``, the interpreter's scoring and the baselines take them like a zoo's.
+``zoolens signatures extract CONFIG --zoo FOREIGN`` reads them through a pipeline config's probe set instead, into
+that run's ``signatures/`` (:func:`extract_foreign_signatures` serves both).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray.util import ActorPool
+from tqdm.auto import tqdm
 
 from zoo.errors import ZoolensError
 from zoo.foreign.store import ForeignStore
 from zoo.foreign.train import ForeignZooConfig, constructor_args, model_plan, train_one
+from zoo.probes import ProbeSet
+from zoo.store import atomic_write_json
 from zoo.version import code_version
 
 from cluster.runtime import cluster_cpus
+from cluster.stages.cohorts import part_path, write_part
+from cluster.stages.signatures import SIGNATURE_META, SUMMARY_KEYS, probe_set_record
 
 CHUNK = 10  # models per actor call: one manifest file each
+PARTS_META = "_parts.json"  # which zoo and probe set the parts in a signature directory were read from
 
 
 class ForeignZooError(ZoolensError):
-    """A foreign zoo directory made from another recipe."""
+    """A foreign zoo directory made from another recipe, or read through a probe set it does not fit."""
 
 
 @ray.remote(max_restarts=2, max_task_retries=2)
@@ -83,9 +93,18 @@ def build_foreign(cfg: ForeignZooConfig, out_dir: Path, n_actors: int | None = N
             "chunks_skipped": len(chunks(cfg)) - len(todo), "seconds": time.perf_counter() - t0}
 
 
+def check_foreign_fit(store: ForeignStore, vocab: int, length: int) -> None:
+    """ForeignZooError (one line) when the foreign zoo's sequences are not what a probe set of ``vocab``/``length`` holds."""
+    zc = store.read_meta().get("config", {})
+    if (zc.get("vocab"), zc.get("length")) != (vocab, length):
+        raise ForeignZooError(f"foreign zoo at {store.root} has vocabulary {zc.get('vocab')} and length {zc.get('length')}, "
+                              f"but the probe set has vocabulary {vocab} and length {length}")
+
+
 @ray.remote(num_cpus=1)
-def _signature_rows(root: str, model_ids: list[str], probes: Any) -> Any:
-    """Signature rows (the built-in Parquet schema) of some foreign models, read through the adapter."""
+def _signature_part(root: str, chunk_id: str, probes: ProbeSet, path: str) -> int:
+    """Read one chunk's signatures through the adapter and write them atomically as one Parquet part (the built-in
+    schema); returns its rows."""
     import pyarrow as pa
     import torch
 
@@ -93,29 +112,46 @@ def _signature_rows(root: str, model_ids: list[str], probes: Any) -> Any:
 
     torch.set_num_threads(1)
     store = ForeignStore(root)
-    manifest = store.read_manifest().set_index("model_id")
-    return pa.concat_tables([subject_signature_table(store.subject(m), probes, str(manifest.loc[m, "arch"]), m)
-                             for m in model_ids])
+    rows = store.read_chunk(chunk_id)
+    table = pa.concat_tables([subject_signature_table(store.subject(m), probes, str(arch), m)
+                              for m, arch in zip(rows["model_id"], rows["arch"])])
+    write_part(table, Path(path))
+    return table.num_rows
 
 
-def extract_foreign_signatures(cfg: ForeignZooConfig, out_dir: Path) -> dict[str, Any]:
-    """Every model's signature into ``FOREIGN/signatures`` with the probe set recorded as the signature stage does."""
-    import pyarrow.parquet as pq
-
-    from zoo.probes import make_probe_set
-    from zoo.store import atomic_write_json
-
-    from cluster.stages.signatures import SIGNATURE_META, probe_set_record
-
-    store = ForeignStore(out_dir)
-    ids = list(store.read_manifest()["model_id"])
-    probes = make_probe_set(cfg.behaviors, cfg.vocab, cfg.length, **cfg.probes)
-    sig_dir = store.root / "signatures"
+def _keep_or_clear(sig_dir: Path, record: dict[str, Any]) -> None:
+    """Keep the parts in ``sig_dir`` when they were read from the same zoo through the same probe set (``record``);
+    else empty it (a signature directory is overwritten, never appended to). Then record what its parts are."""
+    marker = sig_dir / PARTS_META
+    if not (marker.is_file() and json.loads(marker.read_text()) == record):
+        shutil.rmtree(sig_dir, ignore_errors=True)
     sig_dir.mkdir(parents=True, exist_ok=True)
-    parts = [ids[i:i + CHUNK] for i in range(0, len(ids), CHUNK)]
-    refs = [_signature_rows.remote(str(store.root), part, probes) for part in parts]
-    for i, ref in enumerate(refs):
-        pq.write_table(ray.get(ref), sig_dir / f"part-{i:05d}.parquet")
-    atomic_write_json(sig_dir / SIGNATURE_META, {**probe_set_record(probes), "zoo_dir": str(store.root),
+    atomic_write_json(marker, record)
+
+
+def extract_foreign_signatures(foreign_dir: Path | str, sig_dir: Path, probes: ProbeSet,
+                               progress: bool = False) -> dict[str, Any]:
+    """Every foreign model's signature through ``probes`` into ``sig_dir``: one Ray task and one part per chunk, then
+    the probe set recorded as the signature stage records it. A rerun through the same probe set reads only the chunks
+    without a part (new ones, or those an interrupted run left)."""
+    store = ForeignStore(foreign_dir)
+    check_foreign_fit(store, probes.vocab, probes.length)
+    n_models = len(store.read_manifest())
+    chunk_ids = store.finished_chunks()
+    sig_dir = Path(sig_dir)
+    _keep_or_clear(sig_dir, {"foreign_dir": str(store.root), "probe_sha256": probes.sha256})
+    for stale in set(sig_dir.glob("part-*.parquet")) - {part_path(sig_dir, c) for c in chunk_ids}:
+        stale.unlink()
+    todo = [c for c in chunk_ids if not part_path(sig_dir, c).exists()]
+    shared = ray.put(probes)
+    refs = [_signature_part.remote(str(store.root), c, shared, str(part_path(sig_dir, c))) for c in todo]
+    with tqdm(total=len(refs), desc="signatures", unit="chunk", disable=not progress) as bar:
+        while refs:
+            done, refs = ray.wait(refs)
+            ray.get(done)
+            bar.update(len(done))
+    record = probe_set_record(probes)
+    atomic_write_json(sig_dir / SIGNATURE_META, {**record, "zoo_dir": str(store.root), "foreign": True,
                                                  "code_version": code_version()})
-    return {"signatures_dir": str(sig_dir), "n_models": len(ids), "probe_sha256": probes.sha256}
+    return {"signatures_dir": str(sig_dir), "n_models": n_models, "chunks_read": len(todo),
+            "chunks_skipped": len(chunk_ids) - len(todo), "resumed": not todo, **{k: record[k] for k in SUMMARY_KEYS}}

@@ -142,9 +142,9 @@ def load_subject(model: str, weights: str | Path | None = None, args: str | Path
                            "but weights were given")
     if zoo is None:
         raise AdapterError(f"{model!r} reads as a zoo model id, but no zoo is known (give --zoo or a run directory)")
-    if not str(zoo).count("://") and (Path(zoo) / "foreign.json").is_file():  # a foreign zoo (zoolens zoo foreign)
-        from zoo.foreign.store import ForeignStore
+    from zoo.foreign.store import ForeignStore, is_foreign_zoo
 
+    if is_foreign_zoo(zoo):  # a zoo of `zoolens zoo foreign`
         return ForeignStore(zoo).subject(model)
     return from_zoo(zoo, model)
 

@@ -10,6 +10,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from zoo.foreign.store import ForeignStore, is_foreign_zoo
 from zoo.store import ZooStore
 
 from cluster.tracking import plots
@@ -82,17 +83,41 @@ def _regime_summary(regime: str, rows: pd.DataFrame) -> str:
 
 
 def show_zoo(zoo_dir: Path | str) -> None:
-    """Counts by family and behavior, accuracy summary and histogram, size on disk.
+    """Counts by family and behavior, accuracy summary and histogram, size on disk (a foreign zoo's too).
 
     The histogram goes into a zoo directory, or into the current directory for a zoo behind a
     storage URI (``show`` only reads object storage).
     """
+    if is_foreign_zoo(zoo_dir):
+        show_foreign_zoo(zoo_dir)
+        return
     store = ZooStore(zoo_dir)
     manifest = store.read_manifest()
     store.verify()  # a corrupted shard is named with its hash, not described as a healthy zoo
     console = _console()
     console.print(f"zoo {store.uri}: {len(manifest)} models in {manifest['cohort_id'].nunique()} cohorts, "
                   f"{store.size_bytes() / 1e6:.1f} MB on disk", soft_wrap=True)  # one line, however long the path
+    describe_manifest(console, manifest, store.root if store.is_local else Path.cwd())
+
+
+def show_foreign_zoo(foreign_dir: Path | str) -> None:
+    """:func:`show_zoo` for a foreign zoo (``zoolens zoo foreign``): its models, chunks and planned size, then the
+    same tables and histogram (written into the foreign zoo's directory)."""
+    store = ForeignStore(foreign_dir)
+    manifest = store.read_manifest()
+    store.check_weights(list(manifest["model_id"]))
+    cfg = store.read_meta().get("config", {})
+    planned = (f" of {cfg['n_per_arch'] * len(cfg['architectures'])} planned"
+               if "n_per_arch" in cfg and "architectures" in cfg else "")
+    console = _console()
+    console.print(f"foreign zoo {store.root}: {len(manifest)}{planned} models in {len(store.finished_chunks())} chunks, "
+                  f"{store.size_bytes() / 1e6:.1f} MB on disk", soft_wrap=True)
+    describe_manifest(console, manifest, store.root)
+
+
+def describe_manifest(console: Console, manifest: pd.DataFrame, plot_dir: Path) -> None:
+    """The tables of ``zoo show`` (by architecture with mean held-out accuracy, by role and training regime where
+    the manifest has them, by behavior) and the accuracy histogram, written to ``plot_dir``."""
     by_arch = Table(title="by architecture")
     for col in ("family", "architecture", "models", "mean held-out acc"):
         by_arch.add_column(col)
@@ -112,7 +137,6 @@ def show_zoo(zoo_dir: Path | str) -> None:
     for b, n in counts.items():
         by_beh.add_row(str(b), str(n))
     console.print(by_beh)
-    plot_dir = store.root if store.is_local else Path.cwd()
     path = plots.accuracy_histogram(manifest, plot_dir / "accuracy_histogram.png")
     console.print(f"accuracy histogram: {path}")
 
@@ -134,14 +158,32 @@ def print_edit_summary(kind: str, summary: dict, report_path: Path) -> None:
                       f"(interpreter reads {', '.join(summary['interpreter_reads']) or 'nothing'}); "
                       f"relative weight change {summary['change']:.3f}; self-check on the check bank (no labels): "
                       f"{summary['self_check'] if summary['self_check'] == 'passed' else 'missed ' + summary['self_check']}")
-        rates = Table(title="flag rates on fresh sequences")
-        for col in ("", "before", "after"):
-            rates.add_column(col)
-        for key in summary["before"]:
-            rates.add_row(key, f"{summary['before'][key]:.3f}", f"{summary['after'][key]:.3f}")
-        console.print(rates)
+        console.print(_rates_table(summary, "flag rates on fresh sequences"))
         console.print(f"stored in {summary['store']}")
     console.print(f"report: {report_path}")
+
+
+def print_foreign_edit(result: dict) -> None:
+    """What ``zoolens edit MODEL --zoo FOREIGN`` did: the verdict, the flag rates before and after, where it went."""
+    console = _console()
+    verdict = "success" if result["success"] else "failed: " + "; ".join(result["reasons"])
+    console.print(f"{result['parent_id']} ({result['arch']}): {result['op']} {result['behavior']} by {result['method']}, "
+                  f"keeping {', '.join(result['kept']) or 'nothing'}; relative weight change {result['change']:.3f}; "
+                  f"{verdict}", soft_wrap=True)
+    where = "the whole input space" if result["judged_on"] == "input_space" else "a fresh sample"
+    console.print(_rates_table(result, f"flag rates over {where} ({result['judged_sequences']:,} sequences)"))
+    console.print(f"stored as {result['model_id']} in {result['store']} "
+                  f"(edit.json: {Path(result['store']) / result['model_id'] / 'edit.json'})", soft_wrap=True)
+
+
+def _rates_table(summary: dict, title: str) -> Table:
+    """One edit's flag rate per behavior and false-positive rate, before and after."""
+    rates = Table(title=title)
+    for col in ("", "before", "after"):
+        rates.add_column(col)
+    for key in summary["before"]:
+        rates.add_row(key, f"{summary['before'][key]:.3f}", f"{summary['after'][key]:.3f}")
+    return rates
 
 
 def _print_edit_table(console: Console, summary: dict) -> None:

@@ -6,9 +6,6 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from interpreter.editing.config import EditConfig
 from interpreter.editing.context import EditContext, EditError, check_bank, eval_bank, read_sets, train_bank
 from interpreter.editing.decoder import add_delta
@@ -16,12 +13,11 @@ from interpreter.editing.editor import CHECK_PARTS, change_size, code_op, encode
 from interpreter.editing.groups import ArchGroup, load_groups
 from interpreter.editing.methods import METHODS, EditRequest, Tools
 from interpreter.editing.plan import EditSet
-from interpreter.editing.protocol import measure
+from interpreter.editing.protocol import aimed_accuracy, measure
 from interpreter.editing.train import load_stage
 from zoo.behaviors import get_behavior
 from zoo.lineage import manifest_lineage
 from zoo.store import ZooStore, model_sha256
-from zoo.train import predict
 from zoo.version import code_version
 
 APPLY_METHODS = ("guided", "decoder")  # the label-free methods that need only the trained editor
@@ -60,9 +56,7 @@ def edit_model(ctx: EditContext, cfg: EditConfig, editor_dir: Path, out: ZooStor
     before, after = measure(group.spec, group.params, fresh, [union])[0], measure(group.spec, new, fresh, [union])[0]
     new_id = f"{model_id}.{op}-{target}"
     row = _edited_row(ctx, group, new_id, model_id, op, target, method, after_set, editor_dir)
-    rows = fresh.sample(np.random.default_rng(cfg.seed), union, 1000)
-    flags = predict(group.spec, new, torch.from_numpy(fresh.x[rows]).unsqueeze(0))[0] > 0
-    row["test_acc"] = float((flags.numpy() == fresh.labels(rows, after_set)).mean())  # against what the edit aimed at
+    row["test_acc"] = aimed_accuracy(group.spec, new, fresh, union, after_set, cfg.seed)
     row["sha256"] = model_sha256(new, 0)
     row["edit_self_check"] = self_check
     if not out.has_meta():

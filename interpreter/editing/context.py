@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from interpreter.editing.groups import ArchGroup, load_groups
 from interpreter.editing.space import judging_bank
 from interpreter.model import LoadedInterpreter, load_interpreter
 from zoo.behavior_bank import BehaviorBank
+from zoo.behaviors import get_behavior
 from zoo.errors import ZoolensError
 from zoo.probes import ProbeSet, make_probe_set
 from zoo.store import ZooStore
@@ -59,6 +60,9 @@ def open_context(zoo_dir: Path | str, interp_dir: Path, probe_cfg: Mapping[str, 
 
 
 # ----------------------------------------------------------------------------- banks: three seeds, never mixed
+FRESH_SEED, CHECK_SEED = 10_000, 20_000  # added to the edit seed: the evaluation's and the self-check's samples
+
+
 def train_bank(ctx: EditContext, cfg: EditConfig) -> BehaviorBank:
     """The sequences the editor trains on and edits read (never the evaluation sequences)."""
     return BehaviorBank.build(ctx.names, ctx.vocab, ctx.length, cfg.editor.bank_per_behavior, seed=cfg.seed)
@@ -66,21 +70,57 @@ def train_bank(ctx: EditContext, cfg: EditConfig) -> BehaviorBank:
 
 def fresh_bank(ctx: EditContext, cfg: EditConfig) -> BehaviorBank:
     """Fresh sequences never seen by the editor or by an edit (a sample: positives, near misses, randoms)."""
-    return BehaviorBank.build(ctx.names, ctx.vocab, ctx.length, cfg.eval_per_behavior, seed=cfg.seed + 10_000)
+    return _sampled(ctx.names, ctx.vocab, ctx.length, cfg, FRESH_SEED)
 
 
 def eval_bank(ctx: EditContext, cfg: EditConfig) -> BehaviorBank:
     """What edits are judged on: the whole input space when it holds at most ``cfg.judge_max_sequences`` sequences,
     else :func:`fresh_bank`."""
-    return judging_bank(ctx.names, ctx.vocab, ctx.length, cfg.judge_max_sequences, lambda: fresh_bank(ctx, cfg))
+    return edit_judging_bank(ctx.names, ctx.vocab, ctx.length, cfg)
 
 
 def check_bank(ctx: EditContext, cfg: EditConfig) -> BehaviorBank:
     """What the guided edit checks itself on: the whole input space like the evaluation when it is small enough,
     else sequences that are neither its training rows nor the evaluation's."""
-    return judging_bank(ctx.names, ctx.vocab, ctx.length, cfg.judge_max_sequences,
-                        lambda: BehaviorBank.build(ctx.names, ctx.vocab, ctx.length, cfg.eval_per_behavior,
-                                                   seed=cfg.seed + 20_000))
+    return self_check_bank(ctx.names, ctx.vocab, ctx.length, cfg)
+
+
+def edit_judging_bank(names: Sequence[str], vocab: int, length: int, cfg: EditConfig) -> BehaviorBank:
+    """:func:`eval_bank` for any behaviors, vocabulary and length (a model outside a run's zoo)."""
+    return judging_bank(names, vocab, length, cfg.judge_max_sequences,
+                        lambda: _sampled(names, vocab, length, cfg, FRESH_SEED))
+
+
+def self_check_bank(names: Sequence[str], vocab: int, length: int, cfg: EditConfig) -> BehaviorBank:
+    """:func:`check_bank` for any behaviors, vocabulary and length (a model outside a run's zoo)."""
+    return judging_bank(names, vocab, length, cfg.judge_max_sequences,
+                        lambda: _sampled(names, vocab, length, cfg, CHECK_SEED))
+
+
+def _sampled(names: Sequence[str], vocab: int, length: int, cfg: EditConfig, offset: int) -> BehaviorBank:
+    """``cfg.eval_per_behavior`` sequences per behavior and kind, drawn at seed ``cfg.seed + offset``."""
+    return BehaviorBank.build(list(names), vocab, length, cfg.eval_per_behavior, seed=cfg.seed + offset)
+
+
+def refuse_edit(model_id: str, op: str, behavior: str | None, has: Collection[str], known: Sequence[str],
+                corrupted: bool = False, force: bool = False) -> None:
+    """EditError (one line) for a behavior that is not one of ``known``, or, unless ``force``, an edit that would do
+    nothing: adding a behavior the model has (``has``), removing one it lacks, repairing a model whose labels were
+    not ``corrupted``. Such edits changed weights a lot and raised false positives for nothing."""
+    has = set(has)
+    if behavior is not None:
+        get_behavior(behavior)  # an unknown name gets the behavior registry's own one-line error
+        if behavior not in known:
+            raise EditError(f"behavior '{behavior}' is not one of this zoo's behaviors: {', '.join(known)}")
+    if force:
+        return
+    hint = "(--force edits anyway)"
+    if op == "add" and behavior in has:
+        raise EditError(f"model {model_id} already flags {behavior}: nothing to add {hint}")
+    if op == "remove" and behavior not in has:
+        raise EditError(f"model {model_id} does not flag {behavior}: nothing to remove {hint}")
+    if op == "repair" and not corrupted:
+        raise EditError(f"model {model_id} was not trained on corrupted labels: nothing to repair {hint}")
 
 
 # ----------------------------------------------------------------------------- models and their reading

@@ -30,6 +30,7 @@ from zoo.arch import ArchSpec
 from zoo.behavior_bank import BehaviorBank
 from zoo.families import get_family
 from zoo.families.base import Interventions, Params
+from zoo.train import predict
 
 ADD_MIN = 0.90
 REMOVE_MAX = 0.10
@@ -106,6 +107,16 @@ def measure(spec: ArchSpec, params: Params, bank: BehaviorBank, unions: Sequence
             interventions: Interventions | None = None) -> list[Rates]:
     """Rates of each stacked model m over its behavior set unions[m], on the bank's sequences (optionally intervened on)."""
     return rates_from_flags(flags_on(spec, params, bank, interventions), bank, unions)
+
+
+def aimed_accuracy(spec: ArchSpec, params: Params, bank: BehaviorBank, union: Sequence[str], aimed: Sequence[str],
+                   seed: int, n: int = 1000) -> float:
+    """An edited model's accuracy against the set it was aimed at (``aimed``), on ``n`` rows of the bank drawn like a
+    zoo's test split: half positives of ``union``, half sequences matching none (what an edited model's manifest
+    ``test_acc`` holds)."""
+    rows = bank.sample(np.random.default_rng(seed), union, n)
+    flags = predict(spec, params, torch.from_numpy(bank.x[rows]).unsqueeze(0))[0] > 0
+    return float((flags.numpy() == bank.labels(rows, aimed)).mean())
 
 
 def judge(op: str, behavior: str, kept: Sequence[str], before: Rates, after: Rates,

@@ -26,6 +26,11 @@ from zoo.foreign.architectures import ARCHITECTURES
 from zoo.store import ZooStoreError, atomic_write_bytes, atomic_write_json
 
 
+def is_foreign_zoo(location: str | Path) -> bool:
+    """Whether ``location`` is a foreign zoo's directory (it holds ``foreign.json``); a storage URI never is."""
+    return "://" not in str(location) and (Path(location).expanduser() / "foreign.json").is_file()
+
+
 class ForeignStore:
     """Reads and writes a foreign zoo in a directory."""
 
@@ -59,6 +64,21 @@ class ForeignStore:
         if not files:
             raise ZooStoreError(f"foreign zoo at {self.root} has no finished models")
         return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True).sort_values("model_id", ignore_index=True)
+
+    def read_chunk(self, chunk_id: str) -> pd.DataFrame:
+        """The manifest rows of one finished chunk."""
+        return pd.read_parquet(self.root / "chunks" / f"{chunk_id}.parquet")
+
+    def size_bytes(self) -> int:
+        """Bytes of every file under the directory (weights, manifests, signatures)."""
+        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+
+    def check_weights(self, model_ids: list[str]) -> None:
+        """ZooStoreError naming the first model whose weights file is missing."""
+        missing = [m for m in model_ids if not self.weights_path(m).is_file()]
+        if missing:
+            raise ZooStoreError(f"foreign zoo at {self.root}: {len(missing)} model(s) in the manifest have no weights "
+                                f"file (first: {self.weights_path(missing[0])})")
 
     def weights_path(self, model_id: str) -> Path:
         return self.root / "models" / f"{model_id}.safetensors"

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from zoo.behaviors import BEHAVIORS
 from zoo.data import make_dataset
 from zoo.foreign.architectures import ARCHITECTURES, build, sequence_logit, transformer_config
+from zoo.probes import ProbeSet, make_probe_set
 
 
 class ForeignZooConfig(BaseModel):
@@ -41,6 +42,10 @@ class ForeignZooConfig(BaseModel):
     seed: int = Field(0, ge=0)
     probes: dict[str, int] = Field(default_factory=lambda: {"n_pos": 6, "n_near": 4, "n_random": 40},
                                    description="the probe set signatures are read through (match the interpreter's run)")
+
+    def probe_set(self) -> ProbeSet:
+        """The probe set ``zoolens zoo foreign`` reads this zoo's signatures through."""
+        return make_probe_set(self.behaviors, self.vocab, self.length, **self.probes)
 
 
 def model_plan(cfg: ForeignZooConfig) -> list[dict[str, Any]]:
