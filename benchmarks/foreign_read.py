@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.dataset as pads
 
+from cluster.stages.signatures import read_signatures
 from interpreter.baselines import probe_logit_baseline, weight_stats_baseline
 from interpreter.metrics import classification_report, kendall_tau
 from interpreter.model import load_interpreter
 from interpreter.targets import HeadSpec, behaviors_spec, build_targets
 from interpreter.train import predict
 from zoo.foreign.store import ForeignStore
-from zoo.signatures import row_to_record
 
 TARGETS = {"balanced_accuracy": 0.95, "exact_set": 0.85, "kendall_tau": 0.80}
 
@@ -66,8 +66,7 @@ def main() -> None:
     if run_meta["probe_sha256"] != f_meta["probe_sha256"]:
         raise SystemExit("the foreign signatures were read through another probe set than the interpreter's")
     manifest = foreign.read_manifest()
-    table = pads.dataset(str(sig_dir), format="parquet").to_table().sort_by("model_id")
-    records = [row_to_record(r) for r in table.to_pylist()]
+    records = read_signatures(sig_dir)  # sorted by model id
     by_id = manifest.set_index("model_id").loc[[r["model_id"] for r in records]].reset_index()
     targets = build_targets(by_id, names)
     y, acc = targets["behaviors"], targets["accuracy"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -32,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 import ray  # noqa: E402
 
 from cluster.config import EvalConfig, ProbeConfig  # noqa: E402
+from cluster.runtime import quiet_ray_data  # noqa: E402
 from cluster.stages.interpreter import evaluate_stage, train_stage  # noqa: E402
 from cluster.stages.signatures import extract_signatures  # noqa: E402
 from cluster.stages.zoo import build_zoo  # noqa: E402
@@ -62,12 +62,17 @@ def run_scale(root: Path, n_models: int, cohort: int, actors: int) -> dict[str, 
     """Run the four stages on a fresh zoo of `n_models` under `root`."""
     zoo_dir, sig_dir, interp_dir = root / "zoo", root / "signatures", root / "interpreter"
     cfg = InterpreterConfig(epochs=1, patience=1)
+    stages = {
+        "zoo": lambda: build_zoo(zoo_config(n_models, cohort), zoo_dir, n_actors=actors, progress=False),
+        "signatures": lambda: extract_signatures(zoo_dir, sig_dir, ProbeConfig(), actors),
+        "interpreter_train": lambda: train_stage(zoo_dir, sig_dir, interp_dir, cfg, 0.2, 0),
+        "interpreter_evaluate": lambda: evaluate_stage(zoo_dir, sig_dir, interp_dir, cfg, EvalConfig(cross_family=False)),
+    }
     out = {}
-    out["zoo"] = measure(lambda: build_zoo(zoo_config(n_models, cohort), zoo_dir, n_actors=actors, progress=False), n_models)
-    out["signatures"] = measure(lambda: extract_signatures(zoo_dir, sig_dir, ProbeConfig(), actors), n_models)
-    out["interpreter_train"] = measure(lambda: train_stage(zoo_dir, sig_dir, interp_dir, cfg, 0.2, 0), n_models)
-    out["interpreter_evaluate"] = measure(lambda: evaluate_stage(zoo_dir, sig_dir, interp_dir, cfg, EvalConfig(cross_family=False)),
-                                          n_models)
+    for stage, fn in stages.items():
+        out[stage] = r = measure(fn, n_models)
+        print(f"{n_models} models {stage:22s} {r['models_per_s']:9.1f} models/s  {r['seconds']:8.1f} s  "
+              f"peak RSS {r['peak_rss_mb']:7.0f} MiB", flush=True)  # as each stage ends: a long run shows progress
     return out
 
 
@@ -83,15 +88,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(2)
     n1 = 200 if args.quick else args.models
     cohort = min(args.cohort, n1)
+    quiet_ray_data()
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
     results: dict[str, dict[str, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for scale in (1, 10):
             results[f"{scale}x"] = run_scale(Path(tmp) / f"{scale}x", n1 * scale, cohort, args.actors)
-            for stage, r in results[f"{scale}x"].items():
-                print(f"{scale}x ({n1 * scale} models) {stage:22s} {r['models_per_s']:9.1f} models/s  "
-                      f"{r['seconds']:8.1f} s  peak RSS {r['peak_rss_mb']:7.0f} MiB", flush=True)
     ray.shutdown()
     one, ten = results["1x"], results["10x"]
     summary: dict[str, Any] = {"models_1x": n1, "models_10x": 10 * n1, "cpus": os.cpu_count()}

@@ -219,6 +219,10 @@ def signature_table(model_ids: list[str], family: str, sig: dict[str, Any]) -> p
     return pa.Table.from_pydict(columns, schema=SIGNATURE_SCHEMA)
 
 
+# the stored columns a record is made of (signature_table writes more: family, architecture, ...)
+RECORD_COLUMNS = ["model_id", "n_neurons", "n_features", "features", "layer", "rel_depth", "kind", "logits", "weight_stats"]
+
+
 def row_to_record(row: dict[str, Any]) -> dict[str, Any]:
     """Turn a stored signature row back into the interpreter's record (features reshaped to [n, F])."""
     n, f = int(row["n_neurons"]), int(row["n_features"])
@@ -231,3 +235,26 @@ def row_to_record(row: dict[str, Any]) -> dict[str, Any]:
         "logits": np.asarray(row["logits"], dtype=np.float32),
         "weight_stats": np.asarray(row.get("weight_stats", ()), dtype=np.float32),
     }
+
+
+def table_records(table: pa.Table) -> list[dict[str, Any]]:
+    """Signature rows as interpreter records (features [n, F]); vectorised, no per-value Python objects."""
+    n_rows = table.num_rows
+    if n_rows == 0:
+        return []
+    cols = {name: table.column(name).combine_chunks() for name in table.column_names}
+    neurons = cols["n_neurons"].to_numpy()
+    width = cols["n_features"].to_numpy()
+
+    def rows(name: str, dtype: type) -> list[np.ndarray]:
+        arr = cols[name]
+        offsets = arr.offsets.to_numpy()
+        values = arr.values.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+        return [values[offsets[i] : offsets[i + 1]] for i in range(n_rows)]
+
+    feats, layer, depth, kind, logits = (rows("features", np.float32), rows("layer", np.int16),
+                                         rows("rel_depth", np.float32), rows("kind", np.int8), rows("logits", np.float32))
+    stats = rows("weight_stats", np.float32) if "weight_stats" in cols else [np.zeros(0, np.float32)] * n_rows
+    ids = cols["model_id"].to_pylist()
+    return [{"model_id": ids[i], "features": feats[i].reshape(int(neurons[i]), int(width[i])), "layer": layer[i],
+             "rel_depth": depth[i], "kind": kind[i], "logits": logits[i], "weight_stats": stats[i]} for i in range(n_rows)]

@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 import ray
 
 from cluster.stages.signatures import SignatureError, read_signature_meta
+from zoo.signatures import RECORD_COLUMNS, table_records
 
-RECORD_COLUMNS = ["model_id", "n_neurons", "n_features", "features", "layer", "rel_depth", "kind", "logits", "weight_stats"]
 
 
 def signature_files(sig_dir: Path | str) -> list[str]:
@@ -72,29 +72,6 @@ def ordered_options() -> Any:
     current = ray.data.DataContext.get_current().execution_options
     return ExecutionOptions(resource_limits=current.resource_limits, preserve_order=True,
                             verbose_progress=current.verbose_progress)
-
-
-def table_records(table: pa.Table) -> list[dict[str, Any]]:
-    """Signature rows as interpreter records (features [n, F]); vectorised, no per-value Python objects."""
-    n_rows = table.num_rows
-    if n_rows == 0:
-        return []
-    cols = {name: table.column(name).combine_chunks() for name in table.column_names}
-    neurons = cols["n_neurons"].to_numpy()
-    width = cols["n_features"].to_numpy()
-
-    def rows(name: str, dtype: type) -> list[np.ndarray]:
-        arr = cols[name]
-        offsets = arr.offsets.to_numpy()
-        values = arr.values.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
-        return [values[offsets[i] : offsets[i + 1]] for i in range(n_rows)]
-
-    feats, layer, depth, kind, logits = (rows("features", np.float32), rows("layer", np.int16),
-                                         rows("rel_depth", np.float32), rows("kind", np.int8), rows("logits", np.float32))
-    stats = rows("weight_stats", np.float32) if "weight_stats" in cols else [np.zeros(0, np.float32)] * n_rows
-    ids = cols["model_id"].to_pylist()
-    return [{"model_id": ids[i], "features": feats[i].reshape(int(neurons[i]), int(width[i])), "layer": layer[i],
-             "rel_depth": depth[i], "kind": kind[i], "logits": logits[i], "weight_stats": stats[i]} for i in range(n_rows)]
 
 
 def iter_record_chunks(ds: ray.data.Dataset | Any, rows: int, **iter_kwargs: Any) -> Iterator[list[dict[str, Any]]]:
