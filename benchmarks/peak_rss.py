@@ -3,29 +3,51 @@
 from __future__ import annotations
 
 import threading
+from collections import Counter
 
 import psutil
 
 
+def _label(proc: psutil.Process, me: psutil.Process) -> str:
+    """What a process is, for the breakdown: 'driver', a Ray worker's title (ray::CohortTrainer), or its name."""
+    if proc.pid == me.pid:
+        return "driver"
+    title = proc.cmdline()[:1]
+    return title[0].split(".")[0].split(" ")[0] if title and title[0].startswith("ray::") else proc.name()
+
+
 class PeakRSS:
-    """Samples the summed RSS of this process and all its descendants (the local Ray instance ray.init started: GCS,
-    raylet, every worker) every 50 ms; other Ray instances on a shared machine are not counted."""
+    """Samples the memory of this process and all its descendants (the local Ray instance ray.init started: GCS,
+    raylet, every worker) every 50 ms; other Ray instances on a shared machine are not counted.
+
+    ``peak``: the largest summed RSS. A page shared by several processes (Ray's object store is shared memory every
+    worker maps, as are the libraries) counts once per process there, so the sum grows with how many processes
+    touch the object store, not only with what they hold. ``peak_pss``: the largest summed PSS (each shared page
+    split among the processes mapping it), which counts every resident page once: the memory these processes use.
+    ``at_peak``: the PSS by kind of process (``_label``) at that peak, to tell which part grows.
+    """
 
     def __init__(self) -> None:
         self.peak = 0
+        self.peak_pss = 0
+        self.at_peak: Counter[str] = Counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         me = psutil.Process()
         while not self._stop.is_set():
-            total = me.memory_info().rss
-            for child in me.children(recursive=True):
+            rss, pss = 0, Counter()
+            for proc in [me, *me.children(recursive=True)]:
                 try:
-                    total += child.memory_info().rss
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    info = proc.memory_full_info()  # Linux: /proc/PID/smaps_rollup, about 0.1 ms
+                    rss += info.rss
+                    pss[_label(proc, me)] += getattr(info, "pss", info.rss)
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                     pass
-            self.peak = max(self.peak, total)
+            self.peak = max(self.peak, rss)
+            if sum(pss.values()) > self.peak_pss:
+                self.peak_pss, self.at_peak = sum(pss.values()), pss
             self._stop.wait(0.05)
 
     def __enter__(self) -> PeakRSS:
