@@ -8,10 +8,10 @@ CONFIG ?= configs/demo.yaml
 
 .PHONY: run test venv clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -qq --disable-pip-version-check --upgrade pip
-	$(VENV)/bin/python -m pip install -qq --disable-pip-version-check -e '.[test]'
+	$(VENV)/bin/python -m pip install -qq --disable-pip-version-check -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 venv: $(STAMP)
