@@ -400,7 +400,8 @@ def score_methods(train: tuple[list[dict], dict], test: tuple[list[dict], dict],
 # The held-out protocol holds the models it scores in memory (the baselines fit matrices, the shuffled-label control
 # and the cross-family rotations train interpreters in memory): beyond EvalConfig.max_train_models and max_test_models
 # it reads a seeded sample of each side (eval_sample), read from Parquet with a filter so memory follows the sample,
-# not the zoo. A zoo of 100,000 models holds out 20,000 at the default test_fraction, so only larger zoos are sampled.
+# not the zoo. At the default test_fraction (0.2) the training side is sampled beyond 25,000 models, the held-out
+# side beyond 250,000.
 
 
 def eval_sample(model_ids: list[str], cap: int, seed: int) -> list[str]:
