@@ -305,18 +305,16 @@ class ZooStore:
         cohorts = self.require()
         stamps = self._read_stamps()
         now = self._file_stamps(cohorts)
-        n_models, checked = 0, {}
+        changed = [c for c in cohorts if stamps.get(c) != now[c]]
+        passed = {}
         try:
-            for c in cohorts:
-                if stamps.get(c) == now[c]:
-                    n_models += len(self.read_cohort_manifest(c))
-                else:
-                    n_models += len(self.load_cohort(c, verify=True)[2])
-                checked[c] = now[c]
+            for c in changed:
+                self.load_cohort(c, verify=True)
+                passed[c] = now[c]
         finally:
-            if checked and any(stamps.get(c) != v for c, v in checked.items()):
-                self._write(VERIFIED, json_bytes({**stamps, **checked}))  # what passed stays recorded
-        return n_models
+            if passed:
+                self._write(VERIFIED, json_bytes({**stamps, **passed}))  # what passed stays recorded
+        return len(self.read_manifest(columns=["model_id"]))
 
     def stamp(self, cohorts: list[str]) -> None:
         """Record ``cohorts`` as verified as they are now (the build calls it for the cohorts it has just written,
