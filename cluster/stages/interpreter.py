@@ -85,15 +85,11 @@ def _manifest_columns(store: ZooStore) -> list[str]:
 
 def _load_split(zoo_dir: str, sig_dir: str, ids: list[str]) -> tuple[list[dict], dict[str, np.ndarray], list[str], pd.DataFrame]:
     """Signature records, every head's targets, the behavior names and manifest rows for the given models."""
-    store = ZooStore(zoo_dir)
-    behaviors = store.read_meta()["config"]["behaviors"]
-    manifest = store.read_manifest(columns=_manifest_columns(store) + _lineage_columns(store)[1:])
-    manifest = manifest.assign(lineage=manifest_lineage(manifest)).set_index("model_id")
     records = read_signatures(Path(sig_dir), ids)
-    rows = manifest.loc[[r["model_id"] for r in records]].reset_index()
+    targets, behaviors, rows = _split_targets(zoo_dir, [r["model_id"] for r in records])
     for record, lineage in zip(records, rows["lineage"]):
         record["lineage"] = lineage  # the interpreter's validation split keeps lineages whole too
-    return records, build_targets(rows, behaviors), behaviors, rows
+    return records, targets, behaviors, rows
 
 
 def probe_layout(sig_dir: str | Path, cfg: InterpreterConfig) -> ProbeLayout | None:
@@ -172,6 +168,12 @@ def _scan_fit_side(sig_dir: Path, fit_ids: list[str], cfg: InterpreterConfig, ta
     picked.sort(key=lambda p: p[0])
     raw = np.stack([p[1] for p in picked])
     return acc, (raw, table.take([p[0] for p in picked])["behaviors"])
+
+
+def epoch_shuffle_seed(cfg: InterpreterConfig, n_fit: int, epoch: int) -> int | None:
+    """The seed an epoch's fit side is shuffled with when it spans more than one chunk; None for a single chunk,
+    which is read once, in model-id order, and kept (so it trains exactly as the in-memory loop)."""
+    return cfg.seed * 1_000_003 + epoch if n_fit > CHUNK_ROWS else None
 
 
 def predict_split(model: Any, scaler: Any, sig_dir: str | Path, model_ids: Sequence[str]) -> dict[str, np.ndarray]:
@@ -259,13 +261,10 @@ def _train_loop(config: dict[str, Any]) -> None:
 
     shard = ray.train.get_dataset_shard("fit")
     val = ray.train.get_dataset_shard("val") if config["has_val"] else None
-    shuffle = {}
-    if config["n_fit"] > CHUNK_ROWS:  # beyond one chunk, also mix rows across neighbouring cohorts (seeded per epoch)
-        shuffle = {"local_shuffle_buffer_size": 2 * CHUNK_ROWS}
-
     def fit_chunks(epoch: int) -> Any:
-        seed = {"local_shuffle_seed": cfg.seed * 1_000_003 + epoch} if shuffle else {}
-        return iter_record_chunks(shard, CHUNK_ROWS, **shuffle, **seed)
+        seed = epoch_shuffle_seed(cfg, config["n_fit"], epoch)  # beyond one chunk, also mix neighbouring cohorts' rows
+        shuffle = {} if seed is None else {"local_shuffle_buffer_size": 2 * CHUNK_ROWS, "local_shuffle_seed": seed}
+        return iter_record_chunks(shard, CHUNK_ROWS, **shuffle)
 
     scaler = FeatureScaler.from_state_dict(resume["scaler"]) if resume else config["scaler"]
     table = TargetTable(config["target_ids"], config["targets"])

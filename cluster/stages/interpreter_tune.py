@@ -20,16 +20,18 @@ from interpreter.metrics import evaluate_heads
 from interpreter.model import load_interpreter, save_interpreter
 from interpreter.stream import train_streamed
 from interpreter.targets import specs_for
+from zoo.store import ZooStore
 from zoo.version import code_version
 
 from cluster.stages.interpreter import (
     CHUNK_ROWS,
-    FitPlan,
     _scan_fit_side,
     _split_targets,
+    epoch_shuffle_seed,
     plan_fit,
     predict_split,
     probe_layout,
+    split_zoo,
 )
 from cluster.stages.signature_data import read_split_chunks
 from cluster.tracking.registry import register_interpreter
@@ -40,13 +42,9 @@ def _paths(config: dict[str, Any]) -> tuple[str, str]:
     return str(run_dir / "zoo"), str(run_dir / "signatures")
 
 
-def _cfg(config: dict[str, Any]) -> InterpreterConfig:
-    return InterpreterConfig(**{k: v for k, v in config.items() if k in InterpreterConfig.model_fields})
-
-
-def _plan(config: dict[str, Any], cfg: InterpreterConfig) -> FitPlan:
-    zoo_dir, _ = _paths(config)
-    return plan_fit(zoo_dir, cfg, config.get("test_fraction", 0.2), config.get("split_seed", 0))
+def _split_args(config: dict[str, Any]) -> tuple[float, int]:
+    """The pipeline's split, as the trial's config gives it: test fraction and seed."""
+    return config.get("test_fraction", 0.2), config.get("split_seed", 0)
 
 
 def interpreter_trainable(config: dict[str, Any]) -> None:
@@ -54,15 +52,14 @@ def interpreter_trainable(config: dict[str, Any]) -> None:
     chunk of rows in memory, read in the trial's own process: a trial holds its CPUs, so no Ray Data tasks);
     validation metrics are reported every epoch (ASHA's time unit)."""
     torch.set_num_threads(int(config.get("threads", 1)))
-    _, sig_dir = _paths(config)
-    cfg = _cfg(config)
-    plan = _plan(config, cfg)
+    zoo_dir, sig_dir = _paths(config)
+    cfg = InterpreterConfig(**{k: v for k, v in config.items() if k in InterpreterConfig.model_fields})
+    plan = plan_fit(zoo_dir, cfg, *_split_args(config))
     acc, profile = _scan_fit_side(Path(sig_dir), plan.fit_ids, cfg, plan.table,
                                   read_split_chunks(sig_dir, plan.fit_ids, CHUNK_ROWS))
-    several = len(plan.fit_ids) > CHUNK_ROWS  # then each epoch reads the files in a seeded order, rows mixed per chunk
 
     def fit_chunks(epoch: int) -> Any:
-        return read_split_chunks(sig_dir, plan.fit_ids, CHUNK_ROWS, cfg.seed * 1_000_003 + epoch if several else None)
+        return read_split_chunks(sig_dir, plan.fit_ids, CHUNK_ROWS, epoch_shuffle_seed(cfg, len(plan.fit_ids), epoch))
 
     val = (lambda: read_split_chunks(sig_dir, plan.val_ids, CHUNK_ROWS)) if plan.val_ids else None
     result = train_streamed(fit_chunks, val, plan.table, plan.fit_ids, acc.scaler(), cfg, plan.behaviors, plan.specs,
@@ -88,7 +85,7 @@ def register_best(results: Any, metric: str, mode: str, tracking_uri: str, paren
     best = pick(finished, key=lambda r: r.metrics[metric])
     config = dict(best.config)
     zoo_dir, sig_dir = _paths(config)
-    test_ids = _plan(config, _cfg(config)).test_ids
+    _, test_ids = split_zoo(ZooStore(zoo_dir), *_split_args(config))  # the split only: no fit plan, no targets
     targets, behaviors, _ = _split_targets(zoo_dir, test_ids)
     with best.checkpoint.as_directory() as ckpt:
         loaded = load_interpreter(ckpt)

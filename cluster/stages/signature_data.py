@@ -17,9 +17,9 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray
 
-from cluster.stages.signatures import SignatureError, read_signature_meta
 from zoo.signatures import RECORD_COLUMNS, table_records
 
+from cluster.stages.signatures import SignatureError, read_signature_meta
 
 
 def signature_files(sig_dir: Path | str) -> list[str]:
