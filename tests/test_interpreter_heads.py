@@ -360,3 +360,19 @@ def test_pairwise_rank_loss_prefers_the_right_order():
     pred = torch.zeros(4, requires_grad=True)
     pairwise_rank_loss(pred, target, 1.0).backward()
     assert pred.grad[2] < 0 < pred.grad[3]  # the best model is pushed up, the worst down
+
+
+def test_pairwise_rank_loss_in_blocks_matches_every_pair_at_once():
+    """A validation side is compared a block of rows at a time (memory linear in its size): same loss, same gradient."""
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(301, generator=g).round(decimals=1)  # ties too
+    pred = torch.randn(301, generator=g, requires_grad=True)
+    whole = pairwise_rank_loss(pred, target, 0.3, block_elements=301 * 301)
+    (grad_whole,) = torch.autograd.grad(whole, pred)
+    blocked = pairwise_rank_loss(pred, target, 0.3, block_elements=1000)  # 3 rows per block, the last block short
+    (grad_blocked,) = torch.autograd.grad(blocked, pred)
+    ordered = (target[:, None] - target[None, :]) > 1e-6
+    dense = torch.nn.functional.softplus(-(pred[:, None] - pred[None, :])[ordered] / 0.3).mean()
+    torch.testing.assert_close(blocked, dense)
+    torch.testing.assert_close(whole, dense)
+    torch.testing.assert_close(grad_blocked, grad_whole)
