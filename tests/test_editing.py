@@ -96,7 +96,7 @@ def test_finetune_matched_holds_the_model_to_its_labels_where_guided_holds_it_to
 
 def test_every_method_says_which_families_it_serves() -> None:
     """The registry replaces the special cases: the decoders serve MLPs, task arithmetic architectures with sibling
-    vectors, the rest every family; the two fine-tuning baselines are marked as using the model's labels."""
+    vectors, the rest (the one-pass editor too) every family; the two fine-tuning baselines are marked as using the model's labels."""
     from interpreter.editing.config import EditConfig
     from interpreter.editing.methods import Tools
 
@@ -105,7 +105,8 @@ def test_every_method_says_which_families_it_serves() -> None:
     serves = {name: (m.applies_to(mlp, tools), m.applies_to(gru, tools)) for name, m in METHODS.items()}
     assert serves == {"decoder": (True, False), "guided": (True, True), "steering": (True, False),
                       "task_arithmetic": (True, False), "finetune_matched": (True, True), "finetune_short": (True, True),
-                      "guided_targeted": (True, True), "rank_one": (True, False)}
+                      "guided_targeted": (True, True), "rank_one": (True, False), "onepass": (True, True),
+                      "onepass_refine": (True, True)}
     assert {n for n, m in METHODS.items() if m.uses_labels} == {"finetune_matched", "finetune_short"}
     assert "one-pass decoder writes mlp weights only" in METHODS["decoder"].why_not(gru)
 
@@ -191,6 +192,7 @@ def edit_config(tiny_run, tmp_path_factory):
     cfg = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
     cfg["output_dir"] = str(tiny_run / "run")
     cfg["edit"] = {"editor": {"steps": 30, "batch_models": 16, "bank_per_behavior": 100}, "eval_per_behavior": 40,
+                   "onepass": {"steps": 10, "batch_models": 8, "grad_rows": 64, "examples_per_model": 32},
                    "guided_steps": 20, "finetune_epochs": 1, "reconstruction_steps": 10, "max_test_models": 12,
                    "rank_one_steps": 5, "judge_max_sequences": 0}  # sampled banks: the whole space is tested apart
     path = tmp_path_factory.mktemp("edit") / "tiny_edit.yaml"
@@ -236,7 +238,8 @@ def test_edit_evaluate_scores_every_method_and_logs(edit_config, tiny_run) -> No
     report = json.loads((tiny_run / "run" / "report.json").read_text())
     ev = report["stages"]["edit_evaluate"]
     methods = {row["method"] for row in ev["by_op"]}
-    assert {"decoder", "guided", "steering", "finetune_matched", "finetune_short", "guided_targeted", "rank_one"} <= methods
+    assert {"decoder", "guided", "steering", "finetune_matched", "finetune_short", "guided_targeted", "rank_one", "onepass",
+            "onepass_refine"} <= methods
     assert {row["op"] for row in ev["by_op"]} == {"add", "remove"}  # the tiny zoo has no repair pairs
     assert ev["judged_on"] == "bank" and ev["judged_sequences"] > 0
     for row in ev["by_op"]:
@@ -383,6 +386,7 @@ def mixed_run(tmp_path_factory, ray_local) -> tuple[Path, Path]:
         {"family": "attention", "depth": 1, "width": 8, "embed_dim": 4}])
     cfg["evaluation"]["cross_family"] = False
     cfg["edit"] = {"editor": {"steps": 10, "batch_models": 8, "bank_per_behavior": 100}, "eval_per_behavior": 40,
+                   "onepass": {"steps": 5, "batch_models": 8, "grad_rows": 64, "examples_per_model": 32},
                    "guided_steps": 20, "finetune_epochs": 1, "reconstruction_steps": 5, "families": ["gru", "attention"],
                    "judge_max_sequences": 0}  # sampled banks: a GRU's pass over all 823,543 sequences takes minutes
     path = out / "mixed.yaml"

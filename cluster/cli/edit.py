@@ -33,8 +33,10 @@ def add_commands(subparsers: Any) -> None:
     what.add_argument("--repair", action="store_true", help="restore the behavior whose labels were corrupted")
     what.add_argument("--remove-backdoor", action="store_true",
                       help="name the model's backdoor trigger by search and fine-tune it away (interpreter/editing/backdoor.py)")
-    edit.add_argument("--method", choices=("guided", "decoder"), default="guided",
-                      help="guided: decode by optimization against the forward pass (default); decoder: one decoder pass")
+    edit.add_argument("--method", choices=("guided", "decoder", "onepass", "onepass_refine"), default="guided",
+                      help="guided: decode by optimization against the forward pass (default); decoder: one decoder "
+                           "pass; onepass: one gradient and one pass of the amortized editor; onepass_refine: that, "
+                           "then edit.onepass.refine_steps steps of the guided objective")
     edit.add_argument("--force", action="store_true",
                       help="edit even when it would do nothing (add a behavior the model has, remove one it lacks, "
                            "repair a model with no corrupted labels)")
@@ -99,8 +101,8 @@ def _refuse_for_foreign(args: argparse.Namespace) -> None:
     """One line for what a foreign model cannot have: the editor's stages, repair, backdoor removal, the decoder."""
     if args.target in ("train", "evaluate"):
         raise ConfigError(f"'zoolens edit {args.target}' trains or scores the editor on a run's own zoo, not a foreign zoo")
-    if args.repair or args.remove_backdoor or args.method == "decoder":
-        what = "--repair" if args.repair else "--remove-backdoor" if args.remove_backdoor else "--method decoder"
+    if args.repair or args.remove_backdoor or args.method != "guided":
+        what = "--repair" if args.repair else "--remove-backdoor" if args.remove_backdoor else f"--method {args.method}"
         raise ConfigError(f"{what} is not available for foreign models (they have no corrupted-label or backdoor twin "
                           "and no trained editor); use --add B or --remove B")
 

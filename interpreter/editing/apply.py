@@ -12,6 +12,7 @@ from interpreter.editing.decoder import add_delta
 from interpreter.editing.editor import CHECK_PARTS, change_size, code_op, encode, failing_parts
 from interpreter.editing.groups import ArchGroup, load_groups
 from interpreter.editing.methods import METHODS, EditRequest, Tools
+from interpreter.editing.onepass import load_onepass
 from interpreter.editing.plan import EditSet
 from interpreter.editing.protocol import aimed_accuracy, measure
 from interpreter.editing.train import load_stage
@@ -20,7 +21,7 @@ from zoo.lineage import manifest_lineage
 from zoo.store import ZooStore, model_sha256
 from zoo.version import code_version
 
-APPLY_METHODS = ("guided", "decoder")  # the label-free methods that need only the trained editor
+APPLY_METHODS = ("guided", "decoder", "onepass", "onepass_refine")  # the label-free methods that need only the trained editor
 
 
 def edit_model(ctx: EditContext, cfg: EditConfig, editor_dir: Path, out: ZooStore, model_id: str, op: str,
@@ -34,13 +35,13 @@ def edit_model(ctx: EditContext, cfg: EditConfig, editor_dir: Path, out: ZooStor
         get_behavior(behavior)  # an unknown name gets the behavior registry's own one-line error
         raise EditError(f"behavior '{behavior}' is not one of this zoo's behaviors: {', '.join(ctx.names)}")
     if method not in APPLY_METHODS:
-        raise EditError(f"unknown edit method '{method}' ({' or '.join(APPLY_METHODS)})")
+        raise EditError(f"unknown edit method '{method}' ({', '.join(APPLY_METHODS)})")
     groups = load_groups(ctx.store, [model_id])
     if not groups:
         raise EditError(f"model '{model_id}' is not in the zoo at {ctx.store.uri}")
     group, edit = groups[0], METHODS[method]
     editor, _, _ = load_stage(ctx, editor_dir, cfg)
-    tools = Tools(cfg, ctx.names, editor, train_bank(ctx, cfg), check_bank(ctx, cfg))
+    tools = Tools(cfg, ctx.names, editor, train_bank(ctx, cfg), check_bank(ctx, cfg), onepass=load_onepass(editor_dir))
     if not edit.applies_to(group.spec, tools):
         raise EditError(edit.why_not(group.spec))
     enc = encode(ctx.interp, group.spec, group.params, ctx.probes, tools.train_bank)

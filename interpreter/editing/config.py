@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from interpreter.editing.editor import EditorConfig
+from interpreter.editing.onepass import OnePassConfig
 from zoo.arch import Family
 
 
@@ -15,6 +16,7 @@ class EditConfig(BaseModel):
 
     enabled: bool = Field(False, description="make 'zoolens run' also train the editor and score edits")
     editor: EditorConfig = Field(default_factory=EditorConfig)
+    onepass: OnePassConfig = Field(default_factory=OnePassConfig)
     eval_per_behavior: int = Field(300, ge=10, description="fresh evaluation sequences per behavior and kind")
     guided_steps: int = Field(1000, ge=1, description="Adam steps of the guided edit and of finetune_matched "
                                                       "(success rises steeply up to ~1,000)")

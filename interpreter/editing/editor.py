@@ -318,6 +318,17 @@ def guided_edit(spec: ArchSpec, params: Params, bank: BehaviorBank, ops: Sequenc
     return delta
 
 
+def refine_edit(spec: ArchSpec, params: Params, delta: Params, bank: BehaviorBank, ops: Sequence[str],
+                behaviors: Sequence[str], keep: Sequence[Sequence[str]], steps: int, lr: float, n: int = 256,
+                seed: int = 0) -> Params:
+    """``steps`` Adam steps of the guided edit's objective continuing from the change ``delta`` (a semi-amortized
+    edit: a one-pass change, then a few steps)."""
+    if not steps:
+        return delta
+    return _optimize_edit(spec, params, {k: v.detach() for k, v in delta.items()}, bank, ops, behaviors, keep, steps,
+                          lr, n, np.random.default_rng(seed))
+
+
 def _optimize_edit(spec: ArchSpec, params: Params, delta: Params, bank: BehaviorBank, ops: Sequence[str],
                    behaviors: Sequence[str], keep: Sequence[Sequence[str]], steps: int, lr: float, n: int,
                    rng: np.random.Generator, weights: torch.Tensor | None = None, labelled: bool = False,
@@ -332,10 +343,7 @@ def _optimize_edit(spec: ArchSpec, params: Params, delta: Params, bank: Behavior
     opt = torch.optim.Adam(free.values(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for _ in range(steps):
-        rows = np.stack([np.concatenate([rng.choice(bank.positives[bank.names.index(b)], size=n // 4),
-                                         bank.sample(rng, sorted(set(k) | {b}), n // 4),
-                                         bank.sample(rng, bank.names, n - 2 * (n // 4))])
-                         for k, b in zip(keep, behaviors)])
+        rows = guided_rows(rng, bank, behaviors, keep, n)
         x = torch.from_numpy(bank.x[rows])
         with torch.no_grad():
             teacher = keep_labels(rows, bank, keep) if labelled else torch.sigmoid(family.forward(spec, params, x))
@@ -351,6 +359,16 @@ def _optimize_edit(spec: ArchSpec, params: Params, delta: Params, bank: Behavior
         opt.step()
         sched.step()
     return {k: v.detach() for k, v in masked().items()}
+
+
+def guided_rows(rng: np.random.Generator, bank: BehaviorBank, behaviors: Sequence[str], keep: Sequence[Sequence[str]],
+                n: int) -> np.ndarray:
+    """Bank rows [B, n] of one step of the guided edit: a quarter B's positives, a quarter over ``keep`` and B, half
+    over every behavior."""
+    return np.stack([np.concatenate([rng.choice(bank.positives[bank.names.index(b)], size=n // 4),
+                                     bank.sample(rng, sorted(set(k) | {b}), n // 4),
+                                     bank.sample(rng, bank.names, n - 2 * (n // 4))])
+                     for k, b in zip(keep, behaviors)])
 
 
 def keep_labels(rows: np.ndarray, bank: BehaviorBank, keep: Sequence[Sequence[str]]) -> torch.Tensor:

@@ -8,6 +8,7 @@ decoders outside the MLP family, task arithmetic without sibling pairs) is left 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from interpreter.editing.localization import localization_table, localize
 from interpreter.editing.methods import METHODS, EditRequest, Tools
 from interpreter.editing.plan import EditSet, clean_rates, every_removal, plan_edit_sets
 from interpreter.editing.neurons import change_metrics
+from interpreter.editing.onepass import load_onepass
 from interpreter.editing.protocol import ADD_MIN, flags_on, judge, rates_from_flags
 from interpreter.editing.space import judged_on
 from interpreter.editing.train import load_stage
@@ -35,7 +37,7 @@ def evaluation_tools(ctx: EditContext, cfg: EditConfig, editor_dir: Path) -> Too
     """Every method's tools: the trained editor and steering decoder, the banks, the sibling task vectors."""
     editor, rec, steering = load_stage(ctx, editor_dir, cfg)
     return Tools(cfg, ctx.names, editor, train_bank(ctx, cfg), check_bank(ctx, cfg), rec, steering,
-                 sibling_task_vectors(ctx))
+                 sibling_task_vectors(ctx), load_onepass(editor_dir))
 
 
 def sibling_task_vectors(ctx: EditContext) -> dict[str, dict[str, dict]]:
@@ -74,7 +76,8 @@ def request_for(ctx: EditContext, es: EditSet, tools: Tools, bank: BehaviorBank)
 def score_edit_set(ctx: EditContext, es: EditSet, tools: Tools, bank: BehaviorBank,
                    methods: list[str] | None = None) -> list[dict]:
     """Every method's verdicts on one edit set, judged on ``bank`` (the whole input space where it is small), with
-    each edit's relative L2 weight change, share of hidden neurons changed and largest per-matrix rank."""
+    each edit's relative L2 weight change, share of hidden neurons changed and largest per-matrix rank, and the
+    method's seconds per edit (its wall time on the edit set over the set's edits)."""
     request = request_for(ctx, es, tools, bank)
     g, unions = es.group, es.unions()
     before_flags = flags_on(g.spec, g.params, bank)  # once per edit set: every method is compared with it
@@ -84,7 +87,9 @@ def score_edit_set(ctx: EditContext, es: EditSet, tools: Tools, bank: BehaviorBa
     rows = []
     for name in methods or list(METHODS):
         method = METHODS[name]
+        t0 = time.perf_counter()
         delta = method(request, tools) if method.applies_to(g.spec, tools) else None
+        seconds = (time.perf_counter() - t0) / len(es.behaviors)
         if delta is None:
             continue
         after_flags = flags_on(g.spec, add_delta(g.params, delta), bank)
@@ -100,7 +105,7 @@ def score_edit_set(ctx: EditContext, es: EditSet, tools: Tools, bank: BehaviorBa
                          "fpr_rise": v.fpr_rise, "change": float(sizes["change"][m]),
                          "neurons_changed": float(sizes["neurons_changed"][m]), "max_rank": int(sizes["max_rank"][m]),
                          "chosen": request.chosen[m], "self_check": bool(checked[m]), "judged_on": where,
-                         "judged_sequences": len(bank.x), "reasons": "; ".join(v.reasons)})
+                         "judged_sequences": len(bank.x), "seconds": seconds, "reasons": "; ".join(v.reasons)})
     return rows
 
 

@@ -12,7 +12,11 @@
 - ``guided_targeted``: the guided edit confined to a share of each layer's neurons (B's carriers first, never the
   kept behaviors' carriers) and the readout bias, with a penalty on the size of the change
   (:mod:`interpreter.editing.targeted`);
-- ``rank_one``: a ROME-style rank-one change of one MLP layer (:mod:`interpreter.editing.rank_one`; MLPs only).
+- ``rank_one``: a ROME-style rank-one change of one MLP layer (:mod:`interpreter.editing.rank_one`; MLPs only);
+- ``onepass``: the amortized editor (:mod:`interpreter.editing.onepass`): one gradient of the edit loss at the
+  current weights, one pass of a neuron-aligned network that turns it into a change (every family);
+- ``onepass_refine``: that change followed by ``edit.onepass.refine_steps`` Adam steps of the guided objective
+  (semi-amortized).
 
 A method's ``applies_to(spec, tools)`` says whether it serves an architecture at all; it may still return None
 for a request it has nothing to offer (task arithmetic without a vector for some behavior).
@@ -28,7 +32,9 @@ import torch
 from interpreter.editing.baselines import short_finetune, steer
 from interpreter.editing.config import EditConfig
 from interpreter.editing.decoder import NeuronAlignedDecoder, decodable, refusal
-from interpreter.editing.editor import Editor, Encoded, code_op, guided_edit
+from interpreter.editing.context import EditError
+from interpreter.editing.editor import Editor, Encoded, code_op, guided_edit, refine_edit
+from interpreter.editing.onepass import OnePassEditor, onepass_edit
 from interpreter.editing.plan import EditSet
 from interpreter.editing.rank_one import rank_one_edit
 from interpreter.editing.targeted import targeted_mask
@@ -49,6 +55,7 @@ class Tools:
     reconstruction: NeuronAlignedDecoder | None = None  # steering baseline (evaluation only)
     steering: torch.Tensor | None = None  # [K, latent_dim] steering vectors
     task_vectors: dict[str, dict[str, Params]] = field(default_factory=dict)  # per architecture and behavior
+    onepass: OnePassEditor | None = None  # the amortized one-pass editor (None: the run trained none)
 
 
 @dataclass
@@ -141,6 +148,18 @@ def _finetune_short(r: EditRequest, t: Tools) -> Params:
     return {k: new[k] - r.params[k] for k in r.params if k != "embed"}
 
 
+def _onepass(r: EditRequest, t: Tools) -> Params:
+    if t.onepass is None:
+        raise EditError("this run's editor has no one-pass editor (rerun 'zoolens edit train')")
+    return onepass_edit(t.onepass, r.spec, r.params, r.enc, t.train_bank, r.ops(), r.chosen, r.read, seed=t.cfg.seed)
+
+
+def _onepass_refine(r: EditRequest, t: Tools) -> Params:
+    c = t.cfg.onepass
+    return refine_edit(r.spec, r.params, _onepass(r, t), t.train_bank, r.ops(), r.chosen, r.read, c.refine_steps,
+                       c.refine_lr, seed=t.cfg.seed)
+
+
 def _mlp_only(spec: ArchSpec, tools: Tools) -> bool:
     return decodable(spec)
 
@@ -166,4 +185,6 @@ METHODS: dict[str, EditMethod] = {
     "finetune_short": EditMethod(_finetune_short, uses_labels=True),
     "guided_targeted": EditMethod(_guided_targeted),
     "rank_one": EditMethod(_rank_one, _mlp, _mlp_refusal),
+    "onepass": EditMethod(_onepass),
+    "onepass_refine": EditMethod(_onepass_refine),
 }

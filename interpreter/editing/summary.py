@@ -10,7 +10,8 @@ from interpreter.editing.protocol import success_table
 
 
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
-    """Success rates per method and operation (with the median weight change, share of neurons changed and rank),
+    """Success rates per method and operation (with the median weight change, share of neurons changed and rank, and
+    edits per second where the verdicts time the methods),
     per family and behavior, what the edits were judged on, and the localization verdict, as plain JSON."""
     v, loc = result["verdicts"], result["localization"]
     v = v.assign(checked_success=v["success"] & v["self_check"], agree=v["success"] == v["self_check"])
@@ -19,7 +20,9 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
                   median_change=("change", "median"), median_neurons_changed=("neurons_changed", "median"),
                   median_max_rank=("max_rank", "median"), check_agrees=("agree", "mean"),
                   mean_target_rate=("target_rate", "mean"), self_check_rate=("self_check", "mean"),
-                  checked=("self_check", "sum"), checked_success=("checked_success", "sum"))
+                  checked=("self_check", "sum"), checked_success=("checked_success", "sum"),
+                  **({"edits_per_second": ("seconds", lambda s: float(len(s) / s.sum()) if s.sum() > 0 else None)}
+                     if "seconds" in v else {}))
              .reset_index())
     # how far the label-free self-check can be trusted: the protocol's verdict on the edits that pass it
     by_op["success_if_checked"] = by_op["checked_success"] / by_op["checked"].where(by_op["checked"] > 0)
