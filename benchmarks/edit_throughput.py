@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--methods", default="onepass,onepass_refine,guided")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    cfg = load_config(a.config, [*a.overrides, f"edit.max_test_models={a.models}"])
+    cfg = load_config(a.config, [*a.overrides, f"edit.max_test_models={a.models}", f"edit.methods=[{a.methods}]"])
     root = Path(a.output_dir or cfg.output_dir)
     ctx = open_context(root / "zoo", root / "interpreter", cfg.signatures.probes.model_dump())
     tools = evaluation_tools(ctx, cfg.edit, root / "editor")

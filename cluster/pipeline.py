@@ -295,6 +295,8 @@ class Pipeline:
         with stage_run("edit_train", params=ec.model_dump(mode="json")):
             summary = self._edit_task("train", progress=self.progress)
             mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, float) and math.isfinite(v)})
+            mlflow.log_metrics({f"onepass.{k}": float(v) for k, v in summary.get("onepass", {}).items()
+                                if isinstance(v, (int, float)) and math.isfinite(v)})
             mlflow.log_artifacts(str(self.paths.editor), artifact_path="editor")
             return self._finish("edit_train", summary)
 
@@ -314,6 +316,8 @@ class Pipeline:
                 mlflow.log_metric(f"{row['method']}.{row['op']}.self_check_rate", row["self_check_rate"])
                 mlflow.log_metric(f"{row['method']}.{row['op']}.median_change", row["median_change"])
                 mlflow.log_metric(f"{row['method']}.{row['op']}.median_neurons_changed", row["median_neurons_changed"])
+                if row.get("edits_per_second") is not None:
+                    mlflow.log_metric(f"{row['method']}.{row['op']}.edits_per_second", row["edits_per_second"])
                 if row["success_if_checked"] is not None:
                     mlflow.log_metric(f"{row['method']}.{row['op']}.success_if_checked", row["success_if_checked"])
             mlflow.log_metric("localization_passes", result["localization_passes"])

@@ -151,6 +151,11 @@ def print_edit_summary(kind: str, summary: dict, report_path: Path) -> None:
         console.print(f"editor read {summary['n_train_models']} training models in {summary['seconds']:.0f}s; {decoder}; "
                       f"the reading names the corrupted behavior of {summary['corrupted_named_right']:.0%} of the training "
                       "repair pairs")
+        if summary.get("onepass", {}).get("steps"):
+            o = summary["onepass"]
+            console.print(f"one-pass editor: {o['steps']} steps in {o['seconds']:.0f}s on every family; agreement with the "
+                          f"edit targets {o['first_acc']:.3f} -> {o['final_acc']:.3f} (B's positives {o['first_acc_b']:.3f} "
+                          f"-> {o['final_acc_b']:.3f}), relative change {o['final_change']:.2f}")
     elif kind == "evaluate":
         _print_edit_table(console, summary)
     else:

@@ -18,9 +18,9 @@ import pandas as pd
 from interpreter.editing.baselines import task_vectors
 from interpreter.editing.config import EditConfig
 from interpreter.editing.context import (EditContext, EditError, check_bank, edit_groups, eval_bank, family_ids,
-                                         fresh_bank, read_sets, train_bank)
+                                         fresh_bank, make_pool, read_sets, train_bank)
 from interpreter.editing.decoder import add_delta
-from interpreter.editing.editor import encode, failing_parts
+from interpreter.editing.editor import Pool, encode, failing_parts
 from interpreter.editing.groups import load_groups
 from interpreter.editing.localization import localization_table, localize
 from interpreter.editing.methods import METHODS, EditRequest, Tools
@@ -36,8 +36,15 @@ from zoo.behavior_bank import BehaviorBank
 def evaluation_tools(ctx: EditContext, cfg: EditConfig, editor_dir: Path) -> Tools:
     """Every method's tools: the trained editor and steering decoder, the banks, the sibling task vectors."""
     editor, rec, steering = load_stage(ctx, editor_dir, cfg)
-    return Tools(cfg, ctx.names, editor, train_bank(ctx, cfg), check_bank(ctx, cfg), rec, steering,
-                 sibling_task_vectors(ctx), load_onepass(editor_dir))
+    bank = train_bank(ctx, cfg)
+    library = training_library(ctx, cfg, bank) if "retrieval" in (cfg.methods or METHODS) else {}
+    return Tools(cfg, ctx.names, editor, bank, check_bank(ctx, cfg), rec, steering, sibling_task_vectors(ctx),
+                 load_onepass(editor_dir), library)
+
+
+def training_library(ctx: EditContext, cfg: EditConfig, bank: BehaviorBank) -> dict[str, Pool]:
+    """The interpreter's training models of ``cfg.families`` per architecture, read (the retrieval control's pool)."""
+    return {g.spec.key(): make_pool(ctx, g, bank) for g in edit_groups(ctx, family_ids(ctx, ctx.train_ids, cfg.families))}
 
 
 def sibling_task_vectors(ctx: EditContext) -> dict[str, dict[str, dict]]:

@@ -16,7 +16,12 @@
 - ``onepass``: the amortized editor (:mod:`interpreter.editing.onepass`): one gradient of the edit loss at the
   current weights, one pass of a neuron-aligned network that turns it into a change (every family);
 - ``onepass_refine``: that change followed by ``edit.onepass.refine_steps`` Adam steps of the guided objective
-  (semi-amortized).
+  (semi-amortized);
+- ``onepass_shuffled`` (a control): the one-pass editor fed another model's reading (the edit set's readings rolled
+  by one), with the model's own weights, gradient and kept behaviors;
+- ``retrieval`` (a control): the model replaced by the training model of its architecture nearest in latent space
+  among the clean ones assigned exactly the target behavior set (else, among those with B for an add or without
+  it for a removal); its every weight, the embedding included.
 
 A method's ``applies_to(spec, tools)`` says whether it serves an architecture at all; it may still return None
 for a request it has nothing to offer (task arithmetic without a vector for some behavior).
@@ -33,7 +38,7 @@ from interpreter.editing.baselines import short_finetune, steer
 from interpreter.editing.config import EditConfig
 from interpreter.editing.decoder import NeuronAlignedDecoder, decodable, refusal
 from interpreter.editing.context import EditError
-from interpreter.editing.editor import Editor, Encoded, code_op, guided_edit, refine_edit
+from interpreter.editing.editor import Editor, Encoded, Pool, code_op, guided_edit, refine_edit
 from interpreter.editing.onepass import OnePassEditor, onepass_edit
 from interpreter.editing.plan import EditSet
 from interpreter.editing.rank_one import rank_one_edit
@@ -56,6 +61,7 @@ class Tools:
     steering: torch.Tensor | None = None  # [K, latent_dim] steering vectors
     task_vectors: dict[str, dict[str, Params]] = field(default_factory=dict)  # per architecture and behavior
     onepass: OnePassEditor | None = None  # the amortized one-pass editor (None: the run trained none)
+    library: dict[str, Pool] = field(default_factory=dict)  # training models per architecture (retrieval control)
 
 
 @dataclass
@@ -148,10 +154,30 @@ def _finetune_short(r: EditRequest, t: Tools) -> Params:
     return {k: new[k] - r.params[k] for k in r.params if k != "embed"}
 
 
-def _onepass(r: EditRequest, t: Tools) -> Params:
+def _onepass(r: EditRequest, t: Tools, enc: Encoded | None = None) -> Params:
     if t.onepass is None:
         raise EditError("this run's editor has no one-pass editor (rerun 'zoolens edit train')")
-    return onepass_edit(t.onepass, r.spec, r.params, r.enc, t.train_bank, r.ops(), r.chosen, r.read, seed=t.cfg.seed)
+    return onepass_edit(t.onepass, r.spec, r.params, r.enc if enc is None else enc, t.train_bank, r.ops(), r.chosen,
+                        r.read, seed=t.cfg.seed)
+
+
+def _onepass_shuffled(r: EditRequest, t: Tools) -> Params:
+    return _onepass(r, t, r.enc.select(torch.roll(torch.arange(len(r.chosen)), 1)))
+
+
+def _retrieval(r: EditRequest, t: Tools) -> Params:
+    pool = t.library[r.spec.key()]
+    sets = [frozenset(b) for b in pool.behaviors]
+    clean = [c is None for c in pool.corrupted]
+    delta = {k: torch.zeros_like(v) for k, v in r.params.items()}
+    for m, (op, b, read) in enumerate(zip(r.ops(), r.chosen, r.read)):
+        want = frozenset(read) - {b} if op == "remove" else frozenset(read) | {b}
+        pick = [i for i, s in enumerate(sets) if clean[i] and s == want]
+        pick = pick or [i for i, s in enumerate(sets) if clean[i] and (b in s) == (op != "remove")]
+        j = pick[int((pool.enc.latent[pick] - r.enc.latent[m]).norm(dim=1).argmin())]
+        for k in delta:
+            delta[k][m] = pool.params[k][j] - r.params[k][m]
+    return delta
 
 
 def _onepass_refine(r: EditRequest, t: Tools) -> Params:
@@ -172,6 +198,10 @@ def _mlp_refusal(spec: ArchSpec) -> str:
     return f"rank_one edits MLP layers only, not {spec.key()}; the guided edits serve every family"
 
 
+def _has_library(spec: ArchSpec, tools: Tools) -> bool:
+    return spec.key() in tools.library
+
+
 def _has_siblings(spec: ArchSpec, tools: Tools) -> bool:
     return spec.key() in tools.task_vectors
 
@@ -187,4 +217,6 @@ METHODS: dict[str, EditMethod] = {
     "rank_one": EditMethod(_rank_one, _mlp, _mlp_refusal),
     "onepass": EditMethod(_onepass),
     "onepass_refine": EditMethod(_onepass_refine),
+    "onepass_shuffled": EditMethod(_onepass_shuffled),
+    "retrieval": EditMethod(_retrieval, _has_library),
 }

@@ -68,7 +68,7 @@ class OnePassConfig(BaseModel):
     lr: float = Field(3e-3, gt=0)
     change_penalty: float = Field(1e-2, ge=0, description="weight of the relative squared size of the change")
     refine_steps: int = Field(3, ge=0, description="onepass_refine: Adam steps of the guided objective after the pass")
-    refine_lr: float = Field(3e-3, gt=0, description="onepass_refine: step size of those steps")
+    refine_lr: float = Field(1e-2, gt=0, description="onepass_refine: step size of those steps (the guided edit's)")
     seed: int = 0
 
 
