@@ -141,6 +141,7 @@ def test_bad_foreign_edits_are_one_line(foreign, tmp_path, capsys):
     _one_line_error([*base, "--remove", lacks], capsys, "does not flag", "--force")
     _one_line_error([*base, "--repair"], capsys, "--repair is not available for foreign models")
     _one_line_error([*base, "--remove", has[0], "--method", "decoder"], capsys, "--method decoder is not available")
+    _one_line_error([*base, "--add", lacks, "--method", "onepass"], capsys, "--method onepass is not available")
     assert not (tmp_path / "run").exists()
 
 
