@@ -222,6 +222,29 @@ def change_size(params: Params, delta: Params) -> torch.Tensor:
     return num / den.clamp_min(1e-12)
 
 
+def pick_models(rng: np.random.Generator, pools: Sequence[Pool], batch_models: int) -> tuple[Pool, np.ndarray]:
+    """One training step's models: a pool drawn in proportion to its size, then up to ``batch_models`` of its models."""
+    sizes = np.array([len(p.behaviors) for p in pools], dtype=float)
+    pool = pools[int(rng.choice(len(pools), p=sizes / sizes.sum()))]
+    return pool, rng.choice(len(pool.behaviors), size=min(batch_models, len(pool.behaviors)), replace=False)
+
+
+def editor_step(opt: torch.optim.Optimizer, editor: nn.Module, spec: ArchSpec, params: Params, delta: Params,
+                x: torch.Tensor, y: torch.Tensor, change_penalty: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One training step of an editor against what its edited models do: BCE of the edited stack's logits on ``x``
+    against ``y`` plus ``change_penalty`` times the relative squared change. Returns the logits, that BCE and the
+    change sizes [B], detached."""
+    logits = get_family(spec).forward(spec, add_delta(params, delta), x)
+    fn_loss = F.binary_cross_entropy_with_logits(logits, y)
+    size = change_size(params, delta)
+    loss = fn_loss + change_penalty * size.mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(editor.parameters(), 1.0)
+    opt.step()
+    return logits.detach(), fn_loss.detach(), size.detach()
+
+
 def train_editor(editor: Editor, pools: Sequence[Pool], bank: BehaviorBank,
                  on_step: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
     """Train the decoder and edit codes against what the edited models do (no pools: nothing to train on)."""
@@ -231,12 +254,10 @@ def train_editor(editor: Editor, pools: Sequence[Pool], bank: BehaviorBank,
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
     opt = torch.optim.AdamW(editor.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    sizes = np.array([len(p.behaviors) for p in pools], dtype=float)
     history = []
     editor.train()
     for step in range(cfg.steps):
-        pool = pools[int(rng.choice(len(pools), p=sizes / sizes.sum()))]
-        idx = rng.choice(len(pool.behaviors), size=min(cfg.batch_models, len(pool.behaviors)), replace=False)
+        pool, idx = pick_models(rng, pools, cfg.batch_models)
         batch = edit_batch(bank, rng, pool, idx, cfg.examples_per_model)
         t = torch.from_numpy(idx)
         params, enc = {k: v[t] for k, v in pool.params.items()}, pool.enc.select(t)
@@ -245,17 +266,9 @@ def train_editor(editor: Editor, pools: Sequence[Pool], bank: BehaviorBank,
             y = edit_targets(torch.sigmoid(family.forward(pool.spec, params, x)), batch["rows"], bank, batch["ops"],
                              batch["behaviors"], batch["keep"])
         delta = editor.delta(pool.spec, params, enc, *editor.codes(batch["ops"], batch["behaviors"]))
-        logits = family.forward(pool.spec, add_delta(params, delta), x)
-        fn_loss = F.binary_cross_entropy_with_logits(logits, y)
-        size = change_size(params, delta)
-        loss = fn_loss + cfg.change_penalty * size.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(editor.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            acc = ((logits > 0) == (y > 0.5)).float().mean()
-        row = {"loss": float(fn_loss.detach()), "acc": float(acc), "change": float(size.detach().sqrt().mean())}
+        logits, fn_loss, size = editor_step(opt, editor, pool.spec, params, delta, x, y, cfg.change_penalty)
+        acc = ((logits > 0) == (y > 0.5)).float().mean()
+        row = {"loss": float(fn_loss), "acc": float(acc), "change": float(size.sqrt().mean())}
         history.append(row)
         if on_step is not None:
             on_step(step, row)

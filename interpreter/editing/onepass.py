@@ -44,8 +44,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from interpreter.editing.decoder import add_delta
-from interpreter.editing.editor import OPS, Encoded, Pool, change_size, code_op, edit_targets, guided_rows, plan_edit
+from interpreter.editing.editor import (OPS, Encoded, Pool, code_op, edit_targets, editor_step, guided_rows,
+                                       pick_models, plan_edit)
 from interpreter.editing.neurons import neuron_axes
 from zoo.arch import ArchSpec, NeuronKind
 from zoo.behavior_bank import BehaviorBank
@@ -255,12 +255,10 @@ def train_onepass(editor: OnePassEditor, pools: Sequence[Pool], bank: BehaviorBa
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
     opt = torch.optim.AdamW(editor.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    sizes = np.array([len(p.behaviors) for p in pools], dtype=float)
     history = []
     editor.train()
     for step in range(cfg.steps):
-        pool = pools[int(rng.choice(len(pools), p=sizes / sizes.sum()))]
-        idx = rng.choice(len(pool.behaviors), size=min(cfg.batch_models, len(pool.behaviors)), replace=False)
+        pool, idx = pick_models(rng, pools, cfg.batch_models)
         plans = [plan_edit(rng, bank.names, pool.behaviors[i], pool.corrupted[i]) for i in idx]
         ops, chosen, keep = [o for o, _ in plans], [b for _, b in plans], [pool.behaviors[i] for i in idx]
         t = torch.from_numpy(idx)
@@ -272,20 +270,12 @@ def train_onepass(editor: OnePassEditor, pools: Sequence[Pool], bank: BehaviorBa
         grads, hold = edit_gradient(pool.spec, params, bank, guided_rows(rng, bank, chosen, keep, cfg.grad_rows), ops,
                                     chosen, keep)
         delta = editor(pool.spec, params, grads, hold, enc, *editor.codes(ops, chosen))
-        logits = family.forward(pool.spec, add_delta(params, delta), x)
-        fn_loss = F.binary_cross_entropy_with_logits(logits, y)
-        size = change_size(params, delta)
-        loss = fn_loss + cfg.change_penalty * size.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(editor.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            pos = torch.from_numpy(np.stack([bank.labels(r, [b]) for r, b in zip(rows, chosen)]))
-            hit = (logits > 0) == (y > 0.5)
-            row = {"loss": float(fn_loss.detach()), "acc": float(hit.float().mean()),
-                   "acc_b": float(hit[pos].float().mean()) if pos.any() else float("nan"),
-                   "change": float(size.detach().sqrt().mean())}
+        logits, fn_loss, size = editor_step(opt, editor, pool.spec, params, delta, x, y, cfg.change_penalty)
+        pos = torch.from_numpy(np.stack([bank.labels(r, [b]) for r, b in zip(rows, chosen)]))
+        hit = (logits > 0) == (y > 0.5)
+        row = {"loss": float(fn_loss), "acc": float(hit.float().mean()),
+               "acc_b": float(hit[pos].float().mean()) if pos.any() else float("nan"),
+               "change": float(size.sqrt().mean())}
         history.append(row)
         if on_step is not None:
             on_step(step, row)
