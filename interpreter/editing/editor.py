@@ -88,13 +88,17 @@ class Editor(nn.Module):
 
     def codes(self, ops: Sequence[str], behaviors: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Op and behavior ids for edit names ("repair" is coded as "add")."""
-        op_ids = torch.tensor([OPS.index(code_op(op)) for op in ops])
-        return op_ids, torch.tensor([self.behaviors.index(b) for b in behaviors])
+        return edit_codes(self.behaviors, ops, behaviors)
 
 
 def code_op(op: str) -> str:
     """The operation an edit carries out: repair is "add B" for the behavior that looks corrupted."""
     return "add" if op == "repair" else op
+
+
+def edit_codes(names: Sequence[str], ops: Sequence[str], behaviors: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Op ids [B] and behavior ids [B] (indices into ``names``) of edits, as the editors embed them."""
+    return (torch.tensor([OPS.index(code_op(op)) for op in ops]), torch.tensor([names.index(b) for b in behaviors]))
 
 
 @dataclass

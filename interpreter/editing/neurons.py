@@ -56,8 +56,8 @@ def neuron_axes(spec: ArchSpec) -> dict[str, list[tuple[int, str]]]:
     return out
 
 
-def _expand(neuron_mask: torch.Tensor, size: int, channel_major: bool) -> torch.Tensor:
-    """A mask over n neurons [M, n] stretched to an axis of ``size`` entries: gate-stacked (size g*n: GRU's r, z, n)
+def expand_neurons(neuron_mask: torch.Tensor, size: int, channel_major: bool) -> torch.Tensor:
+    """A per-neuron value (a mask, a gain) over n neurons [M, n] stretched to an axis of ``size`` entries: gate-stacked (size g*n: GRU's r, z, n)
     repeats it whole; channel-major blocks (conv1d's input rows, n channels x K taps) repeat each neuron K times."""
     n = neuron_mask.shape[1]
     if size % n:
@@ -65,7 +65,7 @@ def _expand(neuron_mask: torch.Tensor, size: int, channel_major: bool) -> torch.
     return neuron_mask.repeat_interleave(size // n, dim=1) if channel_major else neuron_mask.repeat(1, size // n)
 
 
-def _channel_major(spec: ArchSpec, axis: int) -> bool:
+def channel_major(spec: ArchSpec, axis: int) -> bool:
     """Whether an axis lists each neuron's entries together (conv1d's input rows: channel-major, then taps)."""
     return spec.family == "conv1d" and axis == 1
 
@@ -83,7 +83,7 @@ def weight_mask(spec: ArchSpec, params: Params, neurons: torch.Tensor, readout: 
             continue
         m = torch.zeros_like(v, dtype=torch.bool)
         for axis, point in axes.get(k, []):
-            sel = _expand(parts[point], v.shape[axis], _channel_major(spec, axis))  # [M, size]
+            sel = expand_neurons(parts[point], v.shape[axis], channel_major(spec, axis))  # [M, size]
             shape = [v.shape[0]] + [1] * (v.dim() - 1)
             shape[axis] = v.shape[axis]
             m |= sel.view(shape).expand_as(v)
@@ -119,7 +119,7 @@ def changed_neurons(spec: ArchSpec, params: Params, delta: Params) -> torch.Tens
         moved = d.abs() > CHANGED_TOL * scale
         folded = moved
         for axis, point in axes.get(k, []):
-            folded = _per_neuron(folded, axis, out[point].shape[1], _channel_major(spec, axis))
+            folded = _per_neuron(folded, axis, out[point].shape[1], channel_major(spec, axis))
         if len(axes.get(k, [])) == 1:
             axis, point = axes[k][0]
             out[point] |= folded.movedim(axis, 1).reshape(m, out[point].shape[1], -1).any(2)

@@ -44,9 +44,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from interpreter.editing.editor import (OPS, Encoded, Pool, code_op, edit_targets, editor_step, guided_rows,
-                                       pick_models, plan_edit)
-from interpreter.editing.neurons import neuron_axes
+from interpreter.editing.editor import (OPS, Encoded, Pool, code_op, edit_codes, edit_targets, editor_step,
+                                       guided_rows, pick_models, plan_edit)
+from interpreter.editing.neurons import channel_major, expand_neurons, neuron_axes
 from zoo.arch import ArchSpec, NeuronKind
 from zoo.behavior_bank import BehaviorBank
 from zoo.families import get_family, neuron_points
@@ -103,13 +103,11 @@ def _fold(t: torch.Tensor, axis: int, n: int, channel_major: bool) -> torch.Tens
     return per.view(-1, n, reps).sum(2) if channel_major else per.view(-1, reps, n).sum(1)
 
 
-def _stretch(per_neuron: torch.Tensor, tensor: torch.Tensor, axis: int, channel_major: bool) -> torch.Tensor:
+def _stretch(per_neuron: torch.Tensor, tensor: torch.Tensor, axis: int, cm: bool) -> torch.Tensor:
     """A per-neuron value [B, n] laid along ``axis`` of ``tensor``, broadcastable against it."""
-    size, n = tensor.shape[axis], per_neuron.shape[1]
-    full = per_neuron.repeat_interleave(size // n, dim=1) if channel_major else per_neuron.repeat(1, size // n)
     shape = [tensor.shape[0]] + [1] * (tensor.dim() - 1)
-    shape[axis] = size
-    return full.view(shape)
+    shape[axis] = tensor.shape[axis]
+    return expand_neurons(per_neuron, tensor.shape[axis], cm).view(shape)
 
 
 def _unit_rms(t: torch.Tensor) -> torch.Tensor:
@@ -129,7 +127,7 @@ def neuron_stats(spec: ArchSpec, params: Params, grads: Params, hold: Params) ->
         w = params[k]
         for axis, point in axes.get(k, []):
             n = acc[point].shape[1]
-            cm = spec.family == "conv1d" and axis == 1
+            cm = channel_major(spec, axis)
             side = 0 if _is_in_axis(w, axis) else 1
             for j, t in enumerate((_unit_rms(g), _unit_rms(hold[k]), w)):
                 acc[point][..., 2 * j + side] += _fold(t.pow(2), axis, n, cm)
@@ -172,8 +170,7 @@ class OnePassEditor(nn.Module):
 
     def codes(self, ops: Sequence[str], behaviors: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Op and behavior ids for edit names ("repair" is coded as "add")."""
-        return (torch.tensor([OPS.index(code_op(op)) for op in ops]),
-                torch.tensor([self.behaviors.index(b) for b in behaviors]))
+        return edit_codes(self.behaviors, ops, behaviors)
 
     def forward(self, spec: ArchSpec, params: Params, grads: Params, hold: Params, enc: Encoded, op: torch.Tensor,
                 behavior: torch.Tensor) -> Params:
@@ -203,7 +200,7 @@ class OnePassEditor(nn.Module):
             own = torch.zeros_like(w)
             for axis, point in axes.get(k, []):
                 gi, go, s = parts[point]
-                cm = spec.family == "conv1d" and axis == 1
+                cm = channel_major(spec, axis)
                 if _is_in_axis(w, axis):
                     delta = delta * _stretch(gi, w, axis, cm)
                     own = own + w * _stretch(s, w, axis, cm)
