@@ -67,3 +67,15 @@ def test_sampled_evaluation_says_so_and_scores_the_interpreter_on_every_heldout_
     ours, theirs = every["interpreter"], full["heldout"]["interpreter"]  # the unsampled run, scored in memory
     assert ours["behaviors"]["mean_balanced_accuracy"] == pytest.approx(theirs["behaviors"]["mean_balanced_accuracy"])
     assert ours["accuracy"]["kendall_tau"] == pytest.approx(theirs["accuracy"]["kendall_tau"], abs=1e-6)
+
+
+def test_signature_streams_cap_what_they_hold_in_the_object_store():
+    from ray.data import ExecutionResources
+
+    from cluster.stages.signature_data import STREAM_STORE_BYTES, ordered_options, stream_limits
+
+    assert ordered_options().resource_limits.object_store_memory == STREAM_STORE_BYTES
+    assert ordered_options().preserve_order
+    tighter = ExecutionResources(cpu=3, object_store_memory=STREAM_STORE_BYTES // 4)
+    assert stream_limits(tighter).object_store_memory == STREAM_STORE_BYTES // 4  # a tighter cap is kept
+    assert stream_limits(tighter).cpu == 3  # and the other limits untouched

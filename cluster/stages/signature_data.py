@@ -80,8 +80,19 @@ def ordered_options() -> Any:
 
     # not DataConfig.default_ingest_options(): it copies the deprecated exclude_resources, and Ray warns on every run
     current = ray.data.DataContext.get_current().execution_options
-    return ExecutionOptions(resource_limits=current.resource_limits, preserve_order=True,
+    return ExecutionOptions(resource_limits=stream_limits(current.resource_limits), preserve_order=True,
                             verbose_progress=current.verbose_progress)
+
+
+STREAM_STORE_BYTES = 2**30
+"""Object-store memory one signature stream may fill ahead of its reader. Ray Data's default is a share of the
+whole store (7 GB on a 24 GB node): a Train worker then maps ever more of the store as a large zoo streams through
+it (1.7 GB of its 4.3 GB at 250,000 models). A few cohort files' rows keep a reader fed at any zoo size."""
+
+
+def stream_limits(limits: Any) -> Any:
+    """Ray Data resource limits with the object store capped at STREAM_STORE_BYTES (a tighter cap set is kept)."""
+    return limits.copy(object_store_memory=min(limits.object_store_memory, STREAM_STORE_BYTES))
 
 
 def iter_record_chunks(ds: ray.data.Dataset | Any, rows: int, **iter_kwargs: Any) -> Iterator[list[dict[str, Any]]]:
@@ -127,4 +138,5 @@ def read_split_chunks(sig_dir: Path | str, model_ids: Sequence[str], rows: int,
 def ordered(ds: ray.data.Dataset) -> ray.data.Dataset:
     """The dataset iterated in its own order (for driver-side passes: the scaler, evaluation)."""
     ds.context.execution_options.preserve_order = True
+    ds.context.execution_options.resource_limits = stream_limits(ds.context.execution_options.resource_limits)
     return ds
