@@ -39,7 +39,6 @@ class PeakRSS:
         self.peak = 0
         self.peak_pss = 0
         self.at_peak: Counter[str] = Counter()
-        self._labels: dict[int, str] = {}  # read once per process: /proc/PID/cmdline also takes its mmap lock
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -50,9 +49,7 @@ class PeakRSS:
             try:
                 if with_pss:
                     info = proc.memory_full_info()
-                    if proc.pid not in self._labels:
-                        self._labels[proc.pid] = _label(proc, me)
-                    pss[self._labels[proc.pid]] += getattr(info, "pss", info.rss)
+                    pss[_label(proc, me)] += getattr(info, "pss", info.rss)  # read again: a Ray worker retitles itself
                 else:
                     info = proc.memory_info()
                 rss += info.rss
