@@ -86,8 +86,9 @@ def ordered_options() -> Any:
 
 STREAM_STORE_BYTES = 2**30
 """Object-store memory one signature stream may fill ahead of its reader. Ray Data's default is half of the
-whole store (3.5 of 7 GB on a 24 GB node), and a Train worker then maps ever more of the store as a large zoo streams through
-it (1.7 GB of its 4.3 GB at 250,000 models). A few cohort files' rows keep a reader fed at any zoo size."""
+whole store (3.5 of 7 GB on a 24 GB node), and a Train worker then maps ever more of the store as a large zoo
+streams through it (1.7 GB of its 4.3 GB at 250,000 models). A few cohort files' rows keep a reader fed at any
+zoo size."""
 
 
 def stream_limits(limits: Any) -> Any:
