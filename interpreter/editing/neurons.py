@@ -57,12 +57,20 @@ def neuron_axes(spec: ArchSpec) -> dict[str, list[tuple[int, str]]]:
 
 
 def expand_neurons(neuron_mask: torch.Tensor, size: int, channel_major: bool) -> torch.Tensor:
-    """A per-neuron value (a mask, a gain) over n neurons [M, n] stretched to an axis of ``size`` entries: gate-stacked (size g*n: GRU's r, z, n)
-    repeats it whole; channel-major blocks (conv1d's input rows, n channels x K taps) repeat each neuron K times."""
+    """A per-neuron value (a mask, a gain) over n neurons [M, n] stretched to an axis of ``size`` entries:
+    gate-stacked (size g*n: GRU's r, z, n) repeats it whole; channel-major blocks (conv1d's input rows, n channels
+    x K taps) repeat each neuron K times."""
     n = neuron_mask.shape[1]
     if size % n:
         raise ValueError(f"an axis of {size} entries does not split into {n} neurons")
     return neuron_mask.repeat_interleave(size // n, dim=1) if channel_major else neuron_mask.repeat(1, size // n)
+
+
+def stretch_neurons(per_neuron: torch.Tensor, tensor: torch.Tensor, axis: int, channel_major: bool) -> torch.Tensor:
+    """A per-neuron value [M, n] laid along ``axis`` of ``tensor`` [M, ...], broadcastable against it."""
+    shape = [tensor.shape[0]] + [1] * (tensor.dim() - 1)
+    shape[axis] = tensor.shape[axis]
+    return expand_neurons(per_neuron, tensor.shape[axis], channel_major).view(shape)
 
 
 def channel_major(spec: ArchSpec, axis: int) -> bool:
@@ -83,10 +91,7 @@ def weight_mask(spec: ArchSpec, params: Params, neurons: torch.Tensor, readout: 
             continue
         m = torch.zeros_like(v, dtype=torch.bool)
         for axis, point in axes.get(k, []):
-            sel = expand_neurons(parts[point], v.shape[axis], channel_major(spec, axis))  # [M, size]
-            shape = [v.shape[0]] + [1] * (v.dim() - 1)
-            shape[axis] = v.shape[axis]
-            m |= sel.view(shape).expand_as(v)
+            m |= stretch_neurons(parts[point], v, axis, channel_major(spec, axis)).expand_as(v)
         if readout and (k == "b_out" or (k == "w_out" and k not in axes)):
             m[:] = True
         masks[k] = m.float()

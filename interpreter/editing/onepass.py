@@ -46,7 +46,7 @@ from torch import nn
 
 from interpreter.editing.editor import (OPS, Encoded, Pool, code_op, edit_codes, edit_targets, editor_step,
                                        guided_rows, pick_models, plan_edit)
-from interpreter.editing.neurons import channel_major, expand_neurons, neuron_axes
+from interpreter.editing.neurons import channel_major, neuron_axes, stretch_neurons
 from zoo.arch import ArchSpec, NeuronKind
 from zoo.behavior_bank import BehaviorBank
 from zoo.families import get_family, neuron_points
@@ -101,13 +101,6 @@ def _fold(t: torch.Tensor, axis: int, n: int, channel_major: bool) -> torch.Tens
     per = moved if moved.dim() == 2 else moved.flatten(2).sum(2)  # [B, size]
     reps = per.shape[1] // n
     return per.view(-1, n, reps).sum(2) if channel_major else per.view(-1, reps, n).sum(1)
-
-
-def _stretch(per_neuron: torch.Tensor, tensor: torch.Tensor, axis: int, cm: bool) -> torch.Tensor:
-    """A per-neuron value [B, n] laid along ``axis`` of ``tensor``, broadcastable against it."""
-    shape = [tensor.shape[0]] + [1] * (tensor.dim() - 1)
-    shape[axis] = tensor.shape[axis]
-    return expand_neurons(per_neuron, tensor.shape[axis], cm).view(shape)
 
 
 def _unit_rms(t: torch.Tensor) -> torch.Tensor:
@@ -202,10 +195,10 @@ class OnePassEditor(nn.Module):
                 gi, go, s = parts[point]
                 cm = channel_major(spec, axis)
                 if _is_in_axis(w, axis):
-                    delta = delta * _stretch(gi, w, axis, cm)
-                    own = own + w * _stretch(s, w, axis, cm)
+                    delta = delta * stretch_neurons(gi, w, axis, cm)
+                    own = own + w * stretch_neurons(s, w, axis, cm)
                 else:
-                    delta = delta * _stretch(go, w, axis, cm)
+                    delta = delta * stretch_neurons(go, w, axis, cm)
             out[k] = delta + own
         return out
 
