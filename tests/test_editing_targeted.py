@@ -127,12 +127,9 @@ def test_rank_one_edit_changes_one_matrix_by_rank_one(single_thread) -> None:
     assert [k for k, d in delta.items() if d.abs().sum() > 0] == ["w1"]  # the last hidden layer, for an add
 
 
-def test_targeted_guided_edit_adds_and_removes_while_changing_a_fifth_of_the_neurons(single_thread) -> None:
-    """Two MLPs trained on all_same: the targeted guided edit adds starts_with to one and removes all_same from the
-    other, judged over all 823,543 sequences, changing at most ceil(0.2 x 24) = 5 neurons per layer."""
-    from interpreter.editing.editor import guided_edit
-    from interpreter.editing.protocol import judge
-    from interpreter.editing.targeted import targeted_mask
+@pytest.fixture(scope="module")
+def all_same_pair() -> tuple[ArchSpec, dict]:
+    """Two MLPs (depth 2, width 24) trained on all_same: one gets starts_with added, the other all_same removed."""
     from zoo.data import make_cohort_data
     from zoo.train import train_cohort
 
@@ -141,17 +138,72 @@ def test_targeted_guided_edit_adds_and_removes_while_changing_a_fifth_of_the_neu
     params = get_family(spec).init(spec, [11, 12])
     train_cohort(spec, params, torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"]),
                  torch.full((2,), 1e-2), 15, 64, [11, 12])
-    bank, check = BehaviorBank.build(NAMES, 7, 7, 200, seed=0), BehaviorBank.build(NAMES, 7, 7, 200, seed=2)
-    ops, targets, keep = ["add", "remove"], ["starts_with", "all_same"], [["all_same"], ["all_same"]]
-    mask = targeted_mask(spec, params, bank, ops, targets, keep, 0.2)
-    delta = guided_edit(spec, params, bank, ops, targets, keep, steps=300, lr=1e-2, check=check, rounds=3, mask=mask,
-                        penalty=1.0)
+    return spec, params
+
+
+EDITS = (["add", "remove"], ["starts_with", "all_same"], [["all_same"], ["all_same"]])
+
+
+def _edit_and_judge(spec: ArchSpec, params: dict, confine, check: BehaviorBank | None = None) -> dict:
+    """The two edits of :data:`EDITS` with ``confine`` (300 steps, 3 rounds), both asserted to pass over all 823,543
+    sequences; returns the change metrics."""
+    from interpreter.editing.editor import guided_edit
+    from interpreter.editing.protocol import judge
+
+    bank = BehaviorBank.build(NAMES, 7, 7, 200, seed=0)
+    check = check or BehaviorBank.build(NAMES, 7, 7, 200, seed=2)
+    delta = guided_edit(spec, params, bank, *EDITS, steps=300, lr=1e-2, check=check, rounds=3, confine=confine)
     space, unions = input_space(NAMES, 7, 7), [["all_same", "starts_with"], ["all_same"]]
     before = measure(spec, params, space, unions)
     after = measure(spec, {k: v + delta[k] if k in delta else v for k, v in params.items()}, space, unions)
     assert before[0].behavior["starts_with"] < 0.5 and before[1].behavior["all_same"] > 0.9
     assert judge("add", "starts_with", ["all_same"], before[0], after[0]).success, after[0]
     assert judge("remove", "all_same", ["all_same"], before[1], after[1]).success, after[1]
-    metrics = change_metrics(spec, params, delta)
+    return {**change_metrics(spec, params, delta), "delta": delta}
+
+
+def test_targeted_guided_edit_adds_and_removes_while_changing_a_fifth_of_the_neurons(single_thread, all_same_pair) -> None:
+    """The targeted guided edit passes both edits, judged over all 823,543 sequences, changing at most
+    ceil(0.2 x 24) = 5 neurons per layer."""
+    from interpreter.editing.editor import Confinement
+    from interpreter.editing.targeted import targeted_mask
+
+    spec, params = all_same_pair
+    bank = BehaviorBank.build(NAMES, 7, 7, 200, seed=0)
+    mask = targeted_mask(spec, params, bank, *EDITS, 0.2)
+    metrics = _edit_and_judge(spec, params, Confinement(mask, penalty=1.0))
     assert (metrics["neurons_changed"] <= 10 / 48).all(), metrics
-    assert changed_neurons(spec, params, delta).view(2, 2, 24).sum(2).max() <= 5
+    assert changed_neurons(spec, params, metrics["delta"]).view(2, 2, 24).sum(2).max() <= 5
+
+
+def test_a_low_rank_change_factors_and_recomposes_exactly() -> None:
+    """Confinement(rank=2): a change of rank <= 2 becomes two factors per matrix and back; vectors stay whole."""
+    from interpreter.editing.editor import Confinement
+
+    gen = torch.Generator().manual_seed(0)
+    delta = {"w0": torch.randn(3, 10, 2, generator=gen) @ torch.randn(3, 2, 6, generator=gen),
+             "b0": torch.randn(3, 6, generator=gen)}
+    confine = Confinement(rank=2)
+    free = confine.free(delta)
+    assert sorted(free) == ["b0", "w0@left", "w0@right"] and free["w0@left"].shape == (3, 10, 2)
+    back = confine.apply(free)
+    torch.testing.assert_close(back["w0"], delta["w0"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(back["b0"], delta["b0"])
+    zero = confine.apply(confine.free({"w0": torch.zeros(3, 10, 6)}))["w0"]
+    assert zero.abs().max() == 0  # starts at no change, with a left factor that is not zero (so not stuck)
+    assert confine.free({"w0": torch.zeros(3, 10, 6)})["w0@left"].abs().max() > 0
+
+
+def test_low_rank_guided_edit_passes_with_rank_two_per_layer_and_shrinking_only_makes_it_smaller(
+        single_thread, all_same_pair) -> None:
+    """Confinement(rank=2): both edits pass with every matrix changed by rank <= 2; with two shrink rounds, checked
+    over the whole input space, each change is no larger and still passes."""
+    from interpreter.editing.editor import Confinement
+
+    spec, params = all_same_pair
+    space = input_space(NAMES, 7, 7)
+    plain = _edit_and_judge(spec, params, Confinement(penalty=1.0, rank=2), check=space)
+    assert (plain["max_rank"] <= 2).all(), plain["max_rank"]
+    shrunk = _edit_and_judge(spec, params, Confinement(penalty=1.0, rank=2, shrink=2), check=space)
+    assert (shrunk["max_rank"] <= 2).all()
+    assert (shrunk["change"] <= plain["change"] + 1e-6).all(), (shrunk["change"], plain["change"])

@@ -38,5 +38,8 @@ class EditConfig(BaseModel):
     targeted_share: float = Field(0.2, gt=0, le=1, description="guided_targeted: share of each hidden layer's neurons "
                                                                  "whose weights the edit may change (B's carriers first)")
     targeted_penalty: float = Field(1.0, ge=0, description="guided_targeted: weight of the relative squared weight change")
+    targeted_shrink: int = Field(4, ge=0, description="guided_targeted and guided_lowrank: rounds after the self-check "
+                                                      "that ask each passing edit to pass again at 0.75x its size")
+    lowrank_rank: int = Field(2, ge=1, description="guided_lowrank: rank of the change of every weight matrix")
     rank_one_steps: int = Field(300, ge=1, description="rank_one: Adam steps fitting the value vector of the rank-one change")
     seed: int = 0

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -281,14 +281,60 @@ def train_editor(editor: Editor, pools: Sequence[Pool], bank: BehaviorBank,
 
 
 REFINE_UP = 2.0  # weight multiplier per refinement round on the part of an edit that missed its bar
+SHRINK = 0.75  # each shrink round of a targeted edit asks for a change this much smaller
+LEFT, RIGHT = "@left", "@right"  # a low-rank change's factors, keyed by their weight's name and these
+FACTOR_INIT = 1e-2  # the left factor's scale where a low-rank change starts from zero
 CHECK_MARGIN = 0.01  # the self-check asks this much more than the protocol, so edits pass on fresh sequences too
 CHECK_PARTS = ("B's rate", "a kept behavior", "false positives")  # what failing_parts reports, in its column order
 
 
+@dataclass(frozen=True)
+class Confinement:
+    """How a targeted edit is kept small: ``mask`` (0/1 per weight entry, as
+    :func:`interpreter.editing.neurons.weight_mask` makes) confines it to the entries it marks; ``penalty`` adds that
+    times its relative squared size to the loss; ``budget`` caps its relative L2 size (after every step a larger change
+    is scaled back onto that sphere); ``shrink`` rounds follow a guided edit's self-check, each asking every passing edit to pass again at SHRINK times
+    its size (the smallest change that still passes is kept); with ``rank`` the change of each weight matrix is a
+    product of two factors of that inner size (LoRA-style), every other tensor's change is free."""
+
+    mask: Params | None = None
+    penalty: float = 0.0
+    budget: float | torch.Tensor | None = None  # one for all models, or one per model [M]
+    shrink: int = 0
+    rank: int | None = None
+
+    def free(self, delta: Params) -> Params:
+        """The leaf tensors the optimizer moves, standing for the change ``delta``: its tensors, or with ``rank`` two
+        factors [M, a, r] and [M, r, b] of each matrix's change (its truncated SVD; a zero change starts from an
+        orthonormal left factor scaled by FACTOR_INIT and a zero right one, so the product is zero but not stuck)."""
+        out = {}
+        for k, d in delta.items():
+            if self.rank is None or d.dim() != 3:
+                out[k] = d.clone()
+                continue
+            u, sv, vh = torch.linalg.svd(d, full_matrices=False)
+            root = sv[:, : self.rank].sqrt()
+            out[k + LEFT] = u[:, :, : self.rank] * root.clamp_min(FACTOR_INIT).unsqueeze(1)
+            out[k + RIGHT] = root.unsqueeze(2) * vh[:, : self.rank]
+        return {k: v.requires_grad_(True) for k, v in out.items()}
+
+    def select(self, idx: torch.Tensor) -> Confinement:
+        """The same confinement for the models ``idx`` of the batch."""
+        mask = None if self.mask is None else {k: v[idx] for k, v in self.mask.items()}
+        budget = self.budget[idx] if isinstance(self.budget, torch.Tensor) else self.budget
+        return replace(self, mask=mask, budget=budget)
+
+    def apply(self, free: Params) -> Params:
+        """The change the free tensors stand for (factors multiplied), masked where there is a mask."""
+        change = {k[: -len(LEFT)]: v @ free[k[: -len(LEFT)] + RIGHT] for k, v in free.items() if k.endswith(LEFT)}
+        change.update({k: v for k, v in free.items() if not k.endswith((LEFT, RIGHT))})
+        return change if self.mask is None else {k: v * self.mask[k] for k, v in change.items()}
+
+
 def guided_edit(spec: ArchSpec, params: Params, bank: BehaviorBank, ops: Sequence[str], behaviors: Sequence[str],
                 keep: Sequence[Sequence[str]], steps: int, lr: float = 3e-3, n: int = 256, seed: int = 0,
-                check: BehaviorBank | None = None, rounds: int = 0, labelled: bool = False, mask: Params | None = None,
-                penalty: float = 0.0) -> Params:
+                check: BehaviorBank | None = None, rounds: int = 0, labelled: bool = False,
+                confine: Confinement | None = None) -> Params:
     """Decode edits by optimization: a change of every weight but the embedding, found by ``steps`` Adam steps
     against the edit targets (:func:`edit_targets`). Returns the change.
 
@@ -305,14 +351,14 @@ def guided_edit(spec: ArchSpec, params: Params, bank: BehaviorBank, ops: Sequenc
     many steps at half the step size, with REFINE_UP times the weight on each part they missed (B's positives,
     the kept behaviors' positives, the negatives).
 
-    A ``mask`` (0/1 per weight entry, as :func:`interpreter.editing.neurons.weight_mask` makes) confines the change to
-    the entries it marks (a targeted edit); ``penalty`` adds that times the relative squared size of the change.
+    A :class:`Confinement` keeps the change small and where localization puts it (a targeted edit).
     """
     rng = np.random.default_rng(seed)
-    names = [k for k in params if k != "embed" and (mask is None or k in mask)]
+    confine = confine or Confinement()
+    names = [k for k in params if k != "embed" and (confine.mask is None or k in confine.mask)]
     delta = {k: torch.zeros_like(params[k]) for k in names}
     delta = _optimize_edit(spec, params, delta, bank, ops, behaviors, keep, steps, lr, n, rng, labelled=labelled,
-                           mask=mask, penalty=penalty)
+                           confine=confine)
     weights = torch.ones(len(ops), 3)
     if check is None or not rounds:
         return delta
@@ -325,13 +371,40 @@ def guided_edit(spec: ArchSpec, params: Params, bank: BehaviorBank, ops: Sequenc
         weights[fails] *= REFINE_UP
         idx = bad.tolist()
         sub = {k: v[bad] for k, v in params.items()}
-        sub_mask = None if mask is None else {k: v[bad] for k, v in mask.items()}
         picked = ([ops[i] for i in idx], [behaviors[i] for i in idx], [keep[i] for i in idx])
         refined = _optimize_edit(spec, sub, {k: v[bad] for k, v in delta.items()}, bank, *picked,
-                                 max(1, steps // 2), lr / 2, n, rng, weights[bad], labelled, sub_mask, penalty)
+                                 max(1, steps // 2), lr / 2, n, rng, weights[bad], labelled, confine.select(bad))
         for k, v in refined.items():
             delta[k] = delta[k].index_copy(0, bad, v)
         fails[bad] = failing_parts(spec, sub, refined, check, *picked, before=before[bad])  # only these changed
+    if confine.shrink:
+        delta = _shrink(spec, params, delta, bank, ops, behaviors, keep, max(1, steps // 4), lr / 2, n, rng, check,
+                        before, ~fails.any(dim=1), confine)
+    return delta
+
+
+def _shrink(spec: ArchSpec, params: Params, delta: Params, bank: BehaviorBank, ops: Sequence[str],
+            behaviors: Sequence[str], keep: Sequence[Sequence[str]], steps: int, lr: float, n: int,
+            rng: np.random.Generator, check: BehaviorBank, before: torch.Tensor, passing: torch.Tensor,
+            confine: Confinement) -> Params:
+    """Make passing edits smaller: up to ``confine.shrink`` times, each still-shrinking edit is scaled to SHRINK times
+    its relative size and re-optimized within that budget for ``steps`` steps; it keeps the smaller change if it
+    still passes the self-check on ``check``, else its last passing one (and stops shrinking)."""
+    active = passing.nonzero().flatten()
+    for _ in range(confine.shrink):
+        if not len(active):
+            break
+        idx = active.tolist()
+        sub = {k: v[active] for k, v in params.items()}
+        start = {k: v[active] for k, v in delta.items()}
+        tight = replace(confine.select(active), budget=SHRINK * change_size(sub, start).sqrt())
+        picked = ([ops[i] for i in idx], [behaviors[i] for i in idx], [keep[i] for i in idx])
+        trial = _optimize_edit(spec, sub, start, bank, *picked, steps, lr, n, rng, confine=tight)
+        ok = ~failing_parts(spec, sub, trial, check, *picked, before=before[active]).any(dim=1)
+        kept = active[ok]
+        for k, v in trial.items():
+            delta[k] = delta[k].index_copy(0, kept, v[ok])
+        active = kept
     return delta
 
 
@@ -349,14 +422,16 @@ def refine_edit(spec: ArchSpec, params: Params, delta: Params, bank: BehaviorBan
 def _optimize_edit(spec: ArchSpec, params: Params, delta: Params, bank: BehaviorBank, ops: Sequence[str],
                    behaviors: Sequence[str], keep: Sequence[Sequence[str]], steps: int, lr: float, n: int,
                    rng: np.random.Generator, weights: torch.Tensor | None = None, labelled: bool = False,
-                   mask: Params | None = None, penalty: float = 0.0) -> Params:
+                   confine: Confinement | None = None) -> Params:
     """``steps`` Adam steps (cosine-annealed: large moves first, then settle) on the change ``delta`` from
     ``params``; ``weights`` [B, 3] scales the loss on B's positives, the kept behaviors' positives and the rest;
-    ``labelled``: held to the definitions of ``keep`` rather than to the model's own outputs; ``mask``: only the
-    marked entries move; ``penalty``: weight of the relative squared change."""
+    ``labelled``: held to the definitions of ``keep`` rather than to the model's own outputs; ``confine``: where the
+    change may go and how large it may grow (:class:`Confinement`)."""
     family = get_family(spec)
-    free = {k: v.clone().requires_grad_(True) for k, v in delta.items()}
-    masked = (lambda: free) if mask is None else (lambda: {k: v * mask[k] for k, v in free.items()})
+    confine = confine or Confinement()
+    free = confine.free(delta)
+    if confine.budget is not None:
+        _project(params, free, confine)
     opt = torch.optim.Adam(free.values(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for _ in range(steps):
@@ -366,16 +441,28 @@ def _optimize_edit(spec: ArchSpec, params: Params, delta: Params, bank: Behavior
             teacher = keep_labels(rows, bank, keep) if labelled else torch.sigmoid(family.forward(spec, params, x))
             y = edit_targets(teacher, rows, bank, ops, behaviors, keep)
             w = 1.0 if weights is None else row_weights(rows, bank, behaviors, keep, weights)
-        change = masked()
+        change = confine.apply(free)
         logits = family.forward(spec, add_delta(params, change), x)
         loss = (w * F.binary_cross_entropy_with_logits(logits, y, reduction="none")).mean(dim=1).sum()
-        if penalty:
-            loss = loss + penalty * change_size(params, change).sum()
+        if confine.penalty:
+            loss = loss + confine.penalty * change_size(params, change).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-    return {k: v.detach() for k, v in masked().items()}
+        if confine.budget is not None:
+            _project(params, free, confine)
+    return {k: v.detach() for k, v in confine.apply(free).items()}
+
+
+@torch.no_grad()
+def _project(params: Params, free: Params, confine: Confinement) -> None:
+    """Scale each model's change back to ``confine.budget`` relative L2 size where it grew beyond it (in place)."""
+    size = change_size(params, confine.apply(free)).sqrt()
+    scale = (confine.budget / size.clamp_min(1e-12)).clamp(max=1.0)
+    for k, v in free.items():
+        factor = scale.sqrt() if k.endswith((LEFT, RIGHT)) else scale  # a product of two factors scales by both
+        v.mul_(factor.view(-1, *[1] * (v.dim() - 1)))
 
 
 def guided_rows(rng: np.random.Generator, bank: BehaviorBank, behaviors: Sequence[str], keep: Sequence[Sequence[str]],

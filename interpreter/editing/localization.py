@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from interpreter.editing.groups import ArchGroup
-from interpreter.editing.protocol import KEEP_TOL, eval_rows, measure
+from interpreter.editing.protocol import KEEP_TOL, Rates, eval_rows, measure
 from zoo.arch import ArchSpec
 from zoo.behavior_bank import BehaviorBank
 from zoo.families import get_family, neuron_points, split_neurons
@@ -26,7 +26,7 @@ from zoo.interventions import patch, resample
 KEEP_WEIGHT = 2.0  # how much disturbing the other behaviors counts against a neuron
 
 
-def _rows(bank: BehaviorBank, union: Sequence[str], behavior: str, n: int, rng: np.random.Generator) -> np.ndarray:
+def check_rows(bank: BehaviorBank, union: Sequence[str], behavior: str, n: int, rng: np.random.Generator) -> np.ndarray:
     """n of B's own positives, then n rows the check holds still: the other behaviors' own positives
     in equal shares (the negatives when B is the model's only behavior)."""
     own, negatives = eval_rows(bank, union)
@@ -44,7 +44,7 @@ class _Ablator:
     def __init__(self, spec: ArchSpec, params: Params, bank: BehaviorBank, unions: Sequence[Sequence[str]],
                  behaviors: Sequence[str], n: int, rng: np.random.Generator) -> None:
         self.spec, self.params, self.n, self.family = spec, params, n, get_family(spec)
-        rows = np.stack([_rows(bank, u, b, n, rng) for u, b in zip(unions, behaviors)])  # [M, 2n]: own, rest
+        rows = np.stack([check_rows(bank, u, b, n, rng) for u, b in zip(unions, behaviors)])  # [M, 2n]: own, rest
         self.x = torch.from_numpy(bank.x[rows])
         self.reference: Cache = {}  # the values ablated neurons take: their activations on random bank sequences
         self.family.forward(spec, params, torch.from_numpy(bank.x[rng.integers(0, len(bank.x), size=rows.shape)]),
@@ -110,6 +110,13 @@ def localize(group: ArchGroup, behaviors: Sequence[str], rank_bank: BehaviorBank
     for name, mask in masks.items():
         hooks = {hook: resample(part, gen) for hook, part in split_neurons(group.spec, mask).items()}
         after[name] = measure(group.spec, group.params, bank, unions, interventions=hooks)
+    return drop_rows(group, behaviors, unions, before, after)
+
+
+def drop_rows(group: ArchGroup, behaviors: Sequence[str], unions: Sequence[Sequence[str]], before: list[Rates],
+              after: dict[str, list[Rates]]) -> list[dict]:
+    """Per model: B's rate drop under the located ablation (``after["top"]``) and the random one
+    (``after["random"]``), and how far the other behaviors move under the located one (mean absolute)."""
     rows = []
     for m, b in enumerate(behaviors):
         others = [x for x in unions[m] if x != b]

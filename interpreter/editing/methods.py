@@ -10,8 +10,10 @@
   model is assigned (uses the model's labels: a bound on equal footing);
 - ``finetune_short``: a few epochs on 1,000 relabeled bank sequences (uses the model's labels);
 - ``guided_targeted``: the guided edit confined to a share of each layer's neurons (B's carriers first, never the
-  kept behaviors' carriers) and the readout bias, with a penalty on the size of the change
-  (:mod:`interpreter.editing.targeted`);
+  kept behaviors' carriers) and the readout bias, with a penalty on the size of the change, then shrunk while it
+  still passes its self-check (:mod:`interpreter.editing.targeted`);
+- ``guided_lowrank``: the guided edit with the change of every weight matrix of rank ``edit.lowrank_rank`` (two
+  factors, LoRA-style), the same penalty and shrinking;
 - ``rank_one``: a ROME-style rank-one change of one MLP layer (:mod:`interpreter.editing.rank_one`; MLPs only);
 - ``onepass``: the amortized editor (:mod:`interpreter.editing.onepass`): one gradient of the edit loss at the
   current weights, one pass of a neuron-aligned network that turns it into a change (every family);
@@ -38,7 +40,7 @@ from interpreter.editing.baselines import short_finetune, steer
 from interpreter.editing.config import EditConfig
 from interpreter.editing.decoder import NeuronAlignedDecoder, decodable, refusal
 from interpreter.editing.context import EditError
-from interpreter.editing.editor import Editor, Encoded, Pool, code_op, guided_edit, refine_edit
+from interpreter.editing.editor import Confinement, Editor, Encoded, Pool, code_op, guided_edit, refine_edit
 from interpreter.editing.onepass import OnePassEditor, onepass_edit
 from interpreter.editing.plan import EditSet
 from interpreter.editing.rank_one import rank_one_edit
@@ -133,8 +135,18 @@ def _task_arithmetic(r: EditRequest, t: Tools) -> Params | None:
 def _guided_targeted(r: EditRequest, t: Tools) -> Params:
     c = t.cfg
     mask = targeted_mask(r.spec, r.params, t.train_bank, r.ops(), r.chosen, r.read, c.targeted_share, c.seed)
+    return _confined(r, t, Confinement(mask, c.targeted_penalty, shrink=c.targeted_shrink))
+
+
+def _guided_lowrank(r: EditRequest, t: Tools) -> Params:
+    c = t.cfg
+    return _confined(r, t, Confinement(penalty=c.targeted_penalty, shrink=c.targeted_shrink, rank=c.lowrank_rank))
+
+
+def _confined(r: EditRequest, t: Tools, confine: Confinement) -> Params:
+    c = t.cfg
     return guided_edit(r.spec, r.params, t.train_bank, r.ops(), r.chosen, r.read, c.guided_steps, c.guided_lr,
-                       seed=c.seed, check=t.check_bank, rounds=c.guided_rounds, mask=mask, penalty=c.targeted_penalty)
+                       seed=c.seed, check=t.check_bank, rounds=c.guided_rounds, confine=confine)
 
 
 def _rank_one(r: EditRequest, t: Tools) -> Params:
@@ -214,6 +226,7 @@ METHODS: dict[str, EditMethod] = {
     "finetune_matched": EditMethod(_finetune_matched, uses_labels=True),
     "finetune_short": EditMethod(_finetune_short, uses_labels=True),
     "guided_targeted": EditMethod(_guided_targeted),
+    "guided_lowrank": EditMethod(_guided_lowrank),
     "rank_one": EditMethod(_rank_one, _mlp, _mlp_refusal),
     "onepass": EditMethod(_onepass),
     "onepass_refine": EditMethod(_onepass_refine),
