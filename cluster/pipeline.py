@@ -320,7 +320,8 @@ class Pipeline:
                     mlflow.log_metric(f"{row['method']}.{row['op']}.edits_per_second", row["edits_per_second"])
                 if row["success_if_checked"] is not None:
                     mlflow.log_metric(f"{row['method']}.{row['op']}.success_if_checked", row["success_if_checked"])
-            mlflow.log_metric("localization_passes", result["localization_passes"])
+            for method, passes in result["localization_passes"].items():
+                mlflow.log_metric(f"localization_passes_{method}", passes)
             self._log_plot(plots.edit_success(result["by_op"], self.paths.plots / "edit_success.png"))
             self._log_plot(tradeoff_figure(result["by_op"], self.paths.plots / "edit_tradeoff.png",
                                            f"judged on {result['judged_on']} ({result['judged_sequences']:,} sequences)"))

@@ -250,7 +250,7 @@ def test_edit_evaluate_scores_every_method_and_logs(edit_config, tiny_run) -> No
             assert row["median_max_rank"] <= 1
         assert 0.0 <= row["self_check_rate"] <= 1.0
         assert (row["success_if_checked"] is None) == (row["self_check_rate"] == 0.0)
-    assert ev["localization_behaviors"] > 0
+    assert ev["localization_behaviors"]["units"] > 0 and ev["localization_behaviors"]["subspace"] > 0
     assert report["stages"]["edit_train"]["interpreter_version"]
     for plot in ("edit_success.png", "edit_per_behavior.png", "edit_localization.png", "edit_tradeoff.png"):
         assert (tiny_run / "run" / "plots" / plot).stat().st_size > 0
@@ -336,7 +336,7 @@ def test_edit_evaluation_runs_in_process_without_ray(edit_config, tiny_run, tmp_
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["ray"] is False
     assert {"decoder", "guided", "steering", "finetune_matched", "finetune_short"} <= set(result["methods"])
-    assert result["localization"] > 0
+    assert result["localization"]["units"] > 0 and result["localization"]["subspace"] > 0
     assert (tmp_path / "editor" / "editor.json").exists()
 
 
@@ -409,7 +409,8 @@ def test_edit_evaluate_scores_recurrent_and_attention_models(mixed_run) -> None:
         assert {("guided", family, op) for op in ("add", "remove")} <= rows
         assert ("finetune_short", family, "add") in rows and ("finetune_matched", family, "add") in rows
         assert not any(r[0] in ("decoder", "steering") for r in rows)
-        assert ev["localization_by_family"][family]["behaviors"] > 0
+        assert ev["localization_by_family"][family]["units"]["behaviors"] > 0
+        assert ev["localization_by_family"][family]["subspace"]["behaviors"] > 0
     assert "mlp" not in {r[1] for r in rows}  # edit.families leaves the MLPs out
     assert json.loads((out / "run" / "report.json").read_text())["stages"]["edit_train"]["n_decoder_train_models"] == 0
 

@@ -134,19 +134,24 @@ def edit_heatmap(per_behavior: dict[str, Any], ceiling: dict[str, float], path: 
 
 
 def localization_bars(table: pd.DataFrame, path: Path) -> Path:
-    """B's rate drop when ablating the top-k carriers of B vs k random neurons, per behavior (and family, where
-    there are several; pass marked *)."""
-    x = np.arange(len(table))
-    fig, ax = plt.subplots(figsize=(max(8, 0.6 * len(table)), 4))
-    ax.bar(x - 0.2, table["drop_top"], 0.4, label="top-k carriers")
-    ax.bar(x + 0.2, table["drop_random"], 0.4, label="k random neurons")
-    several = "family" in table and table["family"].nunique() > 1
-    names = [f"{f}/{b}" for f, b in zip(table["family"], table["behavior"])] if several else list(table["behavior"])
-    labels = [f"{n}{' *' if p else ''}" for n, p in zip(names, table["passes"])]
-    ax.set_xticks(x, labels, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("drop in B's flag rate")
-    ax.set_title("Localization: resample ablation (* = passes: >=3x random, others within 5 points)")
-    ax.legend(fontsize=8)
+    """B's rate drop when ablating what localization located (the top-k carriers, a learned k-dimensional subspace)
+    vs a random choice of the same size, per behavior (and family, where there are several; pass marked *): one panel
+    per method."""
+    methods = list(dict.fromkeys(table["method"]))
+    width = max(8, 0.6 * table.groupby("method").size().max())
+    fig, axes = plt.subplots(len(methods), 1, figsize=(width, 4 * len(methods)), squeeze=False)
+    for ax, method in zip(axes[:, 0], methods):
+        part = table[table["method"] == method]
+        x = np.arange(len(part))
+        ax.bar(x - 0.2, part["drop_top"], 0.4, label=f"located ({method})")
+        ax.bar(x + 0.2, part["drop_random"], 0.4, label="random, same size")
+        several = part["family"].nunique() > 1
+        names = [f"{f}/{b}" for f, b in zip(part["family"], part["behavior"])] if several else list(part["behavior"])
+        labels = [f"{n}{' *' if p else ''}" for n, p in zip(names, part["passes"])]
+        ax.set_xticks(x, labels, rotation=60, ha="right", fontsize=7)
+        ax.set_ylabel("drop in B's flag rate")
+        ax.set_title(f"Localization by {method} (* = passes: >=3x random, others within 5 points)")
+        ax.legend(fontsize=8)
     return _save(fig, path)
 
 

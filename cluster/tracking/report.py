@@ -211,6 +211,7 @@ def _print_edit_table(console: Console, summary: dict) -> None:
         for method, op in dict.fromkeys((r["method"], r["op"]) for r in summary["by_family"]):
             by_family.add_row(method, op, *(cells.get((method, op, f), "-") for f in families))
         console.print(by_family)
-    for family, loc in summary.get("localization_by_family", {}).items():
-        console.print(f"localization ({family}): {loc['passes']} of {loc['behaviors']} behaviors pass "
-                      "(top-k ablation >= 3x random, others within 5 points)")
+    for family, methods in summary.get("localization_by_family", {}).items():
+        for method, loc in methods.items():
+            console.print(f"localization ({family}, {method}): {loc['passes']} of {loc['behaviors']} behaviors pass "
+                          "(located ablation >= 3x random, others within 5 points)")

@@ -29,6 +29,7 @@ from interpreter.editing.neurons import change_metrics
 from interpreter.editing.onepass import load_onepass
 from interpreter.editing.protocol import ADD_MIN, flags_on, judge, rates_from_flags
 from interpreter.editing.space import judged_on
+from interpreter.editing.subspace import localize_subspace
 from interpreter.editing.train import load_stage
 from zoo.behavior_bank import BehaviorBank
 
@@ -126,7 +127,8 @@ def held_out_ids(ctx: EditContext, cfg: EditConfig) -> list[str]:
 
 
 def evaluate_edits(ctx: EditContext, cfg: EditConfig, editor_dir: Path, progress: bool = False) -> dict[str, Any]:
-    """Score every method on add/remove/repair edits of held-out models, then the localization check.
+    """Score every method on add/remove/repair edits of held-out models, then the localization check (by units and by
+    a learned subspace, :mod:`interpreter.editing.subspace`).
 
     Returns the verdicts (one row per method and edit), the localization table and the training ceiling.
     """
@@ -146,5 +148,6 @@ def evaluate_edits(ctx: EditContext, cfg: EditConfig, editor_dir: Path, progress
         if es.op == "remove":  # every (model, assigned behavior) pair of the clean models
             every = every_removal(es)
             loc += localize(every.group, every.behaviors, tools.train_bank, fresh, cfg.localization_k, cfg.seed)
+            loc += localize_subspace(every.group, every.behaviors, tools.train_bank, fresh, cfg.localization_k, cfg.seed)
     return {"verdicts": pd.DataFrame(rows), "localization": localization_table(loc) if loc else pd.DataFrame(),
             "ceiling": training_ceiling(ctx)}

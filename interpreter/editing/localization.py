@@ -110,18 +110,19 @@ def localize(group: ArchGroup, behaviors: Sequence[str], rank_bank: BehaviorBank
     for name, mask in masks.items():
         hooks = {hook: resample(part, gen) for hook, part in split_neurons(group.spec, mask).items()}
         after[name] = measure(group.spec, group.params, bank, unions, interventions=hooks)
-    return drop_rows(group, behaviors, unions, before, after)
+    return drop_rows(group, behaviors, unions, before, after, "units")
 
 
 def drop_rows(group: ArchGroup, behaviors: Sequence[str], unions: Sequence[Sequence[str]], before: list[Rates],
-              after: dict[str, list[Rates]]) -> list[dict]:
+              after: dict[str, list[Rates]], method: str) -> list[dict]:
     """Per model: B's rate drop under the located ablation (``after["top"]``) and the random one
-    (``after["random"]``), and how far the other behaviors move under the located one (mean absolute)."""
+    (``after["random"]``), and how far the other behaviors move under the located one (mean absolute); ``method``
+    names what was located (units, a subspace)."""
     rows = []
     for m, b in enumerate(behaviors):
         others = [x for x in unions[m] if x != b]
         move_top = float(np.mean([abs(before[m].behavior[x] - after["top"][m].behavior[x]) for x in others])) if others else 0.0
-        rows.append({"behavior": b, "model_id": group.rows["model_id"][m], "family": group.spec.family,
+        rows.append({"method": method, "behavior": b, "model_id": group.rows["model_id"][m], "family": group.spec.family,
                      "drop_top": before[m].behavior[b] - after["top"][m].behavior[b],
                      "drop_random": before[m].behavior[b] - after["random"][m].behavior[b],
                      "others_move_top": move_top})
@@ -129,9 +130,9 @@ def drop_rows(group: ArchGroup, behaviors: Sequence[str], unions: Sequence[Seque
 
 
 def localization_table(rows: list[dict]) -> pd.DataFrame:
-    """Per family and behavior: mean drops, their ratio and whether top-k ablation passes (>= 3x random, others
-    within 5 points)."""
-    df = (pd.DataFrame(rows).groupby(["family", "behavior"])
+    """Per method (units, subspace), family and behavior: mean drops, their ratio and whether the located ablation
+    passes (>= 3x random, others within 5 points)."""
+    df = (pd.DataFrame(rows).groupby(["method", "family", "behavior"])
           .agg(n=("model_id", "size"), drop_top=("drop_top", "mean"), drop_random=("drop_random", "mean"),
                others_move_top=("others_move_top", "mean"))
           .reset_index())

@@ -12,7 +12,8 @@ from interpreter.editing.protocol import success_table
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
     """Success rates per method and operation (with the median weight change, share of neurons changed and rank, and
     edits per second where the verdicts time the methods),
-    per family and behavior, what the edits were judged on, and the localization verdict, as plain JSON."""
+    per family and behavior, what the edits were judged on, and the localization verdict per method (units,
+    subspace) and family, as plain JSON."""
     v, loc = result["verdicts"], result["localization"]
     v = v.assign(checked_success=v["success"] & v["self_check"], agree=v["success"] == v["self_check"])
     by_op = (v.groupby(["method", "op"])
@@ -34,13 +35,14 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
                                                           median_neurons_changed=("neurons_changed", "median"))
                  .reset_index().to_dict(orient="records"))
     per_behavior = {m: success_table(g.to_dict(orient="records")) for m, g in v.groupby("method")}
-    loc_by_family = ({f: {"passes": int(g["passes"].sum()), "behaviors": len(g)} for f, g in loc.groupby("family")}
-                     if len(loc) else {})
+    loc_by_family = {f: {m: {"passes": int(gm["passes"].sum()), "behaviors": len(gm)} for m, gm in g.groupby("method")}
+                     for f, g in loc.groupby("family")} if len(loc) else {}
     judged = sorted(set(v["judged_on"])) if "judged_on" in v else []
     return {"judged_on": judged[0] if len(judged) == 1 else judged,
             "judged_sequences": int(v["judged_sequences"].max()) if len(v) else 0,
             "check_agrees": float(v["agree"].mean()) if len(v) else None,  # self-check verdict == protocol verdict
             "by_op": by_op, "by_family": by_family, "per_behavior": per_behavior, "training_ceiling": result["ceiling"],
             "localization": loc.to_dict(orient="records"),
-            "localization_passes": int(loc["passes"].sum()) if len(loc) else 0,
-            "localization_behaviors": len(loc), "localization_by_family": loc_by_family}
+            "localization_passes": {m: int(g["passes"].sum()) for m, g in loc.groupby("method")} if len(loc) else {},
+            "localization_behaviors": {m: len(g) for m, g in loc.groupby("method")} if len(loc) else {},
+            "localization_by_family": loc_by_family}
