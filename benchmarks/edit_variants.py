@@ -1,6 +1,6 @@
 """Score edit methods, and variants of the guided edit's confinement, on the same held-out models of a run.
 
-    python benchmarks/edit_variants.py RUN_DIR CONFIG [KEY=VALUE ...] --models 30 \
+    python benchmarks/edit_variants.py CONFIG [KEY=VALUE ...] --output-dir RUN_DIR --models 30 \
         --methods guided,guided_targeted --variant '{"name": "rank2", "rank": 2, "shrink": 4}' --out verdicts.parquet
 
 RUN_DIR holds a run of CONFIG (zoo, interpreter and editor: `zoolens run CONFIG` with `edit.enabled`, or the
@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cluster.config import load_config
+from edit_run import open_run, run_arguments
 from interpreter.editing import methods as registry
-from interpreter.editing.context import edit_groups, eval_bank, open_context
+from interpreter.editing.context import edit_groups, eval_bank
 from interpreter.editing.editor import Confinement, guided_edit
 from interpreter.editing.evaluate import evaluation_tools, held_out_ids, score_edit_set
 from interpreter.editing.methods import EditMethod, EditRequest, Tools
@@ -60,10 +60,7 @@ def table(verdicts: pd.DataFrame) -> pd.DataFrame:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("run_dir", type=Path)
-    ap.add_argument("config")
-    ap.add_argument("overrides", nargs="*", help="KEY=VALUE overrides the run was made with")
-    ap.add_argument("--models", type=int, default=30, help="held-out models (a seeded sample, as edit.max_test_models)")
+    run_arguments(ap, models=30)
     ap.add_argument("--methods", default="", help="registered edit methods, comma-separated")
     ap.add_argument("--variant", action="append", default=[], help="a JSON object (see the module docstring)")
     ap.add_argument("--ops", default="add,remove,repair")
@@ -71,10 +68,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("edit_variants.parquet"))
     args = ap.parse_args()
 
-    cfg = load_config(args.config, args.overrides)
-    ecfg = cfg.edit.model_copy(update={"max_test_models": args.models})
-    ctx = open_context(args.run_dir / "zoo", args.run_dir / "interpreter", cfg.signatures.probes.model_dump())
-    tools = evaluation_tools(ctx, ecfg.model_copy(update={"methods": ["guided"]}), args.run_dir / "editor")
+    cfg, ctx, root = open_run(args)
+    ecfg = cfg.edit
+    tools = evaluation_tools(ctx, ecfg.model_copy(update={"methods": ["guided"]}), root / "editor")
     bank = eval_bank(ctx, ecfg)
     names = [m for m in args.methods.split(",") if m]
     for spec in args.variant:
@@ -86,16 +82,16 @@ def main() -> None:
     groups = [g for g in edit_groups(ctx, held_out_ids(ctx, ecfg)) if not archs or g.spec.key() in archs]
     sets = [es for g in groups for es in plan_edit_sets(ctx, g, rng) if es.op in args.ops.split(",")]
     rows = []
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     for es in sets:
         t0 = time.perf_counter()
         rows += score_edit_set(ctx, es, tools, bank, names)
+        pd.DataFrame(rows).to_parquet(args.out)  # after every set: a long run stopped early keeps what it scored
         print(f"{es.group.spec.key()} {es.op}: {len(es.behaviors)} edits in {time.perf_counter() - t0:.0f} s", flush=True)
     verdicts = pd.DataFrame(rows)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    verdicts.to_parquet(args.out)
     result = table(verdicts)
     print(result.to_string(index=False))
-    print(json.dumps({"run": str(args.run_dir), "models": args.models, "judged_on": sorted(set(verdicts["judged_on"])),
+    print(json.dumps({"run": str(root), "models": args.models, "judged_on": sorted(set(verdicts["judged_on"])),
                       "table": result.to_dict(orient="records")}))
 
 

@@ -1,6 +1,6 @@
 """Localization by units and by a learned subspace, side by side, on every clean held-out (model, behavior) pair.
 
-    python benchmarks/localization.py RUN_DIR CONFIG [KEY=VALUE ...] --models 120 --k 1 --out localization.parquet
+    python benchmarks/localization.py CONFIG [KEY=VALUE ...] --output-dir RUN_DIR --models 120 --k 1 --out loc.parquet
 
 RUN_DIR holds a run of CONFIG (zoo and interpreter); KEY=VALUE overrides must be those the run was made with. For a
 seeded sample of held-out models (of every family, whatever ``edit.families`` says), every assigned behavior of
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cluster.config import load_config
-from interpreter.editing.context import edit_groups, fresh_bank, open_context, train_bank
+from edit_run import open_run, run_arguments
+from interpreter.editing.context import edit_groups, fresh_bank, train_bank
 from interpreter.editing.evaluate import held_out_ids
 from interpreter.editing.localization import localization_table, localize
 from interpreter.editing.plan import every_removal, plan_edit_sets
@@ -29,17 +29,13 @@ from interpreter.editing.subspace import localize_subspace
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("run_dir", type=Path)
-    ap.add_argument("config")
-    ap.add_argument("overrides", nargs="*", help="KEY=VALUE overrides the run was made with")
-    ap.add_argument("--models", type=int, default=120, help="held-out models (a seeded sample)")
+    run_arguments(ap, models=120)
     ap.add_argument("--k", type=int, default=1, help="units ablated / dimensions of the subspace")
     ap.add_argument("--out", type=Path, default=Path("localization.parquet"))
     args = ap.parse_args()
 
-    cfg = load_config(args.config, args.overrides)
-    ecfg = cfg.edit.model_copy(update={"max_test_models": args.models, "families": None})
-    ctx = open_context(args.run_dir / "zoo", args.run_dir / "interpreter", cfg.signatures.probes.model_dump())
+    cfg, ctx, root = open_run(args)
+    ecfg = cfg.edit.model_copy(update={"families": None})
     rank, fresh = train_bank(ctx, ecfg), fresh_bank(ctx, ecfg)
     rng = np.random.default_rng(ecfg.seed)
     rows = []
@@ -60,8 +56,8 @@ def main() -> None:
                     mean_random_drop=("drop_random", "mean"), others_move=("others_move_top", "mean"))
                .reset_index())
     print(summary.to_string(index=False))
-    print(json.dumps({"run": str(args.run_dir), "models": args.models, "k": args.k,
-                      "pairs": int(len(pairs)), "table": summary.to_dict(orient="records")}))
+    print(json.dumps({"run": str(root), "models": args.models, "k": args.k,
+                      "pairs": len(pairs), "table": summary.to_dict(orient="records")}))
 
 
 if __name__ == "__main__":
