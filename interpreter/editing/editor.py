@@ -290,12 +290,15 @@ CHECK_PARTS = ("B's rate", "a kept behavior", "false positives")  # what failing
 
 @dataclass(frozen=True)
 class Confinement:
-    """How a targeted edit is kept small: ``mask`` (0/1 per weight entry, as
-    :func:`interpreter.editing.neurons.weight_mask` makes) confines it to the entries it marks; ``penalty`` adds that
-    times its relative squared size to the loss; ``budget`` caps its relative L2 size (after every step a larger change
-    is scaled back onto that sphere); ``shrink`` rounds follow a guided edit's self-check, each asking every passing edit to pass again at SHRINK times
-    its size (the smallest change that still passes is kept); with ``rank`` the change of each weight matrix is a
-    product of two factors of that inner size (LoRA-style), every other tensor's change is free."""
+    """How a targeted edit is kept small.
+
+    ``mask`` (0/1 per weight entry, as :func:`interpreter.editing.neurons.weight_mask` makes) confines it to the
+    entries it marks; ``penalty`` adds that times its relative squared size to the loss; ``budget`` caps its relative
+    L2 size (after every step a larger change is scaled back onto that sphere); ``shrink`` rounds follow a guided
+    edit's self-check rounds, each asking every passing edit to pass again at SHRINK times its size (the smallest
+    change that still passes is kept); with ``rank`` the change of each weight matrix is a product of two factors of
+    that inner size (LoRA-style), every other tensor's change is free.
+    """
 
     mask: Params | None = None
     penalty: float = 0.0

@@ -114,10 +114,10 @@ def _decoder(r: EditRequest, t: Tools) -> Params:
     return t.editor.delta(r.spec, r.params, r.enc, *t.editor.codes(r.ops(), r.chosen))
 
 
-def _guided(r: EditRequest, t: Tools) -> Params:
+def _guided(r: EditRequest, t: Tools, confine: Confinement | None = None) -> Params:
     c = t.cfg
     return guided_edit(r.spec, r.params, t.train_bank, r.ops(), r.chosen, r.read, c.guided_steps, c.guided_lr,
-                       seed=c.seed, check=t.check_bank, rounds=c.guided_rounds)
+                       seed=c.seed, check=t.check_bank, rounds=c.guided_rounds, confine=confine)
 
 
 def _steering(r: EditRequest, t: Tools) -> Params:
@@ -135,18 +135,12 @@ def _task_arithmetic(r: EditRequest, t: Tools) -> Params | None:
 def _guided_targeted(r: EditRequest, t: Tools) -> Params:
     c = t.cfg
     mask = targeted_mask(r.spec, r.params, t.train_bank, r.ops(), r.chosen, r.read, c.targeted_share, c.seed)
-    return _confined(r, t, Confinement(mask, c.targeted_penalty, shrink=c.targeted_shrink))
+    return _guided(r, t, Confinement(mask, c.targeted_penalty, shrink=c.targeted_shrink))
 
 
 def _guided_lowrank(r: EditRequest, t: Tools) -> Params:
     c = t.cfg
-    return _confined(r, t, Confinement(penalty=c.targeted_penalty, shrink=c.targeted_shrink, rank=c.lowrank_rank))
-
-
-def _confined(r: EditRequest, t: Tools, confine: Confinement) -> Params:
-    c = t.cfg
-    return guided_edit(r.spec, r.params, t.train_bank, r.ops(), r.chosen, r.read, c.guided_steps, c.guided_lr,
-                       seed=c.seed, check=t.check_bank, rounds=c.guided_rounds, confine=confine)
+    return _guided(r, t, Confinement(penalty=c.targeted_penalty, shrink=c.targeted_shrink, rank=c.lowrank_rank))
 
 
 def _rank_one(r: EditRequest, t: Tools) -> Params:

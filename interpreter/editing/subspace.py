@@ -29,7 +29,7 @@ from zoo.families.base import Params
 from zoo.interventions import Intervention
 
 KEEP_WEIGHT = 20.0  # loss weight on the other behaviors' rows: at 2 (the unit search's) a learned direction moved
-# them 6-8 points on average (zoo4-style held-out MLPs and attention models); at 20, 2 (docs/editing.md)
+# them 6-8 points on average (zoo4-style held-out MLPs and attention models), at 20 about 2 (docs/editing.md)
 
 
 def subspace_point(spec: ArchSpec) -> str:
