@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,24 +27,24 @@ import torch
 from edit_run import open_run, run_arguments
 from interpreter.editing import methods as registry
 from interpreter.editing.context import edit_groups, eval_bank
-from interpreter.editing.editor import Confinement, guided_edit
+from interpreter.editing.editor import Confinement
 from interpreter.editing.evaluate import evaluation_tools, held_out_ids, score_edit_set
-from interpreter.editing.methods import EditMethod, EditRequest, Tools
+from interpreter.editing.methods import EditMethod, EditRequest, Tools, guided_confined
 from interpreter.editing.plan import plan_edit_sets
 from interpreter.editing.targeted import targeted_mask
 
 
 def variant_method(v: dict) -> EditMethod:
-    """The guided edit under the confinement a variant's keys describe."""
+    """The guided edit under the confinement a variant's keys describe (and its steps, lr and rounds, if given)."""
 
     def edit(r: EditRequest, t: Tools) -> dict[str, torch.Tensor]:
         c = t.cfg
         mask = None if v.get("rank") else targeted_mask(r.spec, r.params, t.train_bank, r.ops(), r.chosen, r.read,
                                                         v.get("share", c.targeted_share), c.seed)
         confine = Confinement(mask, v.get("penalty", 1.0), v.get("budget"), v.get("shrink", 0), v.get("rank"))
-        return guided_edit(r.spec, r.params, t.train_bank, r.ops(), r.chosen, r.read, v.get("steps", c.guided_steps),
-                           v.get("lr", c.guided_lr), seed=c.seed, check=t.check_bank,
-                           rounds=v.get("rounds", c.guided_rounds), confine=confine)
+        schedule = {k: v[name] for k, name in (("guided_steps", "steps"), ("guided_lr", "lr"), ("guided_rounds", "rounds"))
+                    if name in v}
+        return guided_confined(r, replace(t, cfg=c.model_copy(update=schedule)), confine)
 
     return EditMethod(edit)
 

@@ -114,7 +114,9 @@ def _decoder(r: EditRequest, t: Tools) -> Params:
     return t.editor.delta(r.spec, r.params, r.enc, *t.editor.codes(r.ops(), r.chosen))
 
 
-def _guided(r: EditRequest, t: Tools, confine: Confinement | None = None) -> Params:
+def guided_confined(r: EditRequest, t: Tools, confine: Confinement | None = None) -> Params:
+    """The guided edit with ``t.cfg``'s steps, step size and rounds, kept small by ``confine`` (the targeted methods,
+    and any variant of them)."""
     c = t.cfg
     return guided_edit(r.spec, r.params, t.train_bank, r.ops(), r.chosen, r.read, c.guided_steps, c.guided_lr,
                        seed=c.seed, check=t.check_bank, rounds=c.guided_rounds, confine=confine)
@@ -135,12 +137,12 @@ def _task_arithmetic(r: EditRequest, t: Tools) -> Params | None:
 def _guided_targeted(r: EditRequest, t: Tools) -> Params:
     c = t.cfg
     mask = targeted_mask(r.spec, r.params, t.train_bank, r.ops(), r.chosen, r.read, c.targeted_share, c.seed)
-    return _guided(r, t, Confinement(mask, c.targeted_penalty, shrink=c.targeted_shrink))
+    return guided_confined(r, t, Confinement(mask, c.targeted_penalty, shrink=c.targeted_shrink))
 
 
 def _guided_lowrank(r: EditRequest, t: Tools) -> Params:
     c = t.cfg
-    return _guided(r, t, Confinement(penalty=c.targeted_penalty, shrink=c.targeted_shrink, rank=c.lowrank_rank))
+    return guided_confined(r, t, Confinement(penalty=c.targeted_penalty, shrink=c.targeted_shrink, rank=c.lowrank_rank))
 
 
 def _rank_one(r: EditRequest, t: Tools) -> Params:
@@ -214,7 +216,7 @@ def _has_siblings(spec: ArchSpec, tools: Tools) -> bool:
 
 METHODS: dict[str, EditMethod] = {
     "decoder": EditMethod(_decoder, _mlp_only, refusal, one_pass=True),
-    "guided": EditMethod(_guided),
+    "guided": EditMethod(guided_confined),
     "steering": EditMethod(_steering, _mlp_only, refusal, one_pass=True),
     "task_arithmetic": EditMethod(_task_arithmetic, _has_siblings),
     "finetune_matched": EditMethod(_finetune_matched, uses_labels=True),
