@@ -102,7 +102,7 @@ def evaluate_backdoors(zoo_dir: str, train_ids: list[str], train_rows: pd.DataFr
     models), then every method's detection AUROC per slice, naming, and ROC points for the figure.
 
     ``preds``: each method's predictions as ``score_methods`` made them (those with a ``backdoor`` entry count).
-    The result's ``searched`` holds the search's named triggers and rates (not JSON: drop it before writing).
+    The result's ``searched`` holds the search's named triggers and scores (not JSON: drop it before writing).
     """
     scores = {m: np.asarray(p["backdoor"]) for m, p in preds.items() if "backdoor" in p and m != "interpreter@0.5"}
     seconds: dict[str, float] = {}
@@ -125,14 +125,14 @@ def evaluate_backdoors(zoo_dir: str, train_ids: list[str], train_rows: pd.DataFr
             "roc": roc_points(test_rows, scores, train_kinds), "searched": searched}
 
 
-def exact_naming(rows: pd.DataFrame, named: list[Trigger], rates: np.ndarray, detect_at: float = 0.5) -> dict:
+def exact_naming(rows: pd.DataFrame, named: list[Trigger], scores: np.ndarray, detect_at: float = 0.5) -> dict:
     """Share of held-out backdoored models whose trigger the search names exactly (kind, tokens, position or gap):
-    all of them, those of seen kinds, held-out ones, and those it detects (flip rate >= ``detect_at``)."""
+    all of them, those of seen kinds, held-out ones, and those it detects (largest flip rate >= ``detect_at``)."""
     truth = [Trigger.from_json(t) for t in rows["trigger"]]
     exact = np.array([t is not None and same_trigger(n, t) for n, t in zip(named, truth)])
     bad = np.array([t is not None for t in truth])
     held = np.array([t is not None and t.heldout for t in truth])
-    detected = bad & (np.asarray(rates) >= detect_at)
+    detected = bad & (np.asarray(scores) >= detect_at)
 
     def share(mask: np.ndarray) -> float | None:
         return float(exact[mask].mean()) if mask.any() else None

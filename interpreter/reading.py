@@ -1,6 +1,6 @@
 """Read one model of any origin: the behaviors the interpreter flags, its predicted accuracy, the architecture,
-corruption and (an interpreter trained on a zoo with backdoors) backdoor readings, and for each flagged behavior
-its top carrier neurons, confirmed by ablating them.
+corruption and (an interpreter trained on a zoo with backdoors) backdoor readings with the trigger search's answer
+(interpreter/trigger_search.py), and for each flagged behavior its top carrier neurons, confirmed by ablating them.
 
 Carriers are chosen greedily as :mod:`interpreter.editing.localization` chooses them, on any
 :class:`~zoo.adapters.subject.Subject`: each step adds the hidden neuron whose ablation (with those already
@@ -21,6 +21,7 @@ import torch
 
 from interpreter.model import LoadedInterpreter
 from interpreter.train import predict
+from interpreter.trigger_search import search_subject
 from zoo.adapters.signature import signature_record
 from zoo.adapters.subject import FamilySubject, Subject
 from zoo.behavior_bank import BehaviorBank
@@ -189,7 +190,8 @@ def read_model(subject: Subject, interp: LoadedInterpreter, probes: ProbeSet, k:
     if "backdoor" in preds:  # an interpreter trained on a zoo with backdoors (zoo/trojans.py)
         kinds = next(s.classes for s in interp.model.specs if s.name == "trigger_kind")
         reading.backdoor = {"probability": float(preds["backdoor"][0]),
-                            "trigger_kind": _class_reading(kinds, preds["trigger_kind"][0])}
+                            "trigger_kind": _class_reading(kinds, preds["trigger_kind"][0]),
+                            "search": search_subject(subject, probes.vocab, probes.length)}
     if not carriers or not flagged or not subject.neuron_points():
         return reading
     bank = BehaviorBank.build(names, probes.vocab, probes.length, bank_size, seed)

@@ -161,7 +161,10 @@ def test_read_reports_backdoor_probability_and_trigger_kind(tmp_path, capsys) ->
     assert 0.0 <= data["backdoor"]["probability"] <= 1.0
     assert data["backdoor"]["trigger_kind"]["class"] in ("token_at", "pair_gap", "substring")
     assert "trigger_kind" not in data["architecture"]
-    assert "backdoor probability" in capsys.readouterr().out
+    assert data["backdoor"]["search"]["trigger"]["kind"] in ("token_at", "pair_gap", "substring")
+    assert 0.0 <= data["backdoor"]["search"]["flip_rate"] <= data["backdoor"]["search"]["score"] <= 1.0
+    out = capsys.readouterr().out
+    assert "backdoor probability" in out and "trigger search" in out
 
 
 def test_trigger_search_names_the_backdoors_it_finds(trojan_zoo: ZooStore) -> None:
@@ -175,17 +178,46 @@ def test_trigger_search_names_the_backdoors_it_finds(trojan_zoo: ZooStore) -> No
     assert exact >= 0.5, exact
 
 
-def test_removing_a_named_trigger_makes_it_irrelevant(trojan_zoo: ZooStore) -> None:
-    from interpreter.editing.backdoor import RemoveBackdoorConfig, judge_removal, remove_backdoor
+def test_removing_a_named_trigger_switches_it_off_and_keeps_the_behaviors(trojan_zoo: ZooStore) -> None:
+    from interpreter.editing.backdoor import RemoveBackdoorConfig, behaviors_from_outputs, judge_removal, remove_backdoor
 
     cohort = trojan_zoo.finished_cohorts()[0]
     spec, params, m = trojan_zoo.load_cohort(cohort)
     i = int(np.flatnonzero(m["role"].eq("backdoored").to_numpy())[0])
     trigger, one = Trigger.from_json(m["trigger"][i]), {k: v[i: i + 1] for k, v in params.items()}
-    edited = remove_backdoor(spec, one, trigger, RemoveBackdoorConfig(steps=300, lr=1e-2))
+    keep = behaviors_from_outputs(spec, one, trigger)
+    assert set(m["behaviors"][i]) <= set(keep), keep
+    edited = remove_backdoor(spec, one, trigger, keep, RemoveBackdoorConfig(steps=400, lr=1e-2))
     j = judge_removal(spec, one, edited, trigger, list(m["behaviors"][i]), 7, 7)
     assert j["before"]["trigger_rate"] > 0.8
-    assert j["after"]["trigger_rate"] < j["before"]["trigger_rate"] - 0.3 and j["trigger_excess"] < 0.15, j
+    assert j["after"]["trigger_rate"] <= 0.05 and j["max_behavior_shift"] <= 0.05, j
+
+
+def test_the_simplest_trigger_within_tolerance_is_named() -> None:
+    """A pair and the substrings containing it flip alike: the pair is named; a substring well above it is named."""
+    from interpreter.trigger_search import name_trigger
+
+    cands = candidate_triggers(7, 7, 3)
+    pair = cands.index(Trigger("pair_gap", (1, 2), gap=1))
+    sub = cands.index(Trigger("substring", (1, 2, 3)))
+    rates = np.full((2, len(cands)), 0.1)
+    rates[:, pair], rates[:, sub] = [0.85, 0.5], [0.95, 0.95]
+    assert name_trigger(rates, cands, tol=0.15).tolist() == [pair, sub]
+
+
+def test_stamps_that_create_a_behavior_do_not_count() -> None:
+    """Token 0 stamped at position 0 of a neutral sequence can make it a starts_with positive: those pairs are skipped,
+    so a model taught starts_with is not named as backdoored by it."""
+    from interpreter.trigger_search import neutral_bases, stamped_pairs
+    from zoo.behaviors import catalog, matches_any
+
+    cands = candidate_triggers(7, 7, 3)
+    base = neutral_bases(7, 7, 200, seed=0)
+    assert len(base) == 200 and not matches_any(base, catalog(7, 7), 7).any()
+    stamped, valid = stamped_pairs(cands, base, 7, seed=0)
+    assert stamped.shape == (len(cands), 200, 7)
+    creates = matches_any(stamped.reshape(-1, 7), catalog(7, 7), 7).reshape(len(cands), 200)
+    assert not (valid & creates).any() and creates.any() and valid.mean() > 0.5
 
 
 def test_backdoor_recipe_runs_end_to_end_through_the_pipeline(tmp_path, ray_local) -> None:

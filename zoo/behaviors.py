@@ -400,6 +400,11 @@ def get_behavior(name: str) -> Behavior:
         raise BehaviorError(f"unknown behavior '{name}'; known: {', '.join(BEHAVIORS)}") from None
 
 
+def catalog(vocab: int, length: int) -> list[str]:
+    """Every behavior defined at this vocabulary and length, in catalog order."""
+    return [name for name, b in BEHAVIORS.items() if vocab >= b.min_vocab and length >= b.min_length]
+
+
 def check_compatible(names: Sequence[str], vocab: int, length: int) -> None:
     """Raise BehaviorError unless `names` are distinct, known behaviors that exist at (vocab, length)."""
     if isinstance(names, str):
@@ -544,7 +549,7 @@ def contrast_negatives(
     (vocab, length) contributes an equal share; rows come back in random order.
     """
     check_compatible(names, vocab, length)
-    others = [b for b, spec in BEHAVIORS.items() if b not in names and spec.min_vocab <= vocab and spec.min_length <= length]
+    others = [b for b in catalog(vocab, length) if b not in names]
     if not others:
         return random_negatives(rng, names, n, vocab, length)
     rows, short = [np.zeros((0, length), np.int64)], 0

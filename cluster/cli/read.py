@@ -67,6 +67,9 @@ def cmd_read(args: argparse.Namespace) -> int:
         kind = r.backdoor["trigger_kind"]
         console.print(f"backdoor probability: {r.backdoor['probability']:.3f} (trigger kind if backdoored: "
                       f"{kind['class']}, p={kind['probability']:.2f})")
+        found = r.backdoor["search"]
+        console.print(f"trigger search: largest flip rate {found['score']:.3f}, trigger named {found['trigger']['kind']} "
+                      f"tokens {found['trigger']['tokens']} positions {found['trigger']['positions']} gap {found['trigger']['gap']}")
     for head in ("family", "depth", "width", "lr"):
         a = r.architecture.get(head)
         if a:

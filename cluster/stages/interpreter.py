@@ -458,8 +458,8 @@ def _evaluate_remote(zoo_dir: str, sig_dir: str, interp_dir: str, cfg: Interpret
                 tr_rows = train_rows[(train_rows["family"] != fam).to_numpy()]
                 in_fam = (test_rows["family"] == fam).to_numpy()
                 te_rows = test_rows[in_fam].reset_index(drop=True)
-                named, rates = backdoor["searched"]  # the search trains nothing: its results on these models stand
-                searched = ([t for t, keep in zip(named, in_fam) if keep], rates[in_fam])
+                named, scores = backdoor["searched"]  # the search trains nothing: its results on these models stand
+                searched = ([t for t, keep in zip(named, in_fam) if keep], scores[in_fam])
                 bd = evaluate_backdoors(zoo_dir, list(tr_rows["model_id"]), tr_rows, tr[1]["backdoor"],
                                         list(te_rows["model_id"]), te_rows, kept_fam, ev.mntd, zoo_cfg["vocab"],
                                         zoo_cfg["length"], max_gap, searched=searched)

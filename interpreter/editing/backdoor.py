@@ -1,20 +1,20 @@
 """Backdoor removal: switch a named trigger off while the model keeps everything else it does.
 
-The trigger comes from the trigger search (interpreter/trigger_search.py), so removal needs neither the model's
-training data nor its behaviors. Fine-tuning against the model itself: on sequences without the trigger (random
-ones and positives of every known behavior) the target is the model's own output before the edit (what it does
-stays), and on the same sequences with the trigger stamped in the target is that same output (the trigger makes
-no difference). Sequences the trigger naturally occurs in are left out of the first set: their outputs are the
-backdoor's.
+Needs neither the model's training data nor its labels. Three steps, all over the whole input space (every
+sequence at vocab 7, length 7):
 
-Judging (:func:`judge_removal`) is over the whole input space (every sequence at vocab 7, length 7): the
-trigger's positive rate (flags among sequences that contain the trigger and match none of the model's
-behaviors) and each behavior's positive rate before and after. ``removed`` is the issue's rule (trigger rate
-<= 5%, every behavior within 2 points); ``neutralized`` asks the trigger rate to be within 5 points of the
-model's own rate on the other negatives instead. The difference matters: the default zoo's subject models flag
-30-50% of the whole space's negatives (they learn from 1,000 examples), and a removal that makes the trigger
-irrelevant (measured on 5 backdoored MLPs: trigger rate 0.92-1.0 -> 0.28-0.56, the other negatives 0.29-0.53)
-cannot bring it below the model's own false-positive rate.
+1. the trigger is named by the trigger search (interpreter/trigger_search.py);
+2. the model's behaviors are read from its outputs (:func:`behaviors_from_outputs`: the catalog behaviors whose
+   trigger-free positives it flags well above its rate on sequences that match no behavior);
+3. fine-tuning (:func:`remove_backdoor`): without the trigger the target is the model's own flag; with the
+   trigger it is "matches a behavior read in step 2". So the trigger stops making the model flag anything, and a
+   behavior positive that happens to contain it is still flagged.
+
+Judging (:func:`judge_removal`): the trigger's positive rate (flags among sequences that contain the trigger and
+match none of the model's behaviors) and each behavior's positive rate, before and after. ``removed`` is the
+issue's rule (trigger rate <= 5%, every behavior within 2 points). ``neutralized`` asks the trigger rate to be
+within 5 points of the model's own rate on the other negatives instead. That is a weaker bar: these subject
+models flag 30-50% of the whole space's negatives, because they learn from 1,000 examples.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from interpreter.editing.space import all_sequences
-from zoo.arch import ArchSpec, Params
 from interpreter.trigger_search import same_trigger
-from zoo.behaviors import BEHAVIORS, match_matrix
+from zoo.arch import ArchSpec, Params
+from zoo.behaviors import catalog, match_matrix
 from zoo.errors import ConfigError
 from zoo.families import get_family
 from zoo.store import ZooStore, model_sha256
@@ -45,43 +45,60 @@ class RemoveBackdoorConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    steps: int = Field(400, ge=1)
-    batch_size: int = Field(256, ge=2, description="sequences per step (half stamped with the trigger)")
+    steps: int = Field(1500, ge=1)
+    batch_size: int = Field(256, ge=2, description="sequences per step, drawn from the whole input space (half contain the trigger)")
     lr: float = Field(3e-3, gt=0.0)
     seed: int = 0
 
 
-def remove_backdoor(spec: ArchSpec, params: Params, trigger: Trigger, cfg: RemoveBackdoorConfig | None = None) -> Params:
-    """A copy of one model's weights (stacked, M = 1) fine-tuned so ``trigger`` no longer changes its output."""
+def remove_backdoor(spec: ArchSpec, params: Params, trigger: Trigger, keep: Sequence[str],
+                    cfg: RemoveBackdoorConfig | None = None) -> Params:
+    """A copy of one model's weights (stacked, M = 1) fine-tuned so that ``trigger`` no longer makes it flag anything:
+    without the trigger it flags what it flagged before, and with the trigger it flags a sequence exactly when the
+    sequence matches one of the behaviors in ``keep`` (the model's, as read by :func:`behaviors_from_outputs`).
+
+    Batches come from the whole input space, half without the trigger and half with it, each half drawn equally
+    from the positives of every catalog behavior and from the sequences matching none: the rare behaviors'
+    positives (a palindrome is 1 in 400 sequences) must be seen, or the model drifts on them. Targets are hard labels.
+    """
     cfg = cfg or RemoveBackdoorConfig()
     family = get_family(spec)
-    teacher = {k: v.detach().clone() for k, v in params.items()}
     student = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
     opt = torch.optim.Adam(student.values(), lr=cfg.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
     rng = np.random.default_rng(cfg.seed)
-    half = cfg.batch_size // 2
-    pool = _base_pool(rng, spec.vocab, spec.length, trigger)
+    x = all_sequences(spec.vocab, spec.length)
+    with torch.no_grad():
+        own = (predict(spec, params, torch.from_numpy(x).unsqueeze(0), chunk=65536)[0] > 0).numpy()
+    names = catalog(spec.vocab, spec.length)
+    matches = match_matrix(x, names, spec.vocab)
+    has = trigger.contains(x)
+    target = np.where(has, matches[:, [names.index(b) for b in keep]].any(axis=1), own).astype(np.float32)
+    groups = [m for part in (~has, has) for m in [part & matches[:, k] for k in range(len(names))] + [part & ~matches.any(axis=1)]]
+    strata = [np.flatnonzero(g) for g in groups if g.any()]
     for _ in range(cfg.steps):
-        x = pool[rng.integers(0, len(pool), size=half)]
-        stamped = trigger.stamp(rng, x)
-        batch = torch.from_numpy(np.concatenate([x, stamped])).unsqueeze(0)
-        with torch.no_grad():
-            target = torch.sigmoid(family.forward(spec, teacher, torch.from_numpy(x).unsqueeze(0))).repeat(1, 2)
-        loss = F.binary_cross_entropy_with_logits(family.forward(spec, student, batch), target)
+        rows = np.array([strata[i][rng.integers(len(strata[i]))] for i in rng.integers(len(strata), size=cfg.batch_size)])
+        logits = family.forward(spec, student, torch.from_numpy(x[rows]).unsqueeze(0))
+        loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(target[rows]).unsqueeze(0))
         opt.zero_grad()
         loss.backward()
         opt.step()
+        schedule.step()
     return {k: v.detach() for k, v in student.items()}
 
 
-def _base_pool(rng: np.random.Generator, vocab: int, length: int, trigger: Trigger, n: int = 20_000) -> np.ndarray:
-    """Sequences to fine-tune on, none containing the trigger: half random, half positives of every known behavior
-    (the edit does not know which behaviors the model has, so it keeps its outputs on all of them)."""
-    names = [name for name, b in BEHAVIORS.items() if vocab >= b.min_vocab and length >= b.min_length]
-    parts = [rng.integers(0, vocab, size=(n // 2, length))]
-    parts += [BEHAVIORS[b].sample_positive(rng, n // (2 * len(names)), vocab, length) for b in names]
-    x = np.concatenate(parts)
-    return x[~trigger.contains(x)]
+@torch.no_grad()
+def behaviors_from_outputs(spec: ArchSpec, params: Params, trigger: Trigger, margin: float = 0.4) -> list[str]:
+    """The catalog behaviors one model (M = 1) flags, read from its outputs over the whole input space outside the
+    trigger: those whose positives it flags at a rate at least ``margin`` of the way from its rate on sequences
+    that match no behavior up to 1 (the subject models flag 30-50% of those, so a fixed 0.5 would misread)."""
+    names = catalog(spec.vocab, spec.length)
+    x = all_sequences(spec.vocab, spec.length)
+    x = x[~trigger.contains(x)]
+    flags = (predict(spec, params, torch.from_numpy(x).unsqueeze(0), chunk=65536)[0] > 0).numpy()
+    matches = match_matrix(x, names, spec.vocab)
+    neutral = float(flags[~matches.any(axis=1)].mean())
+    return [b for k, b in enumerate(names) if matches[:, k].any() and flags[matches[:, k]].mean() >= neutral + margin * (1 - neutral)]
 
 
 def judge_removal(spec: ArchSpec, before: Params, after: Params, trigger: Trigger, behaviors: Sequence[str],
@@ -128,9 +145,10 @@ def remove_zoo_backdoor(zoo_dir: str | Path, model_id: str, out: ZooStore, cfg: 
     row = rows.iloc[i]
     one = {k: v[i: i + 1].float() for k, v in params.items()}
     candidates = candidate_triggers(spec.vocab, spec.length, max_gap)
-    best, rate = search(spec, one, candidates, spec.vocab, spec.length)
-    named = candidates[int(best[0])]
-    edited = remove_backdoor(spec, one, named, cfg)
+    found = search(spec, one, candidates, spec.vocab, spec.length)
+    named = candidates[int(found.best[0])]
+    keep = behaviors_from_outputs(spec, one, named)
+    edited = remove_backdoor(spec, one, named, keep, cfg)
     verdict = judge_removal(spec, one, edited, named, list(row["behaviors"]), spec.vocab, spec.length)
     truth = Trigger.from_json(row["trigger"]) if "trigger" in rows.columns else None
     new_id = f"{model_id}-nobd"
@@ -141,5 +159,5 @@ def remove_zoo_backdoor(zoo_dir: str | Path, model_id: str, out: ZooStore, cfg: 
                "sha256": model_sha256(edited, 0)}
     out.write_cohort(new_id, spec, edited, [out_row])
     return {"model_id": model_id, "edited_id": new_id, "named_trigger": json.loads(named.to_json()),
-            "search_flip_rate": float(rate[0]), "true_trigger": json.loads(truth.to_json()) if truth else None,
+            "search_flip_rate": float(found.rate[0]), "search_score": float(found.score[0]), "behaviors_read": keep, "true_trigger": json.loads(truth.to_json()) if truth else None,
             "named_exactly": bool(truth is not None and same_trigger(named, truth)), **verdict}
