@@ -283,8 +283,12 @@ class Pipeline:
                 summary["backdoor"]["held_out_family"] = {fam: c["backdoor"] for fam, c in result["cross_family"].items()
                                                           if "backdoor" in c}  # trained on the other families
                 mlflow.log_dict(summary["backdoor"], "backdoor.json")
-                mlflow.log_metrics({f"backdoor_auroc_{s.replace(':', '_')}": v["interpreter"]
-                                    for s, v in bd["detection"].items() if v.get("interpreter") is not None})
+                for method, prefix in (("interpreter", "backdoor_auroc"), ("trigger_search", "backdoor_search_auroc")):
+                    mlflow.log_metrics({f"{prefix}_{s.replace(':', '_')}": v[method]
+                                        for s, v in bd["detection"].items() if v.get(method) is not None})
+                if bd["naming"]["trigger_search"].get("exact") is not None:
+                    mlflow.log_metric("backdoor_trigger_named_exact", bd["naming"]["trigger_search"]["exact"])
+                self._log_plot(plots.backdoor_auroc(bd["detection"], self.paths.plots / "backdoor_auroc.png"))
                 if bd["roc"]:
                     self._log_plot(plots.backdoor_roc(bd["roc"], bd["detection"], self.paths.plots / "backdoor_roc.png"))
             return self._finish("interpreter_evaluate", summary)

@@ -239,5 +239,6 @@ def test_backdoor_recipe_runs_end_to_end_through_the_pipeline(tmp_path, ray_loca
     report = json.loads((out / "report.json").read_text())
     detection = report["stages"]["interpreter_evaluate"]["backdoor"]["detection"]["all"]
     assert detection["n_backdoored"] > 0 and detection["n_clean"] > 0
-    for method in ("interpreter", "mntd", "probe_logits", "weight_stats"):
+    for method in ("interpreter", "mntd", "probe_logits", "weight_stats", "trigger_search"):
         assert 0.0 <= detection[method] <= 1.0, (method, detection)
+    assert (out / "plots" / "backdoor_auroc.png").stat().st_size > 0

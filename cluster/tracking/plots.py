@@ -155,6 +155,28 @@ def localization_bars(table: pd.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
+def backdoor_auroc(detection: dict[str, dict[str, Any]], path: Path, title: str = "",
+                   targets: tuple[float, ...] = (0.98, 0.95)) -> Path:
+    """Backdoor detection AUROC on held-out models: a group of bars per slice, one bar per method (the majority and
+    shuffled-label controls left out), the issue's targets as dotted lines (interpreter/backdoor.py)."""
+    skip = {"n_backdoored", "n_clean", "majority", "shuffled_labels"}
+    methods = [m for m in next(iter(detection.values())) if m not in skip]
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.8 * len(detection)), 4.6))
+    width = 0.8 / max(1, len(methods))
+    for j, method in enumerate(methods):
+        values = [detection[s].get(method) or 0.0 for s in detection]
+        ax.bar(np.arange(len(detection)) + (j - (len(methods) - 1) / 2) * width, values, width, label=method)
+    for t in targets:
+        ax.axhline(t, color="gray", lw=0.8, ls=":")
+    ax.set_xticks(np.arange(len(detection)),
+                  [f"{s}\n({d['n_backdoored']} vs {d['n_clean']})" for s, d in detection.items()], fontsize=8)
+    ax.set_ylim(0.5, 1.0)
+    ax.set_ylabel("backdoor detection AUROC (held-out models)")
+    ax.set_title(title or "every method on the same held-out models (targets dotted)")
+    ax.legend(fontsize=8, ncol=3, loc="lower left")
+    return _save(fig, path)
+
+
 def backdoor_roc(roc: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], detection: dict[str, dict[str, Any]],
                  path: Path) -> Path:
     """Backdoor detection on held-out models: one ROC panel per slice (seen kinds, held-out kinds), a curve per
