@@ -20,6 +20,8 @@ class ProbeConfig(BaseModel):
     n_pos: int = Field(6, ge=1)
     n_near: int = Field(4, ge=0)
     n_random: int = Field(40, ge=0)
+    n_stamped: int = Field(0, ge=0, description=(
+        "per trigger of the documented family (zoo/trojans.py), behavior-neutral sequences with it stamped in"))
 
 
 class SignatureConfig(BaseModel):

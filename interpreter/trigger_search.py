@@ -20,7 +20,6 @@ The detection score is the largest flip rate over all candidates. It needs no tr
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,22 +29,13 @@ import torch
 
 from zoo.adapters.subject import Subject
 from zoo.arch import ArchSpec, Params
-from zoo.behaviors import catalog, matches_any
 from zoo.train import predict
-from zoo.trojans import TRIGGER_KINDS, Trigger
+from zoo.trojans import Trigger, candidate_triggers, neutral_bases, stamped_pairs
 
+__all__ = ["TOL", "SearchResult", "candidate_triggers", "flip_rates", "name_trigger", "same_trigger", "search",
+           "search_subject", "search_zoo_models", "summarize"]
 
-def candidate_triggers(vocab: int, length: int, max_gap: int, kinds: Sequence[str] = TRIGGER_KINDS) -> list[Trigger]:
-    """Every trigger of the given kinds (tokens within a trigger distinct, as zoo/trojans.py draws them)."""
-    out: list[Trigger] = []
-    if "token_at" in kinds:
-        out += [Trigger("token_at", (t,), (p,)) for p in range(length) for t in range(vocab)]
-    if "pair_gap" in kinds:
-        out += [Trigger("pair_gap", pair, gap=g) for g in range(1, max_gap + 1)
-                for pair in itertools.permutations(range(vocab), 2)]
-    if "substring" in kinds and length >= 3:
-        out += [Trigger("substring", triple) for triple in itertools.permutations(range(vocab), 3)]
-    return out
+TOL = 0.15  # naming tolerance, chosen on the backdoor zoo's training side (module doc)
 
 
 @dataclass(frozen=True)
@@ -55,23 +45,6 @@ class SearchResult:
     best: np.ndarray  # [M] index into the candidates
     rate: np.ndarray  # [M] flip rate of the named candidate
     score: np.ndarray  # [M] the largest flip rate over all candidates
-
-
-def neutral_bases(vocab: int, length: int, n_base: int, seed: int) -> np.ndarray:
-    """``n_base`` random sequences that match no behavior of the catalog (the stamp must be what a model reacts to)."""
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, vocab, size=(4 * n_base + 64, length))
-    return x[~matches_any(x, catalog(vocab, length), vocab)][:n_base]
-
-
-def stamped_pairs(candidates: Sequence[Trigger], base: np.ndarray, vocab: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every candidate stamped into every base sequence ([C, N, L]) and which pairs count ([C, N] bool): the base
-    did not already contain the candidate and the stamped sequence still matches no behavior."""
-    stamped = np.stack([t.stamp(np.random.default_rng([seed, c]), base) for c, t in enumerate(candidates)])
-    flat = stamped.reshape(-1, base.shape[1])
-    valid = ~matches_any(flat, catalog(vocab, base.shape[1]), vocab).reshape(len(candidates), len(base))
-    valid &= ~np.stack([t.contains(base) for t in candidates])
-    return stamped, valid
 
 
 def name_trigger(rates: np.ndarray, candidates: Sequence[Trigger], tol: float) -> np.ndarray:
@@ -99,15 +72,15 @@ def flip_rates(logits: Callable[[torch.Tensor], torch.Tensor], candidates: Seque
 
 
 def search(spec: ArchSpec, params: Params, candidates: Sequence[Trigger], vocab: int, length: int,
-           n_base: int = 512, seed: int = 0, tol: float = 0.15) -> SearchResult:
+           n_base: int = 512, seed: int = 0, tol: float = TOL) -> SearchResult:
     """The search over the models stacked in ``params`` (one architecture)."""
     m = next(iter(params.values())).shape[0]
     rates = flip_rates(lambda x: predict(spec, params, x.expand(m, -1, -1), chunk=16384), candidates, vocab, length,
                        n_base, seed)
-    return found(rates, candidates, tol)
+    return summarize(rates, candidates, tol)
 
 
-def found(rates: np.ndarray, candidates: Sequence[Trigger], tol: float = 0.15) -> SearchResult:
+def summarize(rates: np.ndarray, candidates: Sequence[Trigger], tol: float = TOL) -> SearchResult:
     """What flip rates [M, C] say: the trigger named, its rate, and the detection score."""
     best = name_trigger(rates, candidates, tol)
     rate = rates[np.arange(len(rates)), best]
@@ -118,7 +91,7 @@ def search_subject(subject: Subject, vocab: int, length: int, max_gap: int = 3) 
     """The search on one model of any kind (``zoolens read``): the trigger named, its flip rate and the score."""
     candidates = candidate_triggers(vocab, length, max_gap)
     rates = flip_rates(lambda x: subject.logits(x)[None], candidates, vocab, length)
-    result = found(rates, candidates)
+    result = summarize(rates, candidates)
     return {"trigger": json.loads(candidates[int(result.best[0])].to_json()), "flip_rate": float(result.rate[0]),
             "score": float(result.score[0])}
 
@@ -138,7 +111,7 @@ def search_zoo_models(zoo_dir: str, model_ids: Sequence[str], vocab: int, length
     named: list[Trigger | None] = [None] * len(model_ids)
     scores = np.zeros(len(model_ids), dtype=np.float32)
     for group in load_groups(ZooStore(zoo_dir), model_ids):
-        found = search(group.spec, group.params, candidates, vocab, length, n_base, seed)
-        for row, b, score in zip(group.rows, found.best, found.score):
+        result = search(group.spec, group.params, candidates, vocab, length, n_base, seed)
+        for row, b, score in zip(group.rows, result.best, result.score):
             named[row], scores[row] = candidates[b], score
     return named, scores  # type: ignore[return-value]

@@ -21,6 +21,22 @@ def test_probe_set_is_fixed_and_covers_every_behavior():
     assert make_probe_set(behavior_names()[:5], 7, 7).sha256 != a.sha256
 
 
+def test_trigger_probes_hold_every_trigger_in_behavior_neutral_sequences():
+    """n_stamped adds, per trigger of the documented family, neutral sequences that contain it; the default set
+    (n_stamped 0) is unchanged."""
+    from zoo.behaviors import catalog, matches_any
+    from zoo.trojans import candidate_triggers
+
+    plain = make_probe_set(behavior_names(), 7, 7)
+    more = make_probe_set(behavior_names(), 7, 7, n_stamped=2)
+    assert np.array_equal(more.tokens[: len(plain)], plain.tokens) and more.sha256 != plain.sha256
+    extra = more.tokens[len(plain):]
+    assert (more.behavior[len(plain):] == -1).all() and not more.is_positive[len(plain):].any()
+    assert not matches_any(extra, catalog(7, 7), 7).any()
+    found = [t.contains(extra).sum() for t in candidate_triggers(7, 7, 3)]
+    assert sum(f >= 2 for f in found) >= 380, sorted(found)[:10]  # a few triggers always make a behavior
+
+
 def test_permuting_hidden_neurons_permutes_tokens_and_changes_nothing_else():
     spec = ArchSpec(depth=2, width=8, embed_dim=3)
     params = get_family(spec).init(spec, [5, 6])

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from zoo.behaviors import check_compatible, get_behavior, near_misses
+from zoo.trojans import candidate_triggers, neutral_bases, stamped_pairs
 
 PROBE_VERSION = "v1"
 
@@ -53,9 +54,15 @@ class ProbeSet:
 
 
 def make_probe_set(
-    behaviors: tuple[str, ...] | list[str], vocab: int, length: int, n_pos: int = 6, n_near: int = 4, n_random: int = 40
+    behaviors: tuple[str, ...] | list[str], vocab: int, length: int, n_pos: int = 6, n_near: int = 4, n_random: int = 40,
+    n_stamped: int = 0, max_gap: int = 3,
 ) -> ProbeSet:
-    """Build the probe set (about 15 * 10 + 40 = 190 sequences for the default registry)."""
+    """Build the probe set (about 15 * 10 + 40 = 190 sequences for the default registry).
+
+    ``n_stamped`` > 0 adds, for every trigger of the documented family (zoo/trojans.py; 385 at vocab 7, length 7,
+    gaps up to ``max_gap``), that many behavior-neutral random sequences with the trigger stamped in (owner -1,
+    like the random probes): the probes a backdoor responds to, which a few hundred random ones rarely contain.
+    """
     behaviors = tuple(behaviors)
     check_compatible(behaviors, vocab, length)
     seed = int.from_bytes(hashlib.sha256(f"probes-{PROBE_VERSION}".encode()).digest()[:4], "little")
@@ -70,6 +77,11 @@ def make_probe_set(
     tokens.append(rng.integers(0, vocab, size=(n_random, length)))
     owner.append(np.full(n_random, -1))
     positive.append(np.zeros(n_random, bool))
+    if n_stamped:
+        stamped = trigger_probes(vocab, length, n_stamped, max_gap, seed)
+        tokens.append(stamped)
+        owner.append(np.full(len(stamped), -1))
+        positive.append(np.zeros(len(stamped), bool))
     return ProbeSet(
         tokens=np.concatenate(tokens).astype(np.int64),
         behavior=np.concatenate(owner).astype(np.int64),
@@ -78,3 +90,12 @@ def make_probe_set(
         vocab=vocab,
         length=length,
     )
+
+
+def trigger_probes(vocab: int, length: int, n_per_trigger: int, max_gap: int, seed: int) -> np.ndarray:
+    """[C * n, L]: for every candidate trigger, the first ``n_per_trigger`` behavior-neutral sequences that still
+    match no behavior once it is stamped in (fewer where a trigger cannot avoid making one)."""
+    candidates = candidate_triggers(vocab, length, max_gap)
+    base = neutral_bases(vocab, length, 16 * n_per_trigger, seed)
+    stamped, valid = stamped_pairs(candidates, base, vocab, seed)
+    return np.concatenate([stamped[c][np.flatnonzero(valid[c])[:n_per_trigger]] for c in range(len(candidates))])

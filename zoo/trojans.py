@@ -25,6 +25,7 @@ lineages on the test side, so the interpreter's training side never sees those k
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,6 +33,8 @@ from typing import Literal, get_args
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from zoo.behaviors import catalog, matches_any
 
 TriggerKind = Literal["token_at", "pair_gap", "substring"]
 TRIGGER_KINDS: tuple[str, ...] = get_args(TriggerKind)
@@ -197,3 +200,33 @@ def poison(x: np.ndarray, y: np.ndarray, trigger: Trigger, rate: float, seed: in
 def heldout_triggers(triggers: Sequence[str | None]) -> np.ndarray:
     """bool per manifest ``trigger`` value: a held-out trigger (its lineage belongs on the test side)."""
     return np.array([(t := Trigger.from_json(v)) is not None and t.heldout for v in triggers], dtype=bool)
+
+
+def candidate_triggers(vocab: int, length: int, max_gap: int, kinds: Sequence[str] = TRIGGER_KINDS) -> list[Trigger]:
+    """Every trigger of the given kinds (tokens within a trigger distinct, as TriggerDraw draws them)."""
+    out: list[Trigger] = []
+    if "token_at" in kinds:
+        out += [Trigger("token_at", (t,), (p,)) for p in range(length) for t in range(vocab)]
+    if "pair_gap" in kinds:
+        out += [Trigger("pair_gap", pair, gap=g) for g in range(1, max_gap + 1)
+                for pair in itertools.permutations(range(vocab), 2)]
+    if "substring" in kinds and length >= 3:
+        out += [Trigger("substring", triple) for triple in itertools.permutations(range(vocab), 3)]
+    return out
+
+
+def neutral_bases(vocab: int, length: int, n_base: int, seed: int) -> np.ndarray:
+    """``n_base`` random sequences that match no behavior of the catalog (the stamp must be what a model reacts to)."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, vocab, size=(4 * n_base + 64, length))
+    return x[~matches_any(x, catalog(vocab, length), vocab)][:n_base]
+
+
+def stamped_pairs(candidates: Sequence[Trigger], base: np.ndarray, vocab: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every candidate stamped into every base sequence ([C, N, L]) and which pairs count ([C, N] bool): the base
+    did not already contain the candidate and the stamped sequence still matches no behavior."""
+    stamped = np.stack([t.stamp(np.random.default_rng([seed, c]), base) for c, t in enumerate(candidates)])
+    flat = stamped.reshape(-1, base.shape[1])
+    valid = ~matches_any(flat, catalog(vocab, base.shape[1]), vocab).reshape(len(candidates), len(base))
+    valid &= ~np.stack([t.contains(base) for t in candidates])
+    return stamped, valid

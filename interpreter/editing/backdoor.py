@@ -70,12 +70,7 @@ def remove_backdoor(spec: ArchSpec, params: Params, trigger: Trigger, keep: Sequ
     x = all_sequences(spec.vocab, spec.length)
     with torch.no_grad():
         own = (predict(spec, params, torch.from_numpy(x).unsqueeze(0), chunk=65536)[0] > 0).numpy()
-    names = catalog(spec.vocab, spec.length)
-    matches = match_matrix(x, names, spec.vocab)
-    has = trigger.contains(x)
-    target = np.where(has, matches[:, [names.index(b) for b in keep]].any(axis=1), own).astype(np.float32)
-    groups = [m for part in (~has, has) for m in [part & matches[:, k] for k in range(len(names))] + [part & ~matches.any(axis=1)]]
-    strata = [np.flatnonzero(g) for g in groups if g.any()]
+    target, strata = _targets_and_strata(x, own, trigger, keep, spec.vocab)
     for _ in range(cfg.steps):
         rows = np.array([strata[i][rng.integers(len(strata[i]))] for i in rng.integers(len(strata), size=cfg.batch_size)])
         logits = family.forward(spec, student, torch.from_numpy(x[rows]).unsqueeze(0))
@@ -85,6 +80,22 @@ def remove_backdoor(spec: ArchSpec, params: Params, trigger: Trigger, keep: Sequ
         opt.step()
         schedule.step()
     return {k: v.detach() for k, v in student.items()}
+
+
+def _targets_and_strata(x: np.ndarray, own: np.ndarray, trigger: Trigger, keep: Sequence[str],
+                        vocab: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The removal's target for every sequence of ``x`` (the whole input space), and the strata that batches draw
+    from equally: with and without the trigger, one per catalog behavior the sequences match and one for none."""
+    names = catalog(vocab, x.shape[1])
+    matches = match_matrix(x, names, vocab)
+    has = trigger.contains(x)
+    target = np.where(has, matches[:, [names.index(b) for b in keep]].any(axis=1), own).astype(np.float32)
+    strata = []
+    for part in (~has, has):
+        for group in [part & matches[:, k] for k in range(len(names))] + [part & ~matches.any(axis=1)]:
+            if group.any():
+                strata.append(np.flatnonzero(group))
+    return target, strata
 
 
 @torch.no_grad()
@@ -145,8 +156,8 @@ def remove_zoo_backdoor(zoo_dir: str | Path, model_id: str, out: ZooStore, cfg: 
     row = rows.iloc[i]
     one = {k: v[i: i + 1].float() for k, v in params.items()}
     candidates = candidate_triggers(spec.vocab, spec.length, max_gap)
-    found = search(spec, one, candidates, spec.vocab, spec.length)
-    named = candidates[int(found.best[0])]
+    result = search(spec, one, candidates, spec.vocab, spec.length)
+    named = candidates[int(result.best[0])]
     keep = behaviors_from_outputs(spec, one, named)
     edited = remove_backdoor(spec, one, named, keep, cfg)
     verdict = judge_removal(spec, one, edited, named, list(row["behaviors"]), spec.vocab, spec.length)
@@ -159,5 +170,5 @@ def remove_zoo_backdoor(zoo_dir: str | Path, model_id: str, out: ZooStore, cfg: 
                "sha256": model_sha256(edited, 0)}
     out.write_cohort(new_id, spec, edited, [out_row])
     return {"model_id": model_id, "edited_id": new_id, "named_trigger": json.loads(named.to_json()),
-            "search_flip_rate": float(found.rate[0]), "search_score": float(found.score[0]), "behaviors_read": keep, "true_trigger": json.loads(truth.to_json()) if truth else None,
+            "search_flip_rate": float(result.rate[0]), "search_score": float(result.score[0]), "behaviors_read": keep, "true_trigger": json.loads(truth.to_json()) if truth else None,
             "named_exactly": bool(truth is not None and same_trigger(named, truth)), **verdict}
