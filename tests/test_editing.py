@@ -105,8 +105,8 @@ def test_every_method_says_which_families_it_serves() -> None:
     serves = {name: (m.applies_to(mlp, tools), m.applies_to(gru, tools)) for name, m in METHODS.items()}
     assert serves == {"decoder": (True, False), "guided": (True, True), "steering": (True, False),
                       "task_arithmetic": (True, False), "finetune_matched": (True, True), "finetune_short": (True, True),
-                      "guided_targeted": (True, True), "guided_lowrank": (True, True), "rank_one": (True, False),
-                      "onepass": (True, True),
+                      "guided_targeted": (True, True), "guided_lowrank": (True, True), "guided_subspace": (True, True),
+                      "rank_one": (True, False), "onepass": (True, True),
                       "onepass_refine": (True, True), "onepass_shuffled": (True, True), "retrieval": (False, False)}
     assert {n for n, m in METHODS.items() if m.uses_labels} == {"finetune_matched", "finetune_short"}
     assert "one-pass decoder writes mlp weights only" in METHODS["decoder"].why_not(gru)
@@ -240,7 +240,8 @@ def test_edit_evaluate_scores_every_method_and_logs(edit_config, tiny_run) -> No
     ev = report["stages"]["edit_evaluate"]
     methods = {row["method"] for row in ev["by_op"]}
     assert {"decoder", "guided", "steering", "finetune_matched", "finetune_short", "guided_targeted", "guided_lowrank",
-            "rank_one", "onepass", "onepass_refine", "onepass_shuffled", "retrieval"} <= methods
+            "guided_subspace", "rank_one", "onepass", "onepass_refine", "onepass_shuffled", "retrieval"} <= methods
+    assert {r["op"] for r in ev["by_op"] if r["method"] == "guided_subspace"} == {"remove"}  # it learns B's subspace
     assert {row["op"] for row in ev["by_op"]} == {"add", "remove"}  # the tiny zoo has no repair pairs
     assert ev["judged_on"] == "bank" and ev["judged_sequences"] > 0
     for row in ev["by_op"]:

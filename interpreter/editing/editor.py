@@ -297,7 +297,9 @@ class Confinement:
     L2 size (after every step a larger change is scaled back onto that sphere); ``shrink`` rounds follow a guided
     edit's self-check rounds, each asking every passing edit to pass again at SHRINK times its size (the smallest
     change that still passes is kept); with ``rank`` the change of each weight matrix is a product of two factors of
-    that inner size (LoRA-style), every other tensor's change is free.
+    that inner size (LoRA-style), every other tensor's change is free; ``span`` holds, for some weight matrices
+    [M, n, out], an orthonormal basis [M, n, k] that their change is projected onto along axis 1 (the edit then acts
+    only through a k-dimensional subspace of the n neurons that matrix reads, :mod:`interpreter.editing.subspace`).
     """
 
     mask: Params | None = None
@@ -305,6 +307,7 @@ class Confinement:
     budget: float | torch.Tensor | None = None  # one for all models, or one per model [M]
     shrink: int = 0
     rank: int | None = None
+    span: Params | None = None
 
     def free(self, delta: Params) -> Params:
         """The leaf tensors the optimizer moves, standing for the change ``delta``: its tensors, or with ``rank`` two
@@ -324,14 +327,20 @@ class Confinement:
     def select(self, idx: torch.Tensor) -> Confinement:
         """The same confinement for the models ``idx`` of the batch."""
         mask = None if self.mask is None else {k: v[idx] for k, v in self.mask.items()}
+        span = None if self.span is None else {k: v[idx] for k, v in self.span.items()}
         budget = self.budget[idx] if isinstance(self.budget, torch.Tensor) else self.budget
-        return replace(self, mask=mask, budget=budget)
+        return replace(self, mask=mask, budget=budget, span=span)
 
     def apply(self, free: Params) -> Params:
-        """The change the free tensors stand for (factors multiplied), masked where there is a mask."""
+        """The change the free tensors stand for (factors multiplied), masked where there is a mask, projected onto
+        its span where there is one."""
         change = {k[: -len(LEFT)]: v @ free[k[: -len(LEFT)] + RIGHT] for k, v in free.items() if k.endswith(LEFT)}
         change.update({k: v for k, v in free.items() if not k.endswith((LEFT, RIGHT))})
-        return change if self.mask is None else {k: v * self.mask[k] for k, v in change.items()}
+        if self.mask is not None:
+            change = {k: v * self.mask[k] for k, v in change.items()}
+        for k, basis in (self.span or {}).items():
+            change[k] = basis @ (basis.transpose(1, 2) @ change[k])
+        return change
 
 
 def guided_edit(spec: ArchSpec, params: Params, bank: BehaviorBank, ops: Sequence[str], behaviors: Sequence[str],

@@ -14,6 +14,10 @@
   still passes its self-check (:mod:`interpreter.editing.targeted`);
 - ``guided_lowrank``: the guided edit with the change of every weight matrix of rank ``edit.lowrank_rank`` (two
   factors, LoRA-style), the same penalty and shrinking;
+- ``guided_subspace``: removal and repair only: the guided edit acting through the subspace that localization
+  learns for B (:func:`interpreter.editing.subspace.subspace_confinement`: the weights that read the last hidden
+  layer, projected onto its ``edit.localization_k``-dimensional span, and the readout bias), penalty and shrinking
+  as above;
 - ``rank_one``: a ROME-style rank-one change of one MLP layer (:mod:`interpreter.editing.rank_one`; MLPs only);
 - ``onepass``: the amortized editor (:mod:`interpreter.editing.onepass`): one gradient of the edit loss at the
   current weights, one pass of a neuron-aligned network that turns it into a change (every family);
@@ -44,6 +48,7 @@ from interpreter.editing.editor import Confinement, Editor, Encoded, Pool, code_
 from interpreter.editing.onepass import OnePassEditor, onepass_edit
 from interpreter.editing.plan import EditSet
 from interpreter.editing.rank_one import rank_one_edit
+from interpreter.editing.subspace import subspace_confinement
 from interpreter.editing.targeted import targeted_mask
 from zoo.arch import ArchSpec
 from zoo.behavior_bank import BehaviorBank
@@ -145,6 +150,14 @@ def _guided_lowrank(r: EditRequest, t: Tools) -> Params:
     return guided_confined(r, t, Confinement(penalty=c.targeted_penalty, shrink=c.targeted_shrink, rank=c.lowrank_rank))
 
 
+def _guided_subspace(r: EditRequest, t: Tools) -> Params | None:
+    if r.edits.op == "add":  # a subspace is learned for a behavior the model has
+        return None
+    c = t.cfg
+    mask, span = subspace_confinement(r.spec, r.params, t.train_bank, r.chosen, r.read, c.localization_k, c.seed)
+    return guided_confined(r, t, Confinement(mask, c.targeted_penalty, shrink=c.targeted_shrink, span=span))
+
+
 def _rank_one(r: EditRequest, t: Tools) -> Params:
     return rank_one_edit(r.spec, r.params, t.train_bank, r.ops(), r.chosen, r.read, t.cfg.rank_one_steps, seed=t.cfg.seed)
 
@@ -223,6 +236,7 @@ METHODS: dict[str, EditMethod] = {
     "finetune_short": EditMethod(_finetune_short, uses_labels=True),
     "guided_targeted": EditMethod(_guided_targeted),
     "guided_lowrank": EditMethod(_guided_lowrank),
+    "guided_subspace": EditMethod(_guided_subspace),
     "rank_one": EditMethod(_rank_one, _mlp, _mlp_refusal),
     "onepass": EditMethod(_onepass),
     "onepass_refine": EditMethod(_onepass_refine),

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from interpreter.editing.groups import ArchGroup
 from interpreter.editing.localization import check_rows, drop_rows
+from interpreter.editing.neurons import neuron_axes
 from interpreter.editing.protocol import measure
 from zoo.arch import ArchSpec
 from zoo.behavior_bank import BehaviorBank
@@ -117,3 +118,19 @@ def localize_subspace(group: ArchGroup, behaviors: Sequence[str], rank_bank: Beh
     after = {name: measure(spec, params, bank, unions, interventions={point: interchange(q, generator=gen)})
              for name, q in bases.items()}
     return drop_rows(group, behaviors, unions, before, after, "subspace")
+
+
+def subspace_confinement(spec: ArchSpec, params: Params, bank: BehaviorBank, behaviors: Sequence[str],
+                         read: Sequence[Sequence[str]], k: int, seed: int, steps: int = 300) -> tuple[Params, Params]:
+    """(mask, span) of a :class:`~interpreter.editing.editor.Confinement` that lets an edit act only where B lives:
+    on the weights that read :func:`subspace_point`'s neurons (the readout; a GRU's recurrent matrix; an attention
+    block's MLP output projection) and the readout bias, and on those weights only through the k-dimensional subspace
+    learned for behaviors[m]
+    (:func:`learn_subspace`, on ``bank``; the model must have B, so this serves removal and repair, not adds)."""
+    point = subspace_point(spec)
+    unions = [sorted(set(r) | {b}) for r, b in zip(read, behaviors)]
+    with torch.enable_grad():
+        basis = learn_subspace(spec, params, bank, unions, behaviors, k, point, steps, seed=seed)
+    readers = [name for name, axes in neuron_axes(spec).items() if (1, point) in axes and params[name].dim() == 3]
+    mask = {name: torch.full_like(v, float(name in readers or name == "b_out")) for name, v in params.items() if name != "embed"}
+    return mask, {name: basis for name in readers}
