@@ -125,8 +125,8 @@ def subspace_confinement(spec: ArchSpec, params: Params, bank: BehaviorBank, beh
     """(mask, span) of a :class:`~interpreter.editing.editor.Confinement` that lets an edit act only where B lives:
     on the weights that read :func:`subspace_point`'s neurons (the readout; a GRU's recurrent matrix; an attention
     block's MLP output projection) and the readout bias, and on those weights only through the k-dimensional subspace
-    learned for behaviors[m]
-    (:func:`learn_subspace`, on ``bank``; the model must have B, so this serves removal and repair, not adds)."""
+    learned for behaviors[m] (:func:`learn_subspace`, on ``bank``; the model must have B, so this serves removal and
+    repair, not adds)."""
     point = subspace_point(spec)
     unions = [sorted(set(r) | {b}) for r, b in zip(read, behaviors)]
     with torch.enable_grad():
