@@ -29,14 +29,14 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from interpreter.editing.space import all_sequences
+from interpreter.editing.protocol import flags_on
+from interpreter.editing.space import InputSpace, input_space
 from interpreter.trigger_search import same_trigger
 from zoo.arch import ArchSpec, Params
-from zoo.behaviors import catalog, match_matrix
+from zoo.behaviors import catalog
 from zoo.errors import ConfigError
 from zoo.families import get_family
 from zoo.store import ZooStore, model_sha256
-from zoo.train import predict
 from zoo.trojans import Trigger
 
 
@@ -67,13 +67,16 @@ def remove_backdoor(spec: ArchSpec, params: Params, trigger: Trigger, keep: Sequ
     opt = torch.optim.Adam(student.values(), lr=cfg.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
     rng = np.random.default_rng(cfg.seed)
-    x = all_sequences(spec.vocab, spec.length)
+    space = catalog_space(spec.vocab, spec.length)
     with torch.no_grad():
-        own = (predict(spec, params, torch.from_numpy(x).unsqueeze(0), chunk=65536)[0] > 0).numpy()
-    target, strata = _targets_and_strata(x, own, trigger, keep, spec.vocab)
+        own = flags_on(spec, params, space)[0].numpy()
+    has = trigger.contains(space.x)
+    target = np.where(has, space.matches[:, space.index(keep)].any(axis=1), own).astype(np.float32)
+    strata = [rows[part[rows]] for part in (~has, has) for rows in [*space.positives, space.random]]
+    strata = [rows for rows in strata if len(rows)]
     for _ in range(cfg.steps):
         rows = np.array([strata[i][rng.integers(len(strata[i]))] for i in rng.integers(len(strata), size=cfg.batch_size)])
-        logits = family.forward(spec, student, torch.from_numpy(x[rows]).unsqueeze(0))
+        logits = family.forward(spec, student, torch.from_numpy(space.x[rows]).unsqueeze(0))
         loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(target[rows]).unsqueeze(0))
         opt.zero_grad()
         loss.backward()
@@ -82,20 +85,9 @@ def remove_backdoor(spec: ArchSpec, params: Params, trigger: Trigger, keep: Sequ
     return {k: v.detach() for k, v in student.items()}
 
 
-def _targets_and_strata(x: np.ndarray, own: np.ndarray, trigger: Trigger, keep: Sequence[str],
-                        vocab: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The removal's target for every sequence of ``x`` (the whole input space), and the strata that batches draw
-    from equally: with and without the trigger, one per catalog behavior the sequences match and one for none."""
-    names = catalog(vocab, x.shape[1])
-    matches = match_matrix(x, names, vocab)
-    has = trigger.contains(x)
-    target = np.where(has, matches[:, [names.index(b) for b in keep]].any(axis=1), own).astype(np.float32)
-    strata = []
-    for part in (~has, has):
-        for group in [part & matches[:, k] for k in range(len(names))] + [part & ~matches.any(axis=1)]:
-            if group.any():
-                strata.append(np.flatnonzero(group))
-    return target, strata
+def catalog_space(vocab: int, length: int) -> InputSpace:
+    """The whole input space labelled with every catalog behavior (built once per process)."""
+    return input_space(catalog(vocab, length), vocab, length)
 
 
 @torch.no_grad()
@@ -103,13 +95,12 @@ def behaviors_from_outputs(spec: ArchSpec, params: Params, trigger: Trigger, mar
     """The catalog behaviors one model (M = 1) flags, read from its outputs over the whole input space outside the
     trigger: those whose positives it flags at a rate at least ``margin`` of the way from its rate on sequences
     that match no behavior up to 1 (the subject models flag 30-50% of those, so a fixed 0.5 would misread)."""
-    names = catalog(spec.vocab, spec.length)
-    x = all_sequences(spec.vocab, spec.length)
-    x = x[~trigger.contains(x)]
-    flags = (predict(spec, params, torch.from_numpy(x).unsqueeze(0), chunk=65536)[0] > 0).numpy()
-    matches = match_matrix(x, names, spec.vocab)
-    neutral = float(flags[~matches.any(axis=1)].mean())
-    return [b for k, b in enumerate(names) if matches[:, k].any() and flags[matches[:, k]].mean() >= neutral + margin * (1 - neutral)]
+    space = catalog_space(spec.vocab, spec.length)
+    free = ~trigger.contains(space.x)
+    flags = flags_on(spec, params, space)[0].numpy()
+    neutral = float(flags[space.random[free[space.random]]].mean())
+    rates = [(b, rows[free[rows]]) for b, rows in zip(space.names, space.positives)]
+    return [b for b, rows in rates if len(rows) and flags[rows].mean() >= neutral + margin * (1 - neutral)]
 
 
 def judge_removal(spec: ArchSpec, before: Params, after: Params, trigger: Trigger, behaviors: Sequence[str],
@@ -117,11 +108,10 @@ def judge_removal(spec: ArchSpec, before: Params, after: Params, trigger: Trigge
     """Rates over the whole input space before and after: the trigger's positive rate (sequences that contain it
     and match none of ``behaviors``), each behavior's positive rate, and the issue's pass rule (trigger rate <= 5%,
     every behavior within 2 points)."""
-    x = all_sequences(vocab, length)
-    matches = match_matrix(x, list(behaviors), vocab)
-    triggered = trigger.contains(x) & ~matches.any(axis=1)
-    xt = torch.from_numpy(x).unsqueeze(0)
-    flags = {name: (predict(spec, p, xt, chunk=65536)[0] > 0).numpy() for name, p in (("before", before), ("after", after))}
+    space = catalog_space(vocab, length)
+    matches = space.matches[:, space.index(behaviors)]
+    triggered = trigger.contains(space.x) & ~matches.any(axis=1)
+    flags = {name: flags_on(spec, p, space)[0].numpy() for name, p in (("before", before), ("after", after))}
     out: dict = {name: {"trigger_rate": float(f[triggered].mean()),
                         "behaviors": {b: float(f[matches[:, k]].mean()) for k, b in enumerate(behaviors)},
                         "negatives_rate": float(f[~matches.any(axis=1) & ~triggered].mean())}
@@ -170,5 +160,6 @@ def remove_zoo_backdoor(zoo_dir: str | Path, model_id: str, out: ZooStore, cfg: 
                "sha256": model_sha256(edited, 0)}
     out.write_cohort(new_id, spec, edited, [out_row])
     return {"model_id": model_id, "edited_id": new_id, "named_trigger": json.loads(named.to_json()),
-            "search_flip_rate": float(result.rate[0]), "search_score": float(result.score[0]), "behaviors_read": keep, "true_trigger": json.loads(truth.to_json()) if truth else None,
+            "search_flip_rate": float(result.rate[0]), "search_score": float(result.score[0]), "behaviors_read": keep,
+            "true_trigger": json.loads(truth.to_json()) if truth else None,
             "named_exactly": bool(truth is not None and same_trigger(named, truth)), **verdict}
