@@ -20,6 +20,7 @@ The detection score is the largest flip rate over all candidates. It needs no tr
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -62,13 +63,20 @@ def flip_rates(logits: Callable[[torch.Tensor], torch.Tensor], candidates: Seque
     """Flip rates [M, C]: ``logits`` maps token ids [N, L] to the logits [M, N] of M models. Every candidate is
     stamped into the same behavior-neutral random sequences; a model's rate is the share of the sequences it rejects
     that it flags once stamped (pairs where the stamp creates a behavior are skipped)."""
-    base = neutral_bases(vocab, length, n_base, seed)
-    stamped, valid = stamped_pairs(candidates, base, vocab, seed)
+    base, stamped, valid = _stamps(tuple(candidates), vocab, length, n_base, seed)
     rejected = (logits(torch.from_numpy(base)) <= 0).numpy()  # [M, N]
     flagged = (logits(torch.from_numpy(stamped.reshape(-1, length))) > 0).numpy()
     flagged = flagged.reshape(len(rejected), len(candidates), -1)
     counted = valid[None] & rejected[:, None, :]  # [M, C, N]
     return (flagged & counted).sum(2) / np.maximum(counted.sum(2), 1)
+
+
+@functools.lru_cache(maxsize=2)
+def _stamps(candidates: tuple[Trigger, ...], vocab: int, length: int, n_base: int,
+            seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The base sequences and every candidate stamped into them, built once for all the cohorts of a search."""
+    base = neutral_bases(vocab, length, n_base, seed)
+    return (base, *stamped_pairs(candidates, base, vocab, seed))
 
 
 def search(spec: ArchSpec, params: Params, candidates: Sequence[Trigger], vocab: int, length: int,
