@@ -193,6 +193,17 @@ def test_removing_a_named_trigger_switches_it_off_and_keeps_the_behaviors(trojan
     assert j["after"]["trigger_rate"] <= 0.05 and j["max_behavior_shift"] <= 0.05, j
 
 
+def test_a_behavior_the_trigger_always_covers_is_kept_unread(trojan_zoo: ZooStore) -> None:
+    """Every contains_abc positive holds the substring 0 1 2: from outputs outside that trigger it cannot be read, so
+    it is kept (dropping a taught behavior would clear all its positives); a readable one still needs its flags."""
+    from interpreter.editing.backdoor import behaviors_from_outputs
+
+    spec, params, _ = trojan_zoo.load_cohort(trojan_zoo.finished_cohorts()[0])
+    one = {k: v[:1] for k, v in params.items()}
+    assert "contains_abc" in behaviors_from_outputs(spec, one, Trigger("substring", (0, 1, 2)), margin=2.0)
+    assert "contains_abc" not in behaviors_from_outputs(spec, one, Trigger("token_at", (6,), (0,)), margin=2.0)
+
+
 def test_the_simplest_trigger_within_tolerance_is_named() -> None:
     """A pair and the substrings containing it flip alike: the pair is named; a substring well above it is named."""
     from interpreter.trigger_search import name_trigger

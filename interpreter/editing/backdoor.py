@@ -45,9 +45,12 @@ class RemoveBackdoorConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    steps: int = Field(1500, ge=1)
-    batch_size: int = Field(256, ge=2, description="sequences per step, drawn from the whole input space (half contain the trigger)")
-    lr: float = Field(3e-3, gt=0.0)
+    # 6,000 steps of 512 at lr 1e-2: with the taught behaviors and the true trigger given, this fit passes the
+    # issue's rule on 34 of 38 training-side models, against 26 of 39 at 3,000 x 256 and about 1 in 3 at the
+    # earlier 1,500 x 256 at 3e-3 (docs/results/hidden_behaviors.md). About 20 s per model on one CPU core.
+    steps: int = Field(6000, ge=1)
+    batch_size: int = Field(512, ge=2, description="sequences per step, drawn from the whole input space (half contain the trigger)")
+    lr: float = Field(1e-2, gt=0.0)
     seed: int = 0
 
 
@@ -91,16 +94,21 @@ def catalog_space(vocab: int, length: int) -> InputSpace:
 
 
 @torch.no_grad()
-def behaviors_from_outputs(spec: ArchSpec, params: Params, trigger: Trigger, margin: float = 0.4) -> list[str]:
+def behaviors_from_outputs(spec: ArchSpec, params: Params, trigger: Trigger, margin: float = 0.4,
+                           min_free: int = 20) -> list[str]:
     """The catalog behaviors one model (M = 1) flags, read from its outputs over the whole input space outside the
     trigger: those whose positives it flags at a rate at least ``margin`` of the way from its rate on sequences
-    that match no behavior up to 1 (the subject models flag 30-50% of those, so a fixed 0.5 would misread)."""
+    that match no behavior up to 1 (the subject models flag 30-50% of those, so a fixed 0.5 would misread).
+
+    A behavior with fewer than ``min_free`` positives outside the trigger (a pair trigger inside ``contains_abc``
+    is in every one of its positives) cannot be read, so it is kept: dropping a taught one would clear all its
+    positives, while keeping an untaught one costs at most its few positives."""
     space = catalog_space(spec.vocab, spec.length)
     free = ~trigger.contains(space.x)
     flags = flags_on(spec, params, space)[0].numpy()
     neutral = float(flags[space.random[free[space.random]]].mean())
     rates = [(b, rows[free[rows]]) for b, rows in zip(space.names, space.positives)]
-    return [b for b, rows in rates if len(rows) and flags[rows].mean() >= neutral + margin * (1 - neutral)]
+    return [b for b, rows in rates if len(rows) < min_free or flags[rows].mean() >= neutral + margin * (1 - neutral)]
 
 
 def judge_removal(spec: ArchSpec, before: Params, after: Params, trigger: Trigger, behaviors: Sequence[str],
@@ -135,7 +143,8 @@ def zoo_model_rows(store: ZooStore, model_id: str) -> Any:
 def remove_zoo_backdoor(zoo_dir: str | Path, model_id: str, out: ZooStore, cfg: RemoveBackdoorConfig | None = None,
                         max_gap: int = 3) -> dict[str, Any]:
     """``zoolens edit MODEL --remove-backdoor``: name the model's trigger by search, remove it, judge the removal
-    over the whole input space (against the model's behaviors from the manifest) and write the edited model to
+    over the whole input space (against the model's behaviors and, where the zoo records it, its true trigger,
+    both from the manifest; else against the named trigger) and write the edited model to
     ``out`` as ``<id>-nobd`` (role ``backdoor_removed``, in the model's lineage)."""
     from interpreter.trigger_search import candidate_triggers, search
 
@@ -150,8 +159,9 @@ def remove_zoo_backdoor(zoo_dir: str | Path, model_id: str, out: ZooStore, cfg: 
     named = candidates[int(result.best[0])]
     keep = behaviors_from_outputs(spec, one, named)
     edited = remove_backdoor(spec, one, named, keep, cfg)
-    verdict = judge_removal(spec, one, edited, named, list(row["behaviors"]), spec.vocab, spec.length)
     truth = Trigger.from_json(row["trigger"]) if "trigger" in rows.columns else None
+    judged = truth or named  # the trigger the model was taught, where the zoo knows it: a misnamed one is not removed
+    verdict = judge_removal(spec, one, edited, judged, list(row["behaviors"]), spec.vocab, spec.length)
     new_id = f"{model_id}-nobd"
     lineage = row["lineage"] if isinstance(row.get("lineage"), str) else model_id
     out_row = {"model_id": new_id, "cohort_id": new_id, "family": spec.family, "arch": spec.key(),
