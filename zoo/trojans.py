@@ -34,7 +34,7 @@ from typing import Literal, get_args
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from zoo.behaviors import catalog, matches_any
+from zoo.behaviors import catalog, matches_any, random_negatives
 
 TriggerKind = Literal["token_at", "pair_gap", "substring"]
 TRIGGER_KINDS: tuple[str, ...] = get_args(TriggerKind)
@@ -217,9 +217,7 @@ def candidate_triggers(vocab: int, length: int, max_gap: int, kinds: Sequence[st
 
 def neutral_bases(vocab: int, length: int, n_base: int, seed: int) -> np.ndarray:
     """``n_base`` random sequences that match no behavior of the catalog (the stamp must be what a model reacts to)."""
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, vocab, size=(4 * n_base + 64, length))
-    return x[~matches_any(x, catalog(vocab, length), vocab)][:n_base]
+    return random_negatives(np.random.default_rng(seed), catalog(vocab, length), n_base, vocab, length)
 
 
 def stamped_pairs(candidates: Sequence[Trigger], base: np.ndarray, vocab: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
