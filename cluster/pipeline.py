@@ -29,6 +29,7 @@ from interpreter.editing.apply import edit_model
 from interpreter.adapter_editing import edit_foreign_model
 from interpreter.editing.context import EditError, open_context, refuse_edit
 from interpreter.editing.tradeoff import tradeoff_figure
+from interpreter.editing.summary import latent_summary
 
 from cluster.tracking import plots
 from cluster.config import PipelineConfig, load_config
@@ -310,7 +311,7 @@ class Pipeline:
             self.edit_train()
         with stage_run("edit_evaluate"):
             result = self._edit_task("evaluate", progress=self.progress)
-            verdicts, loc = result.pop("verdicts"), result.pop("localization_table")
+            verdicts, loc, latents = result.pop("verdicts"), result.pop("localization_table"), result.pop("latents")
             mlflow.log_table(verdicts, "edit_verdicts.json")
             if len(loc):
                 mlflow.log_table(loc, "localization_table.json")
@@ -331,6 +332,11 @@ class Pipeline:
                                            f"judged on {result['judged_on']} ({result['judged_sequences']:,} sequences)"))
             self._log_plot(plots.edit_heatmap(result["per_behavior"], result["training_ceiling"],
                                               self.paths.plots / "edit_per_behavior.png"))
+            if latents:
+                result["latent_moves"] = latent_summary(latents)
+                for row in result["latent_moves"]:
+                    mlflow.log_metric(f"{row['method']}.{row['op']}.latent_move", row["median_move"])
+                self._log_plot(plots.latent_edits(latents, self.paths.plots / "edit_latents.png"))
             return self._finish("edit_evaluate", result)
 
     def edit_apply(self, model_id: str, op: str, behavior: str | None, method: str) -> dict[str, Any]:

@@ -253,7 +253,10 @@ def test_edit_evaluate_scores_every_method_and_logs(edit_config, tiny_run) -> No
         assert (row["success_if_checked"] is None) == (row["self_check_rate"] == 0.0)
     assert ev["localization_behaviors"]["units"] > 0 and ev["localization_behaviors"]["subspace"] > 0
     assert report["stages"]["edit_train"]["interpreter_version"]
-    for plot in ("edit_success.png", "edit_per_behavior.png", "edit_localization.png", "edit_tradeoff.png"):
+    moves = {(r["method"], r["op"]): r for r in ev["latent_moves"]}  # the edits read again in latent space
+    assert {m for m, _ in moves} == {"guided", "onepass"} and all(r["n"] > 0 for r in moves.values())
+    for plot in ("edit_success.png", "edit_per_behavior.png", "edit_localization.png", "edit_tradeoff.png",
+                 "edit_latents.png"):
         assert (tiny_run / "run" / "plots" / plot).stat().st_size > 0
 
     import mlflow
@@ -321,9 +324,14 @@ from interpreter.editing.train import train_stage
 run, editor_dir, cfg = Path(sys.argv[1]), Path(sys.argv[2]), EditConfig.model_validate(json.loads(sys.argv[3]))
 ctx = open_context(run / "zoo", run / "interpreter", {})
 train_stage(ctx, cfg, editor_dir)
-summary = summarize(evaluate_edits(ctx, cfg, editor_dir))
+result = evaluate_edits(ctx, cfg, editor_dir)
+summary = summarize(result)
+moves = [(e["method"], e["before"].shape, e["after"].shape, bool((e["before"] != e["after"]).any())) for e in result["latents"]]
 print(json.dumps({"methods": sorted({r["method"] for r in summary["by_op"]}), "ray": "ray" in sys.modules,
-                  "localization": summary["localization_behaviors"]}))
+                  "localization": summary["localization_behaviors"], "latent_methods": sorted({m[0] for m in moves}),
+                  "latent_shapes_match": all(m[1] == m[2] for m in moves), "moved": sum(m[3] for m in moves),
+                  "n_latents": len(moves), "n_scored": int(((result["verdicts"]["method"] == "guided")
+                                                            | (result["verdicts"]["method"] == "onepass")).sum())}))
 """
 
 
@@ -338,6 +346,9 @@ def test_edit_evaluation_runs_in_process_without_ray(edit_config, tiny_run, tmp_
     assert result["ray"] is False
     assert {"decoder", "guided", "steering", "finetune_matched", "finetune_short"} <= set(result["methods"])
     assert result["localization"]["units"] > 0 and result["localization"]["subspace"] > 0
+    # every guided and one-pass edit is read again in latent space (the figure's arrows); an edit moves its model
+    assert result["latent_methods"] == ["guided", "onepass"] and result["n_latents"] == result["n_scored"] > 0
+    assert result["latent_shapes_match"] and result["moved"] > 0
     assert (tmp_path / "editor" / "editor.json").exists()
 
 
@@ -431,3 +442,25 @@ def test_edit_a_recurrent_model_guided_but_not_by_the_decoder(mixed_run, capsys)
     assert main(["edit", row["model_id"], "--add", behavior, *common]) == 0
     new = ZooStore(out / "run" / "edited").read_manifest().set_index("model_id").loc[f"{row['model_id']}.add-{behavior}"]
     assert new["family"] == "gru" and new["parent_id"] == row["model_id"] and behavior in list(new["behaviors"])
+
+
+def test_latent_positions_measure_moves_along_the_edited_behavior() -> None:
+    """x is 0 at the mean latent of the models without the behavior and 1 at those with it: an add that lands a model
+    on the with-mean moves it by +1 (the figure's and report's `median_move`); a behavior all models share has no axis."""
+    from interpreter.editing.summary import latent_positions, latent_summary
+
+    with_b, without_b = np.array([[2.0, 0.0], [4.0, 0.0]]), np.array([[0.0, 1.0], [0.0, -1.0]])
+    moves = [{"method": "guided", "op": "add", "behavior": "palindrome", "model_id": f"w{i}", "assigned": [],
+              "success": True, "before": z, "after": with_b.mean(axis=0)} for i, z in enumerate(without_b)]
+    moves += [{"method": "guided", "op": "remove", "behavior": "palindrome", "model_id": f"h{i}", "assigned": ["palindrome"],
+               "success": False, "before": z, "after": z} for i, z in enumerate(with_b)]
+    xy = latent_positions(moves)
+    np.testing.assert_allclose(xy[:2, 0, 0], [0.0, 0.0], atol=1e-9)
+    np.testing.assert_allclose(xy[:2, 1, 0], [1.0, 1.0], atol=1e-9)
+    assert latent_summary(moves) == [
+        {"method": "guided", "op": "add", "n": 2, "passed": 2, "median_move": 1.0, "median_move_passed": 1.0,
+         "median_move_failed": None},
+        {"method": "guided", "op": "remove", "n": 2, "passed": 0, "median_move": 0.0, "median_move_passed": None,
+         "median_move_failed": 0.0}]
+    shared = [dict(m, behavior="all_same", assigned=["all_same"]) for m in moves]
+    assert np.isnan(latent_positions(shared)).all() and latent_summary(shared) == []

@@ -35,7 +35,8 @@ def edit_task(kind: str, zoo_dir: str, interp_dir: str, editor_dir: str, probe_c
             return train_stage(ctx, cfg, Path(editor_dir), lambda step, row: _tick(bar, step, row))
     if kind == "evaluate":
         result = evaluate_edits(ctx, cfg, Path(editor_dir), progress=progress)
-        return {**summarize(result), "verdicts": result["verdicts"], "localization_table": result["localization"]}
+        return {**summarize(result), "verdicts": result["verdicts"], "localization_table": result["localization"],
+                "latents": result["latents"]}
     raise ValueError(f"unknown edit job '{kind}'")
 
 

@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from interpreter.editing.summary import latent_positions, latent_summary  # noqa: E402
+
 
 def accuracy_histogram(manifest: pd.DataFrame, path: Path) -> Path:
     """Held-out accuracy of the subject models, one histogram per architecture (per family when there are many)."""
@@ -68,6 +70,42 @@ def latent_map(latent: np.ndarray, labels: np.ndarray, behaviors: list[str], pat
     return _save(fig, path)
 
 
+def latent_edits(edits: list[dict[str, Any]], path: Path, max_arrows: int = 150, seed: int = 0) -> Path:
+    """Edits in the interpreter's latent space, one panel per method and operation: an arrow per edit from the
+    model's latent before to the edited model's, coloured by the behavior edited; a dot ends an edit the protocol
+    passes, a cross one it fails. Axes as :func:`interpreter.editing.summary.latent_positions` gives them."""
+    xy = latent_positions(edits)  # [edit, before/after, x/y]
+    keep = ~np.isnan(xy).any(axis=(1, 2))
+    panels = sorted({(e["method"], e["op"]) for e, k in zip(edits, keep) if k})
+    methods, ops = sorted({m for m, _ in panels}), sorted({o for _, o in panels})
+    fig, grid = plt.subplots(len(ops), len(methods), figsize=(4.2 * len(methods), 3.4 * len(ops)), squeeze=False)
+    behaviors = sorted({e["behavior"] for e in edits})
+    colors = {b: plt.get_cmap("tab20")(k % 20) for k, b in enumerate(behaviors)}
+    rng = np.random.default_rng(seed)
+    summary = {(r["method"], r["op"]): r for r in latent_summary(edits)}
+    for (i, op), (j, method) in ((io, jm) for io in enumerate(ops) for jm in enumerate(methods)):
+        ax = grid[i, j]
+        sel = [k for k, e in enumerate(edits) if keep[k] and e["method"] == method and e["op"] == op]
+        if not sel:
+            ax.axis("off")
+            continue
+        for k in sorted(rng.permutation(sel)[:max_arrows]):
+            e, ((x0, y0), (x1, y1)) = edits[k], xy[k]
+            ax.plot([x0, x1], [y0, y1], color=colors[e["behavior"]], lw=0.7, alpha=0.7)
+            ax.scatter([x0], [y0], s=5, c="gray")
+            ax.scatter([x1], [y1], s=14, color=colors[e["behavior"]], marker="o" if e["success"] else "x")
+        ax.axvline(0.0, color="gray", lw=0.8, ls="--")
+        ax.axvline(1.0, color="black", lw=0.8, ls="--")
+        row = summary[(method, op)]
+        ax.set_title(f"{method} {op}: {row['passed']}/{row['n']} pass, median move {row['median_move']:+.2f}", fontsize=9)
+        ax.set_xlabel("along the edited behavior (0: without it, 1: with it)", fontsize=8)
+        ax.set_ylabel("first principal component", fontsize=8)
+    handles = [plt.Line2D([], [], color=colors[b], lw=2) for b in behaviors]
+    fig.legend(handles, behaviors, fontsize=7, ncol=min(len(behaviors), 5), loc="lower center", frameon=False)
+    fig.suptitle("Edits in the interpreter's latent space (arrow: before -> after; dot: passes, cross: fails)")
+    return _save(fig, path, rect=(0, 0.03 + 0.03 * int(np.ceil(len(behaviors) / 5)), 1, 0.96))
+
+
 def accuracy_scatter(predicted: np.ndarray, measured: np.ndarray, families: list[str], tau: float | None,
                      path: Path) -> Path:
     """Predicted against measured held-out accuracy of each held-out model, one color per family."""
@@ -86,9 +124,9 @@ def accuracy_scatter(predicted: np.ndarray, measured: np.ndarray, families: list
     return _save(fig, path)
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def _save(fig: plt.Figure, path: Path, rect: tuple[float, float, float, float] | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -35,6 +35,8 @@ class EditConfig(BaseModel):
         4_000_000, ge=0, description="judge edits (the protocol and the self-check) over every sequence of the input "
                                      "space when it holds at most this many (V=L=7: 823,543); beyond, on sampled banks")
     methods: list[str] | None = Field(None, description="the edit methods the evaluation scores (None: all of METHODS)")
+    latent_methods: list[str] = Field(["guided", "onepass"], description="methods whose edited models are read again "
+                                      "by the interpreter, for the figure of edits in latent space (edit_latents.png)")
     targeted_share: float = Field(0.2, gt=0, le=1, description="guided_targeted: share of each hidden layer's neurons "
                                                                  "whose weights the edit may change (B's carriers first)")
     targeted_penalty: float = Field(1.0, ge=0, description="guided_targeted: weight of the relative squared weight change")

@@ -31,6 +31,7 @@ from interpreter.editing.protocol import ADD_MIN, flags_on, judge, rates_from_fl
 from interpreter.editing.space import judged_on
 from interpreter.editing.subspace import localize_subspace
 from interpreter.editing.train import load_stage
+from zoo.arch import Params
 from zoo.behavior_bank import BehaviorBank
 
 
@@ -82,10 +83,13 @@ def request_for(ctx: EditContext, es: EditSet, tools: Tools, bank: BehaviorBank)
 
 
 def score_edit_set(ctx: EditContext, es: EditSet, tools: Tools, bank: BehaviorBank,
-                   methods: list[str] | None = None) -> list[dict]:
+                   methods: list[str] | None = None, latents: list[dict] | None = None) -> list[dict]:
     """Every method's verdicts on one edit set, judged on ``bank`` (the whole input space where it is small), with
     each edit's relative L2 weight change, share of hidden neurons changed and largest per-matrix rank, and the
-    method's seconds per edit (its wall time on the edit set over the set's edits)."""
+    method's seconds per edit (its wall time on the edit set over the set's edits).
+
+    With ``latents``, the edits of ``cfg.latent_methods`` are also read again by the interpreter and appended
+    there (:func:`latent_moves`), for the figure of edits in latent space."""
     request = request_for(ctx, es, tools, bank)
     g, unions = es.group, es.unions()
     before_flags = flags_on(g.spec, g.params, bank)  # once per edit set: every method is compared with it
@@ -114,7 +118,22 @@ def score_edit_set(ctx: EditContext, es: EditSet, tools: Tools, bank: BehaviorBa
                          "neurons_changed": float(sizes["neurons_changed"][m]), "max_rank": int(sizes["max_rank"][m]),
                          "chosen": request.chosen[m], "self_check": bool(checked[m]), "judged_on": where,
                          "judged_sequences": len(bank.x), "seconds": seconds, "reasons": "; ".join(v.reasons)})
+        if latents is not None and name in tools.cfg.latent_methods:
+            latents += latent_moves(ctx, es, request, tools, name, delta, rows[-len(es.behaviors):])
     return rows
+
+
+def latent_moves(ctx: EditContext, es: EditSet, request: EditRequest, tools: Tools, method: str, delta: Params,
+                 verdicts: list[dict]) -> list[dict]:
+    """Where one method's edits of an edit set move the models in the interpreter's latent space: per edit, the
+    latent before and after (the edited weights' signatures read again), the models' assigned behaviors and the
+    verdict."""
+    g = es.group
+    after = encode(ctx.interp, g.spec, add_delta(g.params, delta), ctx.probes, tools.train_bank).latent
+    return [{"method": method, "op": es.op, "behavior": v["behavior"], "model_id": v["model_id"],
+             "assigned": list(have), "success": bool(v["success"]),
+             "before": request.enc.latent[m].detach().numpy(), "after": after[m].detach().numpy()}
+            for m, (have, v) in enumerate(zip(es.assigned(), verdicts))]
 
 
 def held_out_ids(ctx: EditContext, cfg: EditConfig) -> list[str]:
@@ -130,7 +149,8 @@ def evaluate_edits(ctx: EditContext, cfg: EditConfig, editor_dir: Path, progress
     """Score every method on add/remove/repair edits of held-out models, then the localization check (by units and by
     a learned subspace, :mod:`interpreter.editing.subspace`).
 
-    Returns the verdicts (one row per method and edit), the localization table and the training ceiling.
+    Returns the verdicts (one row per method and edit), the localization table, the training ceiling and the
+    latent moves of ``cfg.latent_methods``' edits (:func:`latent_moves`).
     """
     from tqdm.auto import tqdm
 
@@ -142,12 +162,12 @@ def evaluate_edits(ctx: EditContext, cfg: EditConfig, editor_dir: Path, progress
     fresh = fresh_bank(ctx, cfg)  # the localization check resamples within a sample, as it was measured before
     rng = np.random.default_rng(cfg.seed)
     sets = [es for g in edit_groups(ctx, held_out_ids(ctx, cfg)) for es in plan_edit_sets(ctx, g, rng)]
-    rows, loc = [], []
+    rows, loc, latents = [], [], []
     for es in tqdm(sets, desc="edit sets", disable=not progress):
-        rows += score_edit_set(ctx, es, tools, bank, cfg.methods)
+        rows += score_edit_set(ctx, es, tools, bank, cfg.methods, latents)
         if es.op == "remove":  # every (model, assigned behavior) pair of the clean models
             every = every_removal(es)
             loc += localize(every.group, every.behaviors, tools.train_bank, fresh, cfg.localization_k, cfg.seed)
             loc += localize_subspace(every.group, every.behaviors, tools.train_bank, fresh, cfg.localization_k, cfg.seed)
     return {"verdicts": pd.DataFrame(rows), "localization": localization_table(loc) if loc else pd.DataFrame(),
-            "ceiling": training_ceiling(ctx)}
+            "ceiling": training_ceiling(ctx), "latents": latents}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from interpreter.editing.protocol import success_table
@@ -46,3 +47,52 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
             "localization_passes": {m: int(g["passes"].sum()) for m, g in loc.groupby("method")} if len(loc) else {},
             "localization_behaviors": {m: len(g) for m, g in loc.groupby("method")} if len(loc) else {},
             "localization_by_family": loc_by_family}
+
+
+def latent_positions(moves: list[dict[str, Any]]) -> np.ndarray:
+    """Where edits move models in the interpreter's latent space, as [edit, before/after, x/y]: x along the edited
+    behavior's direction (0 = the mean latent of the edited models without it, 1 = of those with it; NaN where all
+    or none have it), y along the first principal component of the models' latents before editing.
+
+    ``moves``: :func:`interpreter.editing.evaluate.latent_moves` rows (method, op, behavior, model_id, assigned,
+    success, before, after)."""
+    models: dict[str, tuple[np.ndarray, set[str]]] = {}
+    for e in moves:
+        models.setdefault(e["model_id"], (np.asarray(e["before"], dtype=float), set(e["assigned"])))
+    z = np.stack([v[0] for v in models.values()])
+    center = z.mean(axis=0)
+    pc = np.linalg.svd(z - center, full_matrices=False)[2][0]
+    axes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for b in {e["behavior"] for e in moves}:
+        has = np.array([b in v[1] for v in models.values()])
+        if has.any() and not has.all():
+            lo, d = z[~has].mean(axis=0), z[has].mean(axis=0) - z[~has].mean(axis=0)
+            axes[b] = (lo, d / max(float(d @ d), 1e-12))
+    out = np.full((len(moves), 2, 2), np.nan)
+    for k, e in enumerate(moves):
+        if e["behavior"] in axes:
+            lo, unit = axes[e["behavior"]]
+            for w, key in enumerate(("before", "after")):
+                v = np.asarray(e[key], dtype=float)
+                out[k, w] = (v - lo) @ unit, (v - center) @ pc
+    return out
+
+
+def latent_summary(moves: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per method and operation: edits, how many pass, and the median move along the edited behavior's direction
+    (:func:`latent_positions`; +1 is the distance from the mean model without the behavior to the mean one with it)."""
+    if not moves:
+        return []
+    xy = latent_positions(moves)
+    move = xy[:, 1, 0] - xy[:, 0, 0]
+    out = []
+    for method, op in sorted({(e["method"], e["op"]) for e in moves}):
+        sel = [k for k, e in enumerate(moves) if (e["method"], e["op"]) == (method, op) and not np.isnan(move[k])]
+        if sel:
+            out.append({"method": method, "op": op, "n": len(sel), "passed": int(sum(moves[k]["success"] for k in sel)),
+                        "median_move": float(np.median(move[sel])),
+                        "median_move_passed": float(np.median([move[k] for k in sel if moves[k]["success"]]))
+                        if any(moves[k]["success"] for k in sel) else None,
+                        "median_move_failed": float(np.median([move[k] for k in sel if not moves[k]["success"]]))
+                        if not all(moves[k]["success"] for k in sel) else None})
+    return out
