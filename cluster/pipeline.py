@@ -336,6 +336,7 @@ class Pipeline:
                 result["latent_moves"] = latent_summary(latents)
                 for row in result["latent_moves"]:
                     mlflow.log_metric(f"{row['method']}.{row['op']}.latent_move", row["median_move"])
+                    mlflow.log_metric(f"{row['method']}.{row['op']}.latent_pc_move", row["median_pc_move"])
                 self._log_plot(plots.latent_edits(latents, self.paths.plots / "edit_latents.png"))
             return self._finish("edit_evaluate", result)
 

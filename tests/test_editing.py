@@ -446,7 +446,8 @@ def test_edit_a_recurrent_model_guided_but_not_by_the_decoder(mixed_run, capsys)
 
 def test_latent_positions_measure_moves_along_the_edited_behavior() -> None:
     """x is 0 at the mean latent of the models without the behavior and 1 at those with it: an add that lands a model
-    on the with-mean moves it by +1 (the figure's and report's `median_move`); a behavior all models share has no axis."""
+    on the with-mean moves it by +1 (the figure's and report's `median_move`), and by +3 along the first principal
+    component (here the first axis, sign fixed); a behavior all models share has no axis."""
     from interpreter.editing.summary import latent_positions, latent_summary
 
     with_b, without_b = np.array([[2.0, 0.0], [4.0, 0.0]]), np.array([[0.0, 1.0], [0.0, -1.0]])
@@ -458,9 +459,9 @@ def test_latent_positions_measure_moves_along_the_edited_behavior() -> None:
     np.testing.assert_allclose(xy[:2, 0, 0], [0.0, 0.0], atol=1e-9)
     np.testing.assert_allclose(xy[:2, 1, 0], [1.0, 1.0], atol=1e-9)
     assert latent_summary(moves) == [
-        {"method": "guided", "op": "add", "n": 2, "passed": 2, "median_move": 1.0, "median_move_passed": 1.0,
-         "median_move_failed": None},
-        {"method": "guided", "op": "remove", "n": 2, "passed": 0, "median_move": 0.0, "median_move_passed": None,
-         "median_move_failed": 0.0}]
+        {"method": "guided", "op": "add", "n": 2, "passed": 2, "median_move": 1.0, "median_pc_move": 3.0,
+         "pc_std_before": np.sqrt(2.75), "median_move_passed": 1.0, "median_move_failed": None},
+        {"method": "guided", "op": "remove", "n": 2, "passed": 0, "median_move": 0.0, "median_pc_move": 0.0,
+         "pc_std_before": np.sqrt(2.75), "median_move_passed": None, "median_move_failed": 0.0}]
     shared = [dict(m, behavior="all_same", assigned=["all_same"]) for m in moves]
     assert np.isnan(latent_positions(shared)).all() and latent_summary(shared) == []

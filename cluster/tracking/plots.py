@@ -103,7 +103,8 @@ def latent_edits(edits: list[dict[str, Any]], path: Path, max_arrows: int = 150,
     handles = [plt.Line2D([], [], color=colors[b], lw=2) for b in behaviors]
     fig.legend(handles, behaviors, fontsize=7, ncol=min(len(behaviors), 5), loc="lower center", frameon=False)
     fig.suptitle("Edits in the interpreter's latent space (arrow: before -> after; dot: passes, cross: fails)")
-    return _save(fig, path, rect=(0, 0.03 + 0.03 * int(np.ceil(len(behaviors) / 5)), 1, 0.96))
+    legend_inches = 0.15 + 0.17 * int(np.ceil(len(behaviors) / 5))
+    return _save(fig, path, rect=(0, legend_inches / fig.get_figheight(), 1, 0.96))
 
 
 def accuracy_scatter(predicted: np.ndarray, measured: np.ndarray, families: list[str], tau: float | None,

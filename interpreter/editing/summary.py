@@ -52,7 +52,8 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
 def latent_positions(moves: list[dict[str, Any]]) -> np.ndarray:
     """Where edits move models in the interpreter's latent space, as [edit, before/after, x/y]: x along the edited
     behavior's direction (0 = the mean latent of the edited models without it, 1 = of those with it; NaN where all
-    or none have it), y along the first principal component of the models' latents before editing.
+    or none have it), y along the first principal component of the models' latents before editing (its
+    largest entry positive).
 
     ``moves``: :func:`interpreter.editing.evaluate.latent_moves` rows (method, op, behavior, model_id, assigned,
     success, before, after)."""
@@ -62,6 +63,7 @@ def latent_positions(moves: list[dict[str, Any]]) -> np.ndarray:
     z = np.stack([v[0] for v in models.values()])
     center = z.mean(axis=0)
     pc = np.linalg.svd(z - center, full_matrices=False)[2][0]
+    pc *= np.sign(pc[np.argmax(np.abs(pc))])  # a fixed sign (largest entry positive), so moves compare across runs
     axes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for b in {e["behavior"] for e in moves}:
         has = np.array([b in v[1] for v in models.values()])
@@ -80,17 +82,24 @@ def latent_positions(moves: list[dict[str, Any]]) -> np.ndarray:
 
 def latent_summary(moves: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per method and operation: edits, how many pass, and the median move along the edited behavior's direction
-    (:func:`latent_positions`; +1 is the distance from the mean model without the behavior to the mean one with it)."""
+    (:func:`latent_positions`; +1 is the distance from the mean model without the behavior to the mean one with it)
+    and along the latents' first principal component (a move every edit shares, whatever its behavior; beside the
+    unedited models' standard deviation along it, for scale)."""
     if not moves:
         return []
     xy = latent_positions(moves)
-    move = xy[:, 1, 0] - xy[:, 0, 0]
+    if np.isnan(xy).all():  # no edited behavior splits the models: no axis to measure along
+        return []
+    move, pc_move = xy[:, 1, 0] - xy[:, 0, 0], xy[:, 1, 1] - xy[:, 0, 1]
+    first = list({e["model_id"]: k for k, e in reversed(list(enumerate(moves)))}.values())
+    spread = float(np.nanstd(xy[first, 0, 1]))  # the unedited models' spread along the component, for scale
     out = []
     for method, op in sorted({(e["method"], e["op"]) for e in moves}):
         sel = [k for k, e in enumerate(moves) if (e["method"], e["op"]) == (method, op) and not np.isnan(move[k])]
         if sel:
             out.append({"method": method, "op": op, "n": len(sel), "passed": int(sum(moves[k]["success"] for k in sel)),
-                        "median_move": float(np.median(move[sel])),
+                        "median_move": float(np.median(move[sel])), "median_pc_move": float(np.median(pc_move[sel])),
+                        "pc_std_before": spread,
                         "median_move_passed": float(np.median([move[k] for k in sel if moves[k]["success"]]))
                         if any(moves[k]["success"] for k in sel) else None,
                         "median_move_failed": float(np.median([move[k] for k in sel if not moves[k]["success"]]))
