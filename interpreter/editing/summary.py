@@ -97,11 +97,15 @@ def latent_summary(moves: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for method, op in sorted({(e["method"], e["op"]) for e in moves}):
         sel = [k for k, e in enumerate(moves) if (e["method"], e["op"]) == (method, op) and not np.isnan(move[k])]
         if sel:
-            out.append({"method": method, "op": op, "n": len(sel), "passed": int(sum(moves[k]["success"] for k in sel)),
-                        "median_move": float(np.median(move[sel])), "median_pc_move": float(np.median(pc_move[sel])),
-                        "pc_std_before": spread,
-                        "median_move_passed": float(np.median([move[k] for k in sel if moves[k]["success"]]))
-                        if any(moves[k]["success"] for k in sel) else None,
-                        "median_move_failed": float(np.median([move[k] for k in sel if not moves[k]["success"]]))
-                        if not all(moves[k]["success"] for k in sel) else None})
+            passed = [k for k in sel if moves[k]["success"]]
+            failed = [k for k in sel if not moves[k]["success"]]
+            out.append({"method": method, "op": op, "n": len(sel), "passed": len(passed),
+                        "median_move": _median(move[sel]), "median_pc_move": _median(pc_move[sel]),
+                        "pc_std_before": spread, "median_move_passed": _median(move[passed]),
+                        "median_move_failed": _median(move[failed])})
     return out
+
+
+def _median(values: np.ndarray) -> float | None:
+    """The median as a float, None for no values (report.json stays strict JSON)."""
+    return float(np.median(values)) if len(values) else None
