@@ -104,7 +104,8 @@ def score_edit_set(ctx: EditContext, es: EditSet, tools: Tools, bank: BehaviorBa
         seconds = (time.perf_counter() - t0) / len(es.behaviors)
         if delta is None:
             continue
-        after_flags = flags_on(g.spec, add_delta(g.params, delta), bank)
+        edited = add_delta(g.params, delta)
+        after_flags = flags_on(g.spec, edited, bank)
         after = rates_from_flags(after_flags, bank, unions)
         sizes = change_metrics(g.spec, g.params, delta)
         checked = ~failing_parts(g.spec, g.params, delta, tools.check_bank, request.ops(), request.chosen, request.read,
@@ -119,17 +120,16 @@ def score_edit_set(ctx: EditContext, es: EditSet, tools: Tools, bank: BehaviorBa
                          "chosen": request.chosen[m], "self_check": bool(checked[m]), "judged_on": where,
                          "judged_sequences": len(bank.x), "seconds": seconds, "reasons": "; ".join(v.reasons)})
         if latents is not None and name in tools.cfg.latent_methods:
-            latents += latent_moves(ctx, es, request, tools, name, delta, rows[-len(es.behaviors):])
+            latents += latent_moves(ctx, es, request, tools, name, edited, rows[-len(es.behaviors):])
     return rows
 
 
-def latent_moves(ctx: EditContext, es: EditSet, request: EditRequest, tools: Tools, method: str, delta: Params,
+def latent_moves(ctx: EditContext, es: EditSet, request: EditRequest, tools: Tools, method: str, edited: Params,
                  verdicts: list[dict]) -> list[dict]:
     """Where one method's edits of an edit set move the models in the interpreter's latent space: per edit, the
     latent before and after (the edited weights' signatures read again), the models' assigned behaviors and the
     verdict."""
-    g = es.group
-    after = encode(ctx.interp, g.spec, add_delta(g.params, delta), ctx.probes, tools.train_bank).latent
+    after = encode(ctx.interp, es.group.spec, edited, ctx.probes, tools.train_bank).latent
     return [{"method": method, "op": es.op, "behavior": v["behavior"], "model_id": v["model_id"],
              "assigned": list(have), "success": bool(v["success"]),
              "before": request.enc.latent[m].detach().numpy(), "after": after[m].detach().numpy()}
