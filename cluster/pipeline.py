@@ -337,7 +337,7 @@ class Pipeline:
                 for row in result["latent_moves"]:
                     mlflow.log_metric(f"{row['method']}.{row['op']}.latent_move", row["median_move"])
                     mlflow.log_metric(f"{row['method']}.{row['op']}.latent_pc_move", row["median_pc_move"])
-                self._log_plot(plots.latent_edits(latents, self.paths.plots / "edit_latents.png"))
+                self._log_plot(plots.latent_edits(latents, result["latent_moves"], self.paths.plots / "edit_latents.png"))
             return self._finish("edit_evaluate", result)
 
     def edit_apply(self, model_id: str, op: str, behavior: str | None, method: str) -> dict[str, Any]:

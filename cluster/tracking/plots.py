@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from interpreter.editing.summary import latent_positions, latent_summary  # noqa: E402
+from interpreter.editing.summary import latent_positions  # noqa: E402
 
 
 def accuracy_histogram(manifest: pd.DataFrame, path: Path) -> Path:
@@ -70,10 +70,12 @@ def latent_map(latent: np.ndarray, labels: np.ndarray, behaviors: list[str], pat
     return _save(fig, path)
 
 
-def latent_edits(edits: list[dict[str, Any]], path: Path, max_arrows: int = 150, seed: int = 0) -> Path:
+def latent_edits(edits: list[dict[str, Any]], summary: list[dict[str, Any]], path: Path, max_arrows: int = 150,
+                 seed: int = 0) -> Path:
     """Edits in the interpreter's latent space, one panel per method and operation: an arrow per edit from the
     model's latent before to the edited model's, coloured by the behavior edited; a dot ends an edit the protocol
-    passes, a cross one it fails. Axes as :func:`interpreter.editing.summary.latent_positions` gives them."""
+    passes, a cross one it fails. Axes as :func:`interpreter.editing.summary.latent_positions` gives them; titles
+    from ``summary`` (:func:`interpreter.editing.summary.latent_summary` of the same edits)."""
     xy = latent_positions(edits)  # [edit, before/after, x/y]
     keep = ~np.isnan(xy).any(axis=(1, 2))
     panels = sorted({(e["method"], e["op"]) for e, k in zip(edits, keep) if k})
@@ -82,7 +84,7 @@ def latent_edits(edits: list[dict[str, Any]], path: Path, max_arrows: int = 150,
     behaviors = sorted({e["behavior"] for e in edits})
     colors = {b: plt.get_cmap("tab20")(k % 20) for k, b in enumerate(behaviors)}
     rng = np.random.default_rng(seed)
-    summary = {(r["method"], r["op"]): r for r in latent_summary(edits)}
+    by_panel = {(r["method"], r["op"]): r for r in summary}
     for (i, op), (j, method) in ((io, jm) for io in enumerate(ops) for jm in enumerate(methods)):
         ax = grid[i, j]
         sel = [k for k, e in enumerate(edits) if keep[k] and e["method"] == method and e["op"] == op]
@@ -96,7 +98,7 @@ def latent_edits(edits: list[dict[str, Any]], path: Path, max_arrows: int = 150,
             ax.scatter([x1], [y1], s=14, color=colors[e["behavior"]], marker="o" if e["success"] else "x")
         ax.axvline(0.0, color="gray", lw=0.8, ls="--")
         ax.axvline(1.0, color="black", lw=0.8, ls="--")
-        row = summary[(method, op)]
+        row = by_panel[(method, op)]
         ax.set_title(f"{method} {op}: {row['passed']}/{row['n']} pass, median move {row['median_move']:+.2f}", fontsize=9)
         ax.set_xlabel("along the edited behavior (0: without it, 1: with it)", fontsize=8)
         ax.set_ylabel("first principal component", fontsize=8)

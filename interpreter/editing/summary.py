@@ -68,7 +68,8 @@ def latent_positions(moves: list[dict[str, Any]]) -> np.ndarray:
     for b in {e["behavior"] for e in moves}:
         has = np.array([b in v[1] for v in models.values()])
         if has.any() and not has.all():
-            lo, d = z[~has].mean(axis=0), z[has].mean(axis=0) - z[~has].mean(axis=0)
+            lo, d = z[~has].mean(axis=0), z[has].mean(axis=0)
+            d -= lo
             axes[b] = (lo, d / max(float(d @ d), 1e-12))
     out = np.full((len(moves), 2, 2), np.nan)
     for k, e in enumerate(moves):
@@ -91,8 +92,10 @@ def latent_summary(moves: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if np.isnan(xy).all():  # no edited behavior splits the models: no axis to measure along
         return []
     move, pc_move = xy[:, 1, 0] - xy[:, 0, 0], xy[:, 1, 1] - xy[:, 0, 1]
-    first = list({e["model_id"]: k for k, e in reversed(list(enumerate(moves)))}.values())
-    spread = float(np.nanstd(xy[first, 0, 1]))  # the unedited models' spread along the component, for scale
+    first: dict[str, int] = {}  # each model's first edit: its unedited position, counted once
+    for k, e in enumerate(moves):
+        first.setdefault(e["model_id"], k)
+    spread = float(np.nanstd(xy[list(first.values()), 0, 1]))  # the unedited spread along the component, for scale
     out = []
     for method, op in sorted({(e["method"], e["op"]) for e in moves}):
         sel = [k for k, e in enumerate(moves) if (e["method"], e["op"]) == (method, op) and not np.isnan(move[k])]
